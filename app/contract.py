@@ -1,0 +1,63 @@
+"""The export contract shared by the training command and the service.
+
+A model directory is laid out as TensorFlow Serving expects:
+``models/<name>/<integer version>/`` holding ``saved_model.pb``, ``variables/`` and
+``metadata.json``. Its ``serving_default`` signature takes ``images`` (uint8, RGB,
+``[None, 32, 32, 3]``) and returns ``probabilities`` (float32, ``[None, 10]``, softmax in
+CIFAR-10 class order). Scaling, normalisation, test-time augmentation and temperature all
+live inside the graph, so a client only ever sends raw pixels.
+"""
+
+from pathlib import Path
+
+# CIFAR-10 label order: index i of every probability vector is CLASS_NAMES[i].
+CLASS_NAMES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SIZE = 32
+CHANNELS = 3
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "images"
+INPUT_DTYPE = "uint8"
+OUTPUT_NAME = "probabilities"
+OUTPUT_DTYPE = "float32"
+INPUT_SHAPE: tuple[None | int, ...] = (None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
+OUTPUT_SHAPE: tuple[None | int, ...] = (None, NUM_CLASSES)
+
+METADATA_FILE = "metadata.json"
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def input_contract() -> dict[str, object]:
+    """The signature as it is written into metadata.json and served at /metadata."""
+    return {
+        "signature": SIGNATURE_NAME,
+        "inputs": {INPUT_NAME: {"dtype": INPUT_DTYPE, "shape": list(INPUT_SHAPE), "color": "RGB"}},
+        "outputs": {OUTPUT_NAME: {"dtype": OUTPUT_DTYPE, "shape": list(OUTPUT_SHAPE)}},
+        "class_names": list(CLASS_NAMES),
+    }
+
+
+def version_dirs(model_root: Path) -> list[tuple[int, Path]]:
+    """Integer-named version directories under ``model_root``, oldest first."""
+    if not model_root.is_dir():
+        return []
+    versions = [(int(p.name), p) for p in model_root.iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted(versions)
+
+
+def next_version(model_root: Path) -> int:
+    """The version number a new export under ``model_root`` should take."""
+    versions = version_dirs(model_root)
+    return versions[-1][0] + 1 if versions else 1

@@ -1,0 +1,159 @@
+"""The one function that turns image bytes into what the model sees.
+
+Both the service (every upload) and the training command (every dataset file, every
+report image) call :func:`image_bytes_to_array`, so a picture is treated the same way at
+training and at serving time.
+
+Conversion rules, chosen so a person gets what they would expect:
+- EXIF orientation is applied first, so a photo taken sideways is classified upright.
+- Animated images (GIF, WebP, multi-page TIFF) use their first frame.
+- Transparency (RGBA, LA, palette with a transparent colour) is composited on white,
+  the way viewers show such images on a page.
+- Grayscale becomes gray RGB, CMYK and YCbCr are converted to RGB, 16-bit and 32-bit
+  images are scaled to 8 bits by their full range.
+- Non-square images are centre-cropped to a square before resizing: CIFAR-10 objects are
+  centred and undistorted, so cropping keeps shapes as the model learned them, where
+  squashing would stretch them. Extreme aspect ratios simply keep their central square.
+- The square is resized to 32x32 with Pillow's antialiasing box/Lanczos filter.
+"""
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.contract import IMAGE_SIZE
+
+# Pillow format names the service accepts; anything else is refused before decoding.
+ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
+ALLOWED_MEDIA_TYPES: tuple[str, ...] = (
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+)
+DEFAULT_MAX_PIXELS = 40_000_000
+WHITE = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """An input that cannot become a model input. ``kind`` says which rule it broke."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class EmptyImageError(ImageError):
+    def __init__(self) -> None:
+        super().__init__("empty", "The file is empty: send the bytes of an image.")
+
+
+class UndecodableImageError(ImageError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            "undecodable",
+            f"The file could not be read as an image ({detail}). "
+            "Send a complete JPEG, PNG, GIF, WebP, BMP or TIFF file.",
+        )
+
+
+class UnsupportedFormatError(ImageError):
+    def __init__(self, image_format: str | None) -> None:
+        name = image_format or "unknown"
+        allowed = ", ".join(sorted(ALLOWED_FORMATS))
+        super().__init__(
+            "unsupported",
+            f"Image format {name} is not supported. Send one of: {allowed}.",
+        )
+
+
+class TooManyPixelsError(ImageError):
+    def __init__(self, max_pixels: int, width: int | None = None, height: int | None = None) -> None:
+        size = f"{width}x{height} = {width * height:,} pixels" if width and height else "too large"
+        super().__init__(
+            "too_large",
+            f"The image is {size}, over the limit of {max_pixels:,} pixels. "
+            "Scale it down before sending.",
+        )
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Identify ``data`` by its bytes and check format and size before any pixel is decoded."""
+    if not data:
+        raise EmptyImageError()
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit applies below; Pillow's bomb warning would only duplicate it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=None)
+    except UnidentifiedImageError:
+        raise UndecodableImageError("not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise UndecodableImageError(_short(error)) from None
+    except Image.DecompressionBombError:
+        # Pillow's own guard fires first for sizes far beyond any sane limit.
+        raise TooManyPixelsError(max_pixels) from None
+    if image.format not in ALLOWED_FORMATS:
+        raise UnsupportedFormatError(image.format)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise TooManyPixelsError(max_pixels, width, height)
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Decode the first frame of ``image`` to upright 8-bit RGB (rules in the module doc)."""
+    image.seek(0)
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _scale_to_8bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    # CMYK (Pillow undoes Adobe's inverted CMYK JPEGs itself), YCbCr, L, 1: plain conversion.
+    return image.convert("RGB")
+
+
+def center_crop_resize(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    """Crop the central square and resize it to ``size`` x ``size`` with antialiasing."""
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def image_bytes_to_array(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes of any allowed image format -> ``uint8`` array of shape ``(32, 32, 3)``, RGB."""
+    image = open_image(data, max_pixels)
+    try:
+        rgb = to_rgb(image)
+        small = rgb if rgb.size == (IMAGE_SIZE, IMAGE_SIZE) else center_crop_resize(rgb)
+        array = np.asarray(small, dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise TooManyPixelsError(max_pixels, *image.size) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as error:
+        raise UndecodableImageError(_short(error)) from None
+    finally:
+        image.close()
+    return array
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    values = np.asarray(image, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if image.mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    span = high - low if high > low else 1.0
+    scaled = np.clip((values - low) * (255.0 / span), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]

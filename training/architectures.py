@@ -1,0 +1,101 @@
+"""Model functions. Every model takes RGB pixels as float32 in [0, 255] and returns logits.
+
+Softmax, temperature and test-time augmentation are added by the export head
+(``training.export``), so all architectures share one contract.
+"""
+
+import keras
+import numpy as np
+
+from app.contract import CHANNELS, IMAGE_SIZE, NUM_CLASSES
+
+# Per-channel statistics of the CIFAR-10 training set, on the [0, 1] scale.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# ITU-R BT.601 luma weights, as Pillow's convert("L") uses.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _inputs() -> keras.KerasTensor:
+    return keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, CHANNELS), dtype="float32", name="pixels")
+
+
+def seed_cnn(gray: bool = False) -> keras.Model:
+    """The tutorial's CNN: Conv 32 3x3 -> MaxPool -> Dropout -> Dense 1024 -> Dropout -> Dense 10."""
+    inputs = _inputs()
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    if gray:
+        # A frozen 1x1 convolution is RGB -> luma: the gray model still accepts RGB input.
+        to_gray = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="rgb_to_gray")
+        x = to_gray(x)
+        to_gray.set_weights([np.asarray(LUMA_WEIGHTS, dtype="float32").reshape(1, 1, 3, 1)])
+    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Dropout(0.25)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(1024, activation="relu")(x)
+    x = keras.layers.Dropout(0.5)(x)
+    logits = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
+    return keras.Model(inputs, logits, name="seed_gray" if gray else "seed_rgb")
+
+
+# PyTorch's default init, uniform(+-1/sqrt(fan_in)): with BatchNorm after every conv the
+# weight scale sets the effective learning rate, and the airbench hyperparameters assume it.
+def _torch_default_init() -> keras.initializers.Initializer:
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def _conv_bn_gelu(x: keras.KerasTensor, width: int, bn_momentum: float, pool: bool) -> keras.KerasTensor:
+    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=_torch_default_init())(x)
+    if pool:
+        x = keras.layers.MaxPooling2D(2)(x)
+    # No learned scale: GELU follows, and a free scale only slows the optimiser down (airbench).
+    x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, scale=False)(x)
+    return keras.layers.Activation("gelu")(x)
+
+
+def airbench_cnn(
+    widths: tuple[int, int, int] = (64, 256, 256),
+    whiten_width: int = 24,
+    bn_momentum: float = 0.4,
+    logit_scale: float = 1.0 / 9.0,
+) -> keras.Model:
+    """Keller Jordan's airbench94 network: a whitening stem and three conv groups.
+
+    The 2x2 stem is frozen and set from the data by :func:`init_whitening`.
+    """
+    inputs = _inputs()
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    x = keras.layers.Normalization(mean=CIFAR10_MEAN, variance=np.square(CIFAR10_STD))(x)
+    x = keras.layers.Conv2D(whiten_width, 2, padding="valid", trainable=False, name="whiten")(x)
+    x = keras.layers.Activation("gelu")(x)
+    for width in widths:
+        x = _conv_bn_gelu(x, width, bn_momentum, pool=True)
+        x = _conv_bn_gelu(x, width, bn_momentum, pool=False)
+    x = keras.layers.MaxPooling2D(3)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(NUM_CLASSES, use_bias=False, kernel_initializer=_torch_default_init())(x)
+    logits = keras.layers.Rescaling(logit_scale, name="logits")(x)
+    return keras.Model(inputs, logits, name="airbench")
+
+
+def init_whitening(model: keras.Model, images: np.ndarray, eps: float = 5e-4) -> None:
+    """Set the frozen ``whiten`` stem to the ZCA-style eigenbasis of 2x2 patches of ``images``.
+
+    Each eigenvector is scaled by 1/sqrt(eigenvalue) and used twice, positive and negated,
+    so the GELU after it keeps both signs (airbench's init_whitening_conv).
+    """
+    whiten = model.get_layer("whiten")
+    kh, kw, channels, filters = whiten.kernel.shape
+    normalized = (images.astype("float32") / 255.0 - np.asarray(CIFAR10_MEAN, "float32")) / np.asarray(
+        CIFAR10_STD, "float32"
+    )
+    patches = np.lib.stride_tricks.sliding_window_view(normalized, (kh, kw), axis=(1, 2))
+    # sliding_window_view puts the window last: (n, h, w, c, kh, kw) -> rows of (kh, kw, c).
+    patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * channels).astype("float64")
+    covariance = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + eps)
+    kernel = np.concatenate([scaled, -scaled], axis=1)[:, :filters].reshape(kh, kw, channels, filters)
+    whiten.set_weights([kernel.astype("float32"), np.zeros(filters, dtype="float32")])

@@ -1,0 +1,80 @@
+"""``python -m training`` / ``cifar10-train``: train a CIFAR-10 model and export a SavedModel."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.data import DatasetError, default_cache_dir
+from training.recipes import DEFAULT_ARCH, RECIPES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.train import available_cpus
+
+    arch_help = "; ".join(f"{name}: {recipe.description} (default {recipe.epochs} epochs, batch "
+                          f"{recipe.batch_size})" for name, recipe in RECIPES.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train a CIFAR-10 classifier and export it as a versioned TensorFlow SavedModel "
+        "(models/<name>/<version>/ with metadata.json and report/).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path, default=None,
+                        help="ImageFolder dataset: a directory or .tar.gz/.tgz/.tar/.zip archive holding "
+                        "train/<class>/* and optionally test/<class>/*. Default: download CIFAR-10 "
+                        "with keras.datasets.cifar10 (train and test splits).")
+    parser.add_argument("--arch", choices=sorted(RECIPES), default=DEFAULT_ARCH, help=arch_help)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="validation images held out from train, stratified (default: 5000, or 10%% of "
+                        "a smaller dataset)")
+    parser.add_argument("--out", type=Path, default=Path("models/cifar10"),
+                        help="model directory; the export goes to its next integer version inside")
+    parser.add_argument("--threads", type=int, default=available_cpus(),
+                        help="TensorFlow intra- and inter-op threads (default: the CPUs this process may use)")
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+                        help="where decoded ImageFolder arrays are cached, keyed by the data's hash")
+    parser.add_argument("--no-cache", action="store_true", help="decode the dataset without reading or writing the cache")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="checkpoints and the per-epoch log (default: runs/<arch>-seed<seed>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last epoch checkpoint in --run-dir instead of starting over")
+    parser.add_argument("--quiet", action="store_true", help="no per-step progress bar, one line per epoch")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--threads", args.threads), ("--val-size", args.val_size)):
+        if value is not None and value < 1:
+            print(f"error: {flag} must be a positive integer, got {value}", file=sys.stderr)
+            return 2
+    from training.train import TrainConfig, train
+
+    config = TrainConfig(
+        arch=args.arch,
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        val_size=args.val_size,
+        threads=args.threads,
+        cache_dir=None if args.no_cache else args.cache_dir,
+        run_dir=args.run_dir or Path("runs") / f"{args.arch}-seed{args.seed}",
+        resume=args.resume,
+        verbose=2 if args.quiet else 1,
+    )
+    try:
+        train(config)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: resume with the same options plus --resume (checkpoints in {config.run_dir})",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,254 @@
+"""Datasets: keras.datasets.cifar10, or an ImageFolder directory or archive, decoded once and cached.
+
+An ImageFolder is ``train/<class>/*`` and optionally ``test/<class>/*``. Every file is decoded
+with the service's own :func:`app.preprocessing.image_bytes_to_array`. An unreadable or
+non-image file is fatal, named in the error: a silently smaller dataset would make every
+reported figure quietly wrong.
+"""
+
+import hashlib
+import os
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from app.contract import CLASS_NAMES
+from app.preprocessing import ImageError, image_bytes_to_array
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+KERAS_SOURCE = "keras.datasets.cifar10"
+CACHE_FORMAT = 1  # bump when the decoded arrays would differ, so old caches are not reused
+
+
+class DatasetError(Exception):
+    """A dataset problem a user can fix; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 (n, 32, 32, 3), RGB
+    labels: np.ndarray  # int64 (n,)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    test: Split | None
+    class_names: tuple[str, ...]
+    source: str
+    sha256: str | None
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cifar10-service"
+
+
+def load_keras_cifar10() -> Dataset:
+    """The standard CIFAR-10 download (train 50,000 and test 10,000), through Keras."""
+    import keras
+
+    (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    keras_home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
+    download = keras_home / "datasets" / "cifar-10-batches-py.tar.gz"
+    return Dataset(
+        train=Split(x_train, y_train.reshape(-1).astype("int64")),
+        test=Split(x_test, y_test.reshape(-1).astype("int64")),
+        class_names=CLASS_NAMES,
+        source=KERAS_SOURCE,
+        sha256=file_sha256(download) if download.is_file() else None,
+    )
+
+
+def load_image_folder(path: Path, cache_dir: Path | None) -> Dataset:
+    """Load an ImageFolder directory or archive, from the cache when it has been decoded before."""
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or directory. Pass --data with an ImageFolder "
+                           "directory or .tar.gz/.tar/.zip archive, or omit --data to download CIFAR-10.")
+    digest = file_sha256(path) if path.is_file() else directory_fingerprint(path)
+    cache_file = cache_dir / f"imagefolder-v{CACHE_FORMAT}-{digest[:16]}.npz" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        return _read_cache(cache_file, path, digest)
+    members = _list_members(path)
+    dataset = _decode(members, path, digest)
+    if cache_file is not None:
+        _write_cache(cache_file, dataset)
+    return dataset
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def directory_fingerprint(root: Path) -> str:
+    """A cache key for a directory: every file's path, size and modification time."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+# --- reading members -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Member:
+    split: str  # "train" or "test"
+    class_name: str
+    name: str  # path shown in errors
+    read: "object"  # () -> bytes
+
+
+def _list_members(path: Path) -> list[_Member]:
+    if path.is_dir():
+        return list(_directory_members(path))
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        return list(_zip_members(path))
+    if name.endswith((".tar.gz", ".tgz", ".tar")):
+        return list(_tar_members(path))
+    raise DatasetError(f"{path}: not a directory or a .tar.gz/.tgz/.tar/.zip archive. "
+                       "Pass an ImageFolder directory or one of those archives.")
+
+
+def _classify(relative: PurePosixPath) -> tuple[str, str] | None:
+    """(split, class) for ``[prefix/]train|test/<class>/<file>``, else None."""
+    parts = relative.parts
+    for index, part in enumerate(parts[:-2]):
+        if part in ("train", "test") and len(parts) - index == 3:
+            return part, parts[index + 1]
+    return None
+
+
+def _directory_members(root: Path) -> Iterator[_Member]:
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        where = _classify(PurePosixPath(file.relative_to(root).as_posix()))
+        if where and not file.name.startswith("."):
+            yield _Member(where[0], where[1], str(file), file.read_bytes)
+
+
+def _tar_members(path: Path) -> Iterator[_Member]:
+    try:
+        with tarfile.open(path) as archive:
+            for info in archive:
+                where = _classify(PurePosixPath(info.name))
+                if info.isfile() and where and not PurePosixPath(info.name).name.startswith("."):
+                    data = archive.extractfile(info).read()  # type: ignore[union-attr]
+                    yield _Member(where[0], where[1], f"{path}:{info.name}", lambda data=data: data)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DatasetError(f"{path}: unreadable archive ({error}). Download or copy it again.") from None
+
+
+def _zip_members(path: Path) -> Iterator[_Member]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                where = _classify(PurePosixPath(info.filename))
+                if not info.is_dir() and where and not PurePosixPath(info.filename).name.startswith("."):
+                    data = archive.read(info)
+                    yield _Member(where[0], where[1], f"{path}:{info.filename}", lambda data=data: data)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise DatasetError(f"{path}: unreadable archive ({error}). Download or copy it again.") from None
+
+
+def _class_order(names: set[str]) -> tuple[str, ...]:
+    """CIFAR-10's label order when the folders are its ten classes, otherwise sorted."""
+    return CLASS_NAMES if names == set(CLASS_NAMES) else tuple(sorted(names))
+
+
+def _decode(members: list[_Member], path: Path, digest: str) -> Dataset:
+    train_members = [m for m in members if m.split == "train"]
+    if not train_members:
+        raise DatasetError(f"{path}: no train/<class>/<image> files found. An ImageFolder dataset "
+                           "needs a train/ folder with one sub-folder of images per class.")
+    class_names = _class_order({m.class_name for m in train_members})
+    splits = {}
+    for split in ("train", "test"):
+        chosen = [m for m in members if m.split == split]
+        if chosen:
+            splits[split] = _decode_split(chosen, class_names, path, split)
+    return Dataset(splits["train"], splits.get("test"), class_names, str(path), digest)
+
+
+def _decode_split(members: list[_Member], class_names: tuple[str, ...], path: Path, split: str) -> Split:
+    index = {name: i for i, name in enumerate(class_names)}
+    images, labels = [], []
+    for member in members:
+        if member.class_name not in index:
+            raise DatasetError(f"{member.name}: class '{member.class_name}' is not among the train "
+                               f"classes {list(class_names)}. Rename or remove that {split}/ folder.")
+        try:
+            images.append(image_bytes_to_array(member.read()))
+        except ImageError as error:
+            raise DatasetError(f"{member.name}: {error.message} Remove or replace this file; "
+                               "unreadable files are not skipped.") from None
+        labels.append(index[member.class_name])
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
+    if empty:
+        raise DatasetError(f"{path}: {split}/{empty[0]}/ has no images. Add images or remove the folder.")
+    return Split(np.stack(images), np.asarray(labels, dtype="int64"))
+
+
+def _read_cache(cache_file: Path, path: Path, digest: str) -> Dataset:
+    with np.load(cache_file) as saved:
+        test = Split(saved["test_images"], saved["test_labels"]) if "test_images" in saved else None
+        return Dataset(
+            Split(saved["train_images"], saved["train_labels"]),
+            test,
+            tuple(str(n) for n in saved["class_names"]),
+            str(path),
+            digest,
+        )
+
+
+def _write_cache(cache_file: Path, dataset: Dataset) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train_images": dataset.train.images,
+        "train_labels": dataset.train.labels,
+        "class_names": np.asarray(dataset.class_names),
+    }
+    if dataset.test is not None:
+        arrays |= {"test_images": dataset.test.images, "test_labels": dataset.test.labels}
+    partial = cache_file.with_suffix(f".{os.getpid()}.partial.npz")
+    np.savez(partial, **arrays)
+    partial.replace(cache_file)
+
+
+# --- splitting -------------------------------------------------------------------------------
+
+def default_val_size(num_train: int) -> int:
+    """5,000 images, or 10% of a smaller dataset."""
+    return min(5000, max(1, round(num_train * 0.1)))
+
+
+def stratified_split(split: Split, val_size: int, seed: int) -> tuple[Split, Split]:
+    """Hold out ``val_size`` images with every class in proportion, reproducibly for ``seed``."""
+    if not 0 < val_size < len(split.labels):
+        raise DatasetError(f"--val-size {val_size} must be between 1 and {len(split.labels) - 1}.")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(split.labels, return_counts=True)
+    quotas = np.floor(counts / counts.sum() * val_size).astype(int)
+    # Hand the rounding remainder to the largest fractional parts, so the total is exact.
+    remainder = val_size - quotas.sum()
+    fractions = counts / counts.sum() * val_size - quotas
+    quotas[np.argsort(-fractions, kind="stable")[:remainder]] += 1
+    val_index = []
+    for label, quota in zip(classes, quotas, strict=True):
+        members = np.flatnonzero(split.labels == label)
+        val_index.append(rng.permutation(members)[:quota])
+    val_mask = np.zeros(len(split.labels), dtype=bool)
+    val_mask[np.concatenate(val_index)] = True
+    return (
+        Split(split.images[~val_mask], split.labels[~val_mask]),
+        Split(split.images[val_mask], split.labels[val_mask]),
+    )

@@ -1,0 +1,142 @@
+"""Training recipes: every hyperparameter of every architecture, each named once, here.
+
+``airbench`` is the default and the shipped model: Keller Jordan's airbench94 recipe
+(arXiv:2404.00498) carried over to Keras. Its PyTorch hyperparameters are written for a
+summed loss and coupled weight decay; the constants below are the same update in Keras'
+mean-loss, decoupled-decay terms, with the arithmetic shown.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from training.architectures import airbench_cnn, init_whitening, seed_cnn
+
+
+@dataclass(frozen=True)
+class Recipe:
+    description: str
+    build: Callable[[], keras.Model]
+    epochs: int
+    batch_size: int
+    make_optimizer: Callable[[int], keras.optimizers.Optimizer]  # total optimizer steps -> optimizer
+    label_smoothing: float = 0.0
+    translate_pixels: int = 0  # random translation by reflect-padding and cropping; 0 = none
+    random_flip: bool = False
+    flip_tta: bool = False  # average the logits of the image and its mirror, inside the export
+    mixed_bfloat16: bool = False  # train in bfloat16 (2x on AVX512-BF16 CPUs); export stays float32
+    data_init: Callable[[keras.Model, np.ndarray], None] | None = None
+
+
+class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from ``start`` to ``peak`` over ``warmup`` of training, then linear to ``end``."""
+
+    def __init__(self, peak_lr: float, total_steps: int, warmup: float, start: float, end: float) -> None:
+        self.peak_lr, self.total_steps = peak_lr, max(1, total_steps)
+        self.warmup, self.start, self.end = warmup, start, end
+
+    def __call__(self, step: keras.KerasTensor) -> keras.KerasTensor:
+        step = keras.ops.cast(step, "float32")
+        warmup_steps = max(1.0, self.warmup * self.total_steps)
+        rising = self.start + (1.0 - self.start) * step / warmup_steps
+        falling_fraction = (step - warmup_steps) / max(1.0, self.total_steps - warmup_steps)
+        falling = 1.0 + (self.end - 1.0) * keras.ops.minimum(falling_fraction, 1.0)
+        return self.peak_lr * keras.ops.where(step < warmup_steps, rising, falling)
+
+    def get_config(self) -> dict[str, float]:
+        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps, "warmup": self.warmup,
+                "start": self.start, "end": self.end}
+
+
+class BiasScaledSGD(keras.optimizers.SGD):
+    """SGD whose BatchNorm shifts learn ``bias_scale`` times faster (airbench's bias_scaler).
+
+    Scaling a gradient is scaling its learning rate for SGD with momentum; the decoupled
+    weight decay is left as it is, as airbench keeps the bias decay equal to the weights'.
+    """
+
+    def __init__(self, bias_scale: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.bias_scale = bias_scale
+
+    def apply(self, grads: list, trainable_variables: list | None = None) -> None:
+        variables = trainable_variables if trainable_variables is not None else self._trainable_variables
+        grads = [g * self.bias_scale if v.path.endswith("/beta") else g
+                 for g, v in zip(grads, variables, strict=True)]
+        return super().apply(grads, trainable_variables)
+
+
+# --- seed-rgb / seed-gray: the tutorial, unchanged ----------------------------------------------
+SEED_EPOCHS = 3
+SEED_BATCH_SIZE = 32
+SEED_ADAM_LR = 1e-3
+
+# --- airbench -----------------------------------------------------------------------------------
+AIRBENCH_EPOCHS = 18
+AIRBENCH_BATCH_SIZE = 1024
+AIRBENCH_MOMENTUM = 0.85  # Nesterov
+# airbench94: lr 11.5 per "kilostep scale" 1024 * (1 + 1/(1 - momentum)) = 7851 on a summed loss;
+# on a mean loss over 1024 images that is 11.5 * 1024 / 7851 = 1.50.
+AIRBENCH_PEAK_LR = 11.5 / (1 + 1 / (1 - AIRBENCH_MOMENTUM))
+# airbench94 decays each weight by 0.0153 * 1024 / 7851 = 0.0020 per step through the momentum
+# buffer, amplified 1/(1 - momentum); Keras decays by lr * weight_decay outside it.
+AIRBENCH_WEIGHT_DECAY = 0.0153 * 1024 / (1024 * (1 + 1 / (1 - AIRBENCH_MOMENTUM))) / (
+    1 - AIRBENCH_MOMENTUM) / AIRBENCH_PEAK_LR
+AIRBENCH_BIAS_SCALE = 64.0
+AIRBENCH_WARMUP = 0.23  # fraction of steps rising from START to 1, then falling to END
+AIRBENCH_LR_START = 0.2
+AIRBENCH_LR_END = 0.07
+AIRBENCH_LABEL_SMOOTHING = 0.2
+AIRBENCH_TRANSLATE_PIXELS = 2
+AIRBENCH_WHITENING_IMAGES = 5000
+
+
+def _adam(total_steps: int) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(SEED_ADAM_LR)
+
+
+def _airbench_sgd(total_steps: int) -> keras.optimizers.Optimizer:
+    schedule = TriangularSchedule(AIRBENCH_PEAK_LR, total_steps, AIRBENCH_WARMUP, AIRBENCH_LR_START,
+                                  AIRBENCH_LR_END)
+    return BiasScaledSGD(AIRBENCH_BIAS_SCALE, learning_rate=schedule, momentum=AIRBENCH_MOMENTUM,
+                         nesterov=True, weight_decay=AIRBENCH_WEIGHT_DECAY)
+
+
+def _airbench_whitening(model: keras.Model, images: np.ndarray) -> None:
+    init_whitening(model, images[:AIRBENCH_WHITENING_IMAGES])
+
+
+RECIPES: dict[str, Recipe] = {
+    "airbench": Recipe(
+        description="airbench94 CNN (whitened 2x2 stem, conv groups 64/256/256, BatchNorm, GELU): "
+        "Nesterov SGD with warm-up and linear decay, label smoothing, flip + translate, flip TTA",
+        build=airbench_cnn,
+        epochs=AIRBENCH_EPOCHS,
+        batch_size=AIRBENCH_BATCH_SIZE,
+        make_optimizer=_airbench_sgd,
+        label_smoothing=AIRBENCH_LABEL_SMOOTHING,
+        translate_pixels=AIRBENCH_TRANSLATE_PIXELS,
+        random_flip=True,
+        flip_tta=True,
+        mixed_bfloat16=True,
+        data_init=_airbench_whitening,
+    ),
+    "seed-rgb": Recipe(
+        description="the tutorial's CNN on RGB: Conv 32 3x3, MaxPool, Dropout .25, Dense 1024, "
+        "Dropout .5, Dense 10; Adam 1e-3, batch 32, no augmentation",
+        build=lambda: seed_cnn(gray=False),
+        epochs=SEED_EPOCHS,
+        batch_size=SEED_BATCH_SIZE,
+        make_optimizer=_adam,
+    ),
+    "seed-gray": Recipe(
+        description="the tutorial's CNN on grayscale (converted inside the model from RGB input)",
+        build=lambda: seed_cnn(gray=True),
+        epochs=SEED_EPOCHS,
+        batch_size=SEED_BATCH_SIZE,
+        make_optimizer=_adam,
+    ),
+}
+DEFAULT_ARCH = "airbench"
