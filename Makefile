@@ -1,0 +1,36 @@
+# `make serve` and `make test` do all set-up themselves: a virtual environment with the locked set.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+DATA ?= ../shared/data/cifar10-train-jpeg.tar.gz
+
+.PHONY: install serve test lint train train-seed bench-train bench-serve clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+serve: $(STAMP)  ## serve the shipped model on http://127.0.0.1:8000 (docs at /docs)
+	$(BIN)/python -m app
+
+test: $(STAMP)  ## lint and run the test suite
+	$(BIN)/ruff check app training tests bench
+	$(BIN)/python -m pytest
+
+train: $(STAMP)  ## train the shipped model (airbench recipe) on the shared JPEG training set
+	$(BIN)/python -m training --data $(DATA) --quiet
+
+train-seed: $(STAMP)  ## the tutorial's model, trained the tutorial's way, for comparison
+	$(BIN)/python -m training --data $(DATA) --arch seed-rgb --epochs 3 --out models/seed-rgb --quiet
+
+bench-train: $(STAMP)  ## training and inference images/s of an architecture (ARCH=airbench)
+	$(BIN)/python bench/train_speed.py --arch $(or $(ARCH),airbench)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs

@@ -1,0 +1,72 @@
+"""The FastAPI application: ``uvicorn app.main:app``.
+
+Startup loads the SavedModel in the lifespan (a bad model stops the process with one line),
+then warms it up in the background: /livez answers at once, /readyz turns 200 when warm.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.batching import MicroBatcher
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors
+from app.model import configure_tensorflow, load_model
+from app.routes import router
+from app.service import ClassifierService
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger("app")
+
+DESCRIPTION = """Classifies images into the ten CIFAR-10 classes (airplane, automobile, bird, cat, deer,
+dog, frog, horse, ship, truck). Upload an image to **POST /predict**: it is decoded, centre-cropped
+to a square, resized to 32x32 and answered with the ten softmax probabilities."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_tensorflow(settings.inference_threads)
+        model = load_model(settings.model_dir)
+        logger.info("loaded model %s version %s from %s", model.name, model.version, model.path)
+        batcher = MicroBatcher(model.predict, settings.max_batch_size, settings.max_batch_delay_ms / 1000.0,
+                               settings.max_queue_images, on_batch=metrics.observe_batch)
+        decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+        service = ClassifierService(settings, model, batcher, metrics, decoder)
+        app.state.service = service
+        batcher.start()
+        warm_up = asyncio.create_task(_warm_up(service))
+        try:
+            yield
+        finally:
+            warm_up.cancel()
+            await batcher.stop()
+            decoder.shutdown(wait=True)
+
+    app = FastAPI(title="CIFAR-10 image classifier", description=DESCRIPTION, version="1.0.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+async def _warm_up(service: ClassifierService) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, service.warm_up)
+    service.ready.set()
+    logger.info("model warmed up; ready")
+
+
+fastapi_app = create_app()
+app = OneLineStartupErrors(fastapi_app)

@@ -1,0 +1,26 @@
+"""Prometheus metrics, one registry per app instance (so tests can build several apps)."""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("cifar10_requests", "HTTP requests by route and status.",
+                                ["endpoint", "method", "status"], registry=self.registry)
+        self.latency = Histogram("cifar10_request_duration_seconds", "HTTP request latency by route.",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.predicted = Counter("cifar10_predicted_class", "Predictions by top class.", ["label"],
+                                 registry=self.registry)
+        self.images = Counter("cifar10_images_processed", "Images run through the model.", registry=self.registry)
+        self.batch_size = Histogram("cifar10_inference_batch_size", "Images per model call.",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.rejected = Counter("cifar10_rejected_images", "Uploads refused before the model, by reason.",
+                                ["reason"], registry=self.registry)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+        self.images.inc(size)

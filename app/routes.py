@@ -1,0 +1,115 @@
+"""HTTP routes: thin, they hand work to ClassifierService and let app.errors map failures."""
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.contract import IMAGE_SIZE
+from app.errors import TooManyFilesError, image_error_status
+from app.preprocessing import ALLOWED_FORMATS, ALLOWED_MEDIA_TYPES, ImageError
+from app.schemas import BatchPrediction, ErrorMessage, FileError, FilePrediction, Health, Metadata, Prediction, ServingLimits
+from app.service import ClassifierService
+
+router = APIRouter()
+
+
+def get_service(request: Request) -> ClassifierService:
+    return request.app.state.service
+
+
+Service = Annotated[ClassifierService, Depends(get_service)]
+Preview = Annotated[bool, Query(description="Also return the 32x32 image the model saw, as a PNG data URL.")]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict]:
+    descriptions = {
+        400: "Empty or undecodable image, or a malformed multipart body.",
+        408: "The request body did not arrive within the read deadline.",
+        413: "Body over the byte limit, image over the pixel limit, or too many files.",
+        415: "Image format outside the allow-list (JPEG, PNG, GIF, WebP, BMP, TIFF).",
+        422: "The form field is missing.",
+        503: "Model warming up or queue full; see Retry-After.",
+    }
+    return {status: {"model": ErrorMessage, "description": descriptions[status]} for status in statuses}
+
+
+IMAGE_ERRORS = _errors(400, 408, 413, 415, 422, 503)
+
+
+@router.post("/predict", response_model=Prediction, responses=IMAGE_ERRORS, tags=["predict"],
+             summary="Classify one image")
+async def predict(
+    service: Service,
+    file: Annotated[UploadFile, File(description="One image: JPEG, PNG, GIF, WebP, BMP or TIFF.")],
+    preview: Preview = False,
+) -> Prediction:
+    image = await service.decode(await file.read())
+    probabilities = await service.classify(image[np.newaxis])
+    return service.to_prediction(probabilities[0], image if preview else None)
+
+
+@router.post("/predict/batch", response_model=BatchPrediction, responses=IMAGE_ERRORS, tags=["predict"],
+             summary="Classify several images; each file succeeds or fails on its own")
+async def predict_batch(
+    service: Service,
+    files: Annotated[list[UploadFile], File(description="Images, in the repeated field `files`.")],
+    preview: Preview = False,
+) -> BatchPrediction:
+    if len(files) > service.settings.max_batch_files:
+        raise TooManyFilesError(len(files), service.settings.max_batch_files)
+    decoded: list[np.ndarray | FileError] = []
+    for upload in files:
+        try:
+            decoded.append(await service.decode(await upload.read()))
+        except ImageError as error:
+            service.metrics.rejected.labels(error.kind).inc()
+            decoded.append(FileError(filename=upload.filename, status=image_error_status(error), detail=error.message))
+    good = [item for item in decoded if isinstance(item, np.ndarray)]
+    probabilities = iter(await service.classify(np.stack(good)) if good else [])
+    results: list[FilePrediction | FileError] = []
+    for upload, item in zip(files, decoded, strict=True):
+        if isinstance(item, FileError):
+            results.append(item)
+            continue
+        prediction = service.to_prediction(next(probabilities), item if preview else None)
+        results.append(FilePrediction(**prediction.model_dump(), filename=upload.filename))
+    return BatchPrediction(results=results)
+
+
+@router.get("/livez", response_model=Health, tags=["health"], summary="The process is alive")
+async def livez() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health, "description": "Warming up."}},
+            tags=["health"], summary="The model is loaded and warmed up")
+async def readyz(service: Service) -> JSONResponse:
+    ready = service.ready.is_set()
+    return JSONResponse({"status": "ok" if ready else "warming up"}, status_code=200 if ready else 503)
+
+
+@router.get("/metadata", response_model=Metadata, tags=["model"], summary="The model's metadata and serving limits")
+async def metadata(service: Service) -> Metadata:
+    settings = service.settings
+    return Metadata(
+        model=service.model.metadata,
+        serving=ServingLimits(
+            max_upload_bytes=settings.max_upload_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            max_batch_files=settings.max_batch_files,
+            accepted_formats=sorted(ALLOWED_FORMATS),
+            accepted_media_types=list(ALLOWED_MEDIA_TYPES),
+            image_size=IMAGE_SIZE,
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_ms=settings.max_batch_delay_ms,
+            max_queue_images=settings.max_queue_images,
+        ),
+    )
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["health"], summary="Prometheus metrics")
+async def metrics(service: Service) -> PlainTextResponse:
+    return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,68 @@
+"""Response models: they document /docs and keep every answer in one shape."""
+
+from pydantic import BaseModel, Field
+
+from app.contract import CLASS_NAMES
+
+
+class ClassProbability(BaseModel):
+    label: str = Field(examples=["cat"])
+    probability: float = Field(ge=0.0, le=1.0, examples=[0.91])
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(examples=["cifar10"])
+    version: int = Field(examples=[1])
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="The most probable class.", examples=["cat"])
+    confidence: float = Field(ge=0.0, le=1.0, description="Probability of `label`.", examples=[0.91])
+    probabilities: dict[str, float] = Field(
+        description="All ten classes in CIFAR-10 order; the values sum to 1.",
+        examples=[dict(zip(CLASS_NAMES, (0.01, 0.0, 0.02, 0.91, 0.01, 0.03, 0.01, 0.01, 0.0, 0.0), strict=True))],
+    )
+    top: list[ClassProbability] = Field(description="The ten classes, most probable first.")
+    model: ModelInfo
+    preview: str | None = Field(
+        None, description="With ?preview=true: the 32x32 RGB image the model saw, as a PNG data URL."
+    )
+
+
+class FilePrediction(Prediction):
+    filename: str | None = Field(None, description="The uploaded file's name, as the client sent it.")
+
+
+class FileError(BaseModel):
+    filename: str | None = Field(None, description="The uploaded file's name, as the client sent it.")
+    status: int = Field(description="The HTTP status this file alone would have had.", examples=[415])
+    detail: str = Field(examples=["Image format PDF is not supported. Send one of: BMP, GIF, JPEG, PNG, TIFF, WEBP."])
+
+
+class BatchPrediction(BaseModel):
+    results: list[FilePrediction | FileError] = Field(description="One entry per file, in upload order.")
+
+
+class ErrorMessage(BaseModel):
+    detail: str = Field(examples=["The file is empty: send the bytes of an image."])
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class ServingLimits(BaseModel):
+    max_upload_bytes: int
+    max_image_pixels: int
+    max_batch_files: int
+    accepted_formats: list[str]
+    accepted_media_types: list[str]
+    image_size: int
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_queue_images: int
+
+
+class Metadata(BaseModel):
+    model: dict[str, object] = Field(description="The model's metadata.json, as written by the training command.")
+    serving: ServingLimits

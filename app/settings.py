@@ -1,0 +1,45 @@
+"""Every setting of the service, read from environment variables (names are the fields, upper-cased)."""
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the container's cpuset or affinity mask, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    model_dir: Path = Field(Path("models/cifar10"), description="Model directory; its highest integer version is served.")
+    host: str = Field("127.0.0.1", description="Address uvicorn binds (the container sets 0.0.0.0).")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes; each loads its own model.")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body, in bytes.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest width x height accepted, checked before decoding.")
+    max_batch_files: int = Field(32, ge=1, le=1000, description="Most images in one /predict/batch request.")
+    inference_threads: int = Field(
+        default_factory=available_cpus, ge=1, description="TensorFlow threads per worker (default: CPUs available)."
+    )
+    decode_threads: int = Field(
+        default_factory=available_cpus, ge=1, description="Threads that decode and resize uploads."
+    )
+    max_batch_size: int = Field(64, ge=1, le=4096, description="Most images gathered into one model call.")
+    max_batch_delay_ms: float = Field(
+        0.0, ge=0.0, le=1000.0,
+        description="Longest wait for more images before a model call; 0 = take what is queued, never wait.",
+    )
+    max_queue_images: int = Field(512, ge=1, description="Images waiting for the model before 503 Retry-After.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline for reading a request body.")
+    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,30 @@
+"""Shared fixtures: a real model trained by the project's own training code on synthetic shapes."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tests.synthetic import write_image_folder  # noqa: E402
+
+TEST_THREADS = 2
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("shapes"), train_per_class=40, test_per_class=10)
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, shapes_dataset: Path) -> Path:
+    """``models/shapes`` holding version 1, exported by ``training.train`` (seed-rgb, a few epochs)."""
+    from training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("models")
+    out = root / "shapes"
+    train(TrainConfig(arch="seed-rgb", data=shapes_dataset, out=out, epochs=4, batch_size=32, seed=0,
+                      val_size=None, threads=TEST_THREADS, cache_dir=None, run_dir=root / "run", resume=False,
+                      verbose=0))
+    return out
