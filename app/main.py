@@ -18,6 +18,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors
 from app.model import configure_tensorflow, load_model
+from app.pages import router as pages_router
 from app.routes import router
 from app.service import ClassifierService
 from app.settings import Settings, get_settings
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="CIFAR-10 image classifier", description=DESCRIPTION, version="1.0.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(pages_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])

@@ -1,0 +1,377 @@
+// The page at GET /: pick, drop or paste images, send them to /predict/batch?preview=true and show
+// each answer as the tutorial's plots did: the image, the label and a bar chart of the ten probabilities.
+// Plain script, no framework and no build step; the server's Content-Security-Policy forbids inline
+// script, so every handler is attached here.
+"use strict";
+
+(function () {
+  // Used until /metadata answers (or if it never does); they mirror the server's defaults.
+  const limits = { maxUploadBytes: 10 * 1024 * 1024, maxBatchFiles: 32 };
+  // Room for each part's multipart headers, so a request of files that fit still fits as a body.
+  const PART_OVERHEAD_BYTES = 1024;
+  const MAX_RETRIES = 5;
+
+  const fileInput = document.getElementById("file-input");
+  const pickButton = document.getElementById("pick-button");
+  const dropZone = document.getElementById("drop-zone");
+  const results = document.getElementById("results");
+  const statusLine = document.getElementById("status");
+  const emptyNote = document.getElementById("empty-note");
+  const clearButton = document.getElementById("clear-button");
+  const modelInfo = document.getElementById("model-info");
+  const limitsNote = document.getElementById("limits");
+  const template = document.getElementById("card-template");
+
+  let metadata = null;
+  let pastedCount = 0;
+  const objectUrls = [];
+
+  function percent(probability) {
+    return (probability * 100).toFixed(1) + "%";
+  }
+
+  function formatBytes(bytes) {
+    // A no-break space keeps the number and its unit on one line.
+    if (bytes < 1024 * 1024) return Math.round(bytes / 1024) + "\u00a0KB";
+    return (bytes / (1024 * 1024)).toFixed(1).replace(/\.0$/, "") + "\u00a0MB";
+  }
+
+  function setStatus(text) {
+    statusLine.textContent = text;
+  }
+
+  // ---- Model details and limits ------------------------------------------------------------
+
+  async function loadMetadata() {
+    try {
+      const response = await fetch("/metadata");
+      if (!response.ok) throw new Error(await errorDetail(response));
+      metadata = await response.json();
+    } catch (error) {
+      modelInfo.textContent = "Model details are unavailable (" + error.message + ").";
+      return;
+    }
+    const serving = metadata.serving;
+    limits.maxUploadBytes = serving.max_upload_bytes;
+    limits.maxBatchFiles = serving.max_batch_files;
+    limitsNote.textContent = "Up to " + serving.max_batch_files + " images at once, each at most " +
+      formatBytes(serving.max_upload_bytes) + ": " + serving.accepted_formats.join(", ") + ".";
+    showModelInfo();
+  }
+
+  // /metadata carries the training metadata; the served version number arrives with each prediction.
+  function showModelInfo(version) {
+    if (!metadata) return;
+    const model = metadata.model;
+    const parts = ["Model " + (model.name || "unnamed")];
+    const shownVersion = model.version !== undefined ? model.version : version;
+    if (shownVersion !== undefined) parts.push("version " + shownVersion);
+    if (model.architecture) parts.push(model.architecture);
+    if (typeof model.val_accuracy === "number") {
+      let accuracy = "validation accuracy " + percent(model.val_accuracy);
+      if (model.val_images) accuracy += " on " + model.val_images.toLocaleString("en") + " images";
+      parts.push(accuracy);
+    }
+    modelInfo.textContent = parts.join(" · ");
+  }
+
+  // ---- Taking files in: picker, drag and drop, paste ----------------------------------------
+
+  pickButton.addEventListener("click", function () {
+    fileInput.click();
+  });
+
+  fileInput.addEventListener("change", function () {
+    const files = Array.from(fileInput.files);
+    // Reset so that choosing the same file again still fires "change".
+    fileInput.value = "";
+    classify(files);
+  });
+
+  // The whole page takes drops: a near miss should not make the browser navigate away to the file.
+  let dragDepth = 0;
+  document.addEventListener("dragenter", function (event) {
+    if (!hasFiles(event)) return;
+    dragDepth += 1;
+    dropZone.classList.add("dragging");
+  });
+  document.addEventListener("dragleave", function (event) {
+    if (!hasFiles(event)) return;
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) dropZone.classList.remove("dragging");
+  });
+  document.addEventListener("dragover", function (event) {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  document.addEventListener("drop", function (event) {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    dropZone.classList.remove("dragging");
+    classify(Array.from(event.dataTransfer.files));
+  });
+
+  function hasFiles(event) {
+    return event.dataTransfer && Array.from(event.dataTransfer.types || []).indexOf("Files") !== -1;
+  }
+
+  document.addEventListener("paste", function (event) {
+    const data = event.clipboardData;
+    if (!data) return;
+    let files = Array.from(data.files || []);
+    if (files.length === 0) {
+      files = Array.from(data.items || [])
+        .filter(function (item) { return item.kind === "file"; })
+        .map(function (item) { return item.getAsFile(); })
+        .filter(Boolean);
+    }
+    if (files.length === 0) {
+      setStatus("The clipboard holds no image to classify. Copy an image, not its address.");
+      return;
+    }
+    event.preventDefault();
+    // Screenshots pasted from the clipboard are all called "image.png": number them to tell them apart.
+    classify(files.map(function (file) {
+      pastedCount += 1;
+      return { file: file, name: "Pasted image " + pastedCount };
+    }));
+  });
+
+  clearButton.addEventListener("click", function () {
+    results.replaceChildren();
+    objectUrls.splice(0).forEach(function (url) { URL.revokeObjectURL(url); });
+    emptyNote.hidden = false;
+    clearButton.hidden = true;
+    setStatus("Results cleared.");
+    pickButton.focus();
+  });
+
+  // ---- Sending -------------------------------------------------------------------------------
+
+  async function classify(items) {
+    const entries = items.map(function (item) {
+      return item instanceof File ? { file: item, name: item.name || "image" } : item;
+    });
+    if (entries.length === 0) return;
+    const noun = entries.length === 1 ? "image" : "images";
+    setStatus("Classifying " + entries.length + " " + noun + "…");
+
+    // Newest first, in the order given, so the answer to what was just dropped is next to the drop zone.
+    const fragment = document.createDocumentFragment();
+    entries.forEach(function (entry) {
+      entry.card = makeCard(entry);
+      fragment.appendChild(entry.card);
+    });
+    results.insertBefore(fragment, results.firstChild);
+    emptyNote.hidden = true;
+    clearButton.hidden = false;
+
+    let classified = 0;
+    let rejected = 0;
+    for (const chunk of chunks(entries)) {
+      const answers = await sendChunk(chunk);
+      chunk.forEach(function (entry, index) {
+        const answer = answers[index];
+        if (answer.error) {
+          showError(entry.card, answer.error);
+          rejected += 1;
+        } else {
+          showPrediction(entry.card, answer.prediction);
+          classified += 1;
+        }
+      });
+    }
+    setStatus(summary(entries, classified, rejected));
+  }
+
+  // What a screen reader hears once a drop is done (the status line is aria-live).
+  function summary(entries, classified, rejected) {
+    if (entries.length === 1) {
+      const card = entries[0].card;
+      const answer = card.querySelector(card.classList.contains("failed") ? ".error" : ".verdict");
+      return entries[0].name + ": " + answer.textContent;
+    }
+    let text = "Done: " + classified + " classified";
+    if (rejected) {
+      const names = entries.filter(function (entry) { return entry.card.classList.contains("failed"); })
+        .map(function (entry) { return entry.name; });
+      text += ", " + rejected + " rejected (" + names.join(", ") + ")";
+    }
+    return text + ".";
+  }
+
+  // Split into requests the server takes whole: at most max_batch_files files and max_upload_bytes
+  // bytes each. A file over the byte limit goes alone, so the server's own 413 message names it.
+  function chunks(entries) {
+    const groups = [];
+    let current = [];
+    let bytes = PART_OVERHEAD_BYTES;
+    entries.forEach(function (entry) {
+      const size = entry.file.size + PART_OVERHEAD_BYTES;
+      if (current.length && (current.length >= limits.maxBatchFiles || bytes + size > limits.maxUploadBytes)) {
+        groups.push(current);
+        current = [];
+        bytes = PART_OVERHEAD_BYTES;
+      }
+      current.push(entry);
+      bytes += size;
+    });
+    if (current.length) groups.push(current);
+    return groups;
+  }
+
+  // One answer per entry: {prediction} or {error: {status, detail}}.
+  async function sendChunk(chunk) {
+    const form = new FormData();
+    chunk.forEach(function (entry) {
+      form.append("files", entry.file, entry.name);
+    });
+    for (let attempt = 0; ; attempt++) {
+      let response;
+      try {
+        response = await fetch("/predict/batch?preview=true", { method: "POST", body: form });
+      } catch (error) {
+        return chunk.map(function () {
+          return { error: { status: 0, detail: "The server could not be reached (" + error.message + "). Try again." } };
+        });
+      }
+      if (response.ok) {
+        const body = await response.json();
+        return body.results.map(function (result) {
+          return "detail" in result ? { error: result } : { prediction: result };
+        });
+      }
+      const detail = await errorDetail(response);
+      // 503 means warming up or busy, and says when to come back: wait and retry a few times.
+      if (response.status === 503 && attempt < MAX_RETRIES) {
+        setStatus(detail + " Retrying…");
+        const seconds = Number(response.headers.get("Retry-After")) || 1;
+        await new Promise(function (resolve) { setTimeout(resolve, seconds * 1000); });
+        continue;
+      }
+      return chunk.map(function () {
+        return { error: { status: response.status, detail: detail } };
+      });
+    }
+  }
+
+  async function errorDetail(response) {
+    try {
+      const body = await response.json();
+      if (body && typeof body.detail === "string") return body.detail;
+    } catch (ignored) {
+      // Not JSON (a proxy's error page, say): fall through to the status line.
+    }
+    return "The server answered " + response.status + " " + response.statusText + ".";
+  }
+
+  // ---- Showing -------------------------------------------------------------------------------
+
+  function makeCard(entry) {
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.querySelector(".card-title").textContent = entry.name;
+    const original = card.querySelector(".original");
+    const url = URL.createObjectURL(entry.file);
+    objectUrls.push(url);
+    original.alt = "The uploaded image " + entry.name;
+    original.addEventListener("error", function () {
+      // TIFF, say, or not an image at all: the browser cannot draw it, the server may still read it.
+      const note = document.createElement("p");
+      note.className = "no-picture";
+      note.textContent = "This browser cannot display this file.";
+      original.replaceWith(note);
+    });
+    original.src = url;
+    return card;
+  }
+
+  function showPrediction(card, prediction) {
+    card.removeAttribute("aria-busy");
+    card.classList.add("done");
+    card.dataset.label = prediction.label;
+    const verdict = card.querySelector(".verdict");
+    verdict.replaceChildren();
+    const label = document.createElement("strong");
+    label.className = "label";
+    label.textContent = prediction.label;
+    const confidence = document.createElement("span");
+    confidence.className = "confidence";
+    confidence.textContent = percent(prediction.confidence);
+    verdict.append(label, ", ", confidence, " confident");
+
+    const preview = card.querySelector(".preview");
+    preview.src = prediction.preview;
+    preview.alt = "The 32 by 32 pixel image the model classified as " + prediction.label;
+
+    const chart = card.querySelector(".chart");
+    chart.setAttribute("aria-label", "Probability of each of the ten classes");
+    const select = card.querySelector(".truth-select");
+    Object.keys(prediction.probabilities).forEach(function (name) {
+      chart.appendChild(barRow(name, prediction.probabilities[name], name === prediction.label));
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      select.appendChild(option);
+    });
+    chart.hidden = false;
+    select.addEventListener("change", function () {
+      markTruth(card, select.value);
+    });
+    card.querySelector(".truth").hidden = false;
+    showModelInfo(prediction.model && prediction.model.version);
+  }
+
+  function barRow(name, probability, isTop) {
+    const row = document.createElement("li");
+    row.className = "bar-row" + (isTop ? " top" : "");
+    row.dataset.label = name;
+    row.dataset.probability = String(probability);
+    const label = document.createElement("span");
+    label.className = "bar-label";
+    label.textContent = name;
+    const track = document.createElement("span");
+    track.className = "bar-track";
+    track.setAttribute("aria-hidden", "true");
+    const fill = document.createElement("span");
+    fill.className = "bar-fill";
+    fill.style.width = (probability * 100).toFixed(2) + "%";
+    track.appendChild(fill);
+    const value = document.createElement("span");
+    value.className = "bar-value";
+    value.textContent = percent(probability);
+    row.append(label, track, value);
+    return row;
+  }
+
+  // As in the tutorial: the top bar blue when the model is right, red when wrong, and then the true
+  // class's bar blue. The note says it in words too, so colour is never the only signal.
+  function markTruth(card, truth) {
+    const predicted = card.dataset.label;
+    const note = card.querySelector(".truth-note");
+    card.querySelectorAll(".bar-row").forEach(function (row) {
+      row.classList.remove("correct", "wrong", "true-class");
+      if (!truth) return;
+      if (row.dataset.label === predicted) row.classList.add(truth === predicted ? "correct" : "wrong");
+      else if (row.dataset.label === truth) row.classList.add("true-class");
+    });
+    card.classList.toggle("is-correct", Boolean(truth) && truth === predicted);
+    card.classList.toggle("is-wrong", Boolean(truth) && truth !== predicted);
+    if (!truth) note.textContent = "";
+    else if (truth === predicted) note.textContent = "Right: the model said " + predicted + ".";
+    else note.textContent = "Wrong: the model said " + predicted + ", the true class is " + truth + ".";
+  }
+
+  function showError(card, error) {
+    card.removeAttribute("aria-busy");
+    card.classList.add("done", "failed");
+    card.querySelector(".verdict").hidden = true;
+    card.querySelector(".preview").closest("figure").hidden = true;
+    const message = card.querySelector(".error");
+    message.textContent = error.status ? "Rejected (" + error.status + "): " + error.detail : error.detail;
+    message.hidden = false;
+  }
+
+  loadMetadata();
+})();
