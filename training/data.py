@@ -73,8 +73,8 @@ def load_image_folder(path: Path, cache_dir: Path | None) -> Dataset:
     cache_file = cache_dir / f"imagefolder-v{CACHE_FORMAT}-{digest[:16]}.npz" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         return _read_cache(cache_file, path, digest)
-    members = _list_members(path)
-    dataset = _decode(members, path, digest)
+    members, class_folders = _list_members(path)
+    dataset = _decode(members, class_folders, path, digest)
     if cache_file is not None:
         _write_cache(cache_file, dataset)
     return dataset
@@ -107,14 +107,17 @@ class _Member:
     read: "object"  # () -> bytes
 
 
-def _list_members(path: Path) -> list[_Member]:
+def _list_members(path: Path) -> tuple[list[_Member], set[str]]:
+    """Image files, and the names of all train/<class>/ folders (so an empty one is noticed)."""
     if path.is_dir():
-        return list(_directory_members(path))
+        folders = {d.name for d in path.rglob("*") if d.is_dir() and d.parent.name == "train"}
+        return list(_directory_members(path)), folders
     name = path.name.lower()
+    folders: set[str] = set()
     if name.endswith(".zip"):
-        return list(_zip_members(path))
+        return list(_zip_members(path, folders)), folders
     if name.endswith((".tar.gz", ".tgz", ".tar")):
-        return list(_tar_members(path))
+        return list(_tar_members(path, folders)), folders
     raise DatasetError(f"{path}: not a directory or a .tar.gz/.tgz/.tar/.zip archive. "
                        "Pass an ImageFolder directory or one of those archives.")
 
@@ -135,10 +138,12 @@ def _directory_members(root: Path) -> Iterator[_Member]:
             yield _Member(where[0], where[1], str(file), file.read_bytes)
 
 
-def _tar_members(path: Path) -> Iterator[_Member]:
+def _tar_members(path: Path, folders: set[str]) -> Iterator[_Member]:
     try:
         with tarfile.open(path) as archive:
             for info in archive:
+                if info.isdir() and PurePosixPath(info.name).parent.name == "train":
+                    folders.add(PurePosixPath(info.name).name)
                 where = _classify(PurePosixPath(info.name))
                 if info.isfile() and where and not PurePosixPath(info.name).name.startswith("."):
                     data = archive.extractfile(info).read()  # type: ignore[union-attr]
@@ -147,10 +152,12 @@ def _tar_members(path: Path) -> Iterator[_Member]:
         raise DatasetError(f"{path}: unreadable archive ({error}). Download or copy it again.") from None
 
 
-def _zip_members(path: Path) -> Iterator[_Member]:
+def _zip_members(path: Path, folders: set[str]) -> Iterator[_Member]:
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
+                if info.is_dir() and PurePosixPath(info.filename).parent.name == "train":
+                    folders.add(PurePosixPath(info.filename).name)
                 where = _classify(PurePosixPath(info.filename))
                 if not info.is_dir() and where and not PurePosixPath(info.filename).name.startswith("."):
                     data = archive.read(info)
@@ -164,12 +171,12 @@ def _class_order(names: set[str]) -> tuple[str, ...]:
     return CLASS_NAMES if names == set(CLASS_NAMES) else tuple(sorted(names))
 
 
-def _decode(members: list[_Member], path: Path, digest: str) -> Dataset:
+def _decode(members: list[_Member], class_folders: set[str], path: Path, digest: str) -> Dataset:
     train_members = [m for m in members if m.split == "train"]
     if not train_members:
         raise DatasetError(f"{path}: no train/<class>/<image> files found. An ImageFolder dataset "
                            "needs a train/ folder with one sub-folder of images per class.")
-    class_names = _class_order({m.class_name for m in train_members})
+    class_names = _class_order({m.class_name for m in train_members} | class_folders)
     splits = {}
     for split in ("train", "test"):
         chosen = [m for m in members if m.split == split]

@@ -124,6 +124,7 @@ def train(config: TrainConfig) -> Path:
         make_pipeline(train_split, recipe, batch_size, training=True, seed=config.seed),
         validation_data=make_pipeline(val_split, recipe, 500, training=False, seed=config.seed),
         epochs=epochs,
+        shuffle=False,  # the pipeline shuffles, reproducibly from the seed
         verbose=config.verbose,
         callbacks=[
             keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
@@ -160,7 +161,9 @@ def train(config: TrainConfig) -> Path:
         matrix = reports.confusion_matrix(val_split.labels, val_predicted, NUM_CLASSES)
         reports.plot_confusion(matrix, dataset.class_names, report_dir / "confusion_matrix.png")
         (report_dir / "per_class.md").write_text(reports.per_class_table(matrix, dataset.class_names))
-        sample = np.random.default_rng(config.seed).choice(len(val_split.labels), REPORT_SAMPLES, replace=False)
+        sample = np.random.default_rng(config.seed).choice(
+            len(val_split.labels), min(REPORT_SAMPLES, len(val_split.labels)), replace=False
+        )
         reports.plot_predictions(val_split.images[sample], val_split.labels[sample], val_probabilities[sample],
                                  dataset.class_names, report_dir / "predictions.png")
         diagram_note = reports.plot_architecture(model, report_dir / "model.png")

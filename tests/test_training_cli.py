@@ -1,0 +1,60 @@
+"""The training command as a user runs it: help, errors, resume."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.contract import METADATA_FILE
+from tests.synthetic import write_image_folder
+from training.cli import main
+from training.recipes import RECIPES
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+def test_help_explains_every_option() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in ("--data", "--arch", "--epochs", "--batch-size", "--seed", "--out", "--resume", "--threads",
+                   "--val-size", "--cache-dir", "--run-dir", *RECIPES):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize("bad", ["missing", "not-an-image"])
+def test_bad_data_is_one_line_naming_the_file_and_exit_1(tmp_path: Path, bad: str) -> None:
+    data = tmp_path / "nowhere.tar.gz"
+    if bad == "not-an-image":
+        data = write_image_folder(tmp_path / "data", train_per_class=2)
+        (data / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = run_cli("--data", str(data), "--out", str(tmp_path / "models" / "x"), "--no-cache")
+    assert result.returncode == 1
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    assert (str(data / "train" / "cat" / "broken.jpg") if bad == "not-an-image" else str(data)) in error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "models" / "x").exists() or not any((tmp_path / "models" / "x").iterdir())
+
+
+def test_non_positive_numbers_are_refused(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--epochs", "0"]) == 2
+    assert "--epochs must be a positive integer" in capsys.readouterr().err
+
+
+def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", train_per_class=10)
+    common = ["--data", str(data), "--arch", "seed-rgb", "--out", str(tmp_path / "models" / "shapes"),
+              "--run-dir", str(tmp_path / "run"), "--no-cache", "--threads", "2", "--quiet"]
+    first = run_cli(*common, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = run_cli(*common, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # One new epoch ran (epoch 2), not two: the first came from the checkpoint.
+    assert "epoch 2:" in resumed.stdout and "epoch 1:" not in resumed.stdout
+    metadata = json.loads((tmp_path / "models" / "shapes" / "2" / METADATA_FILE).read_text())
+    assert metadata["epochs_completed"] == 2 and len(metadata["seconds_per_epoch"]) == 2

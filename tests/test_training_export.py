@@ -1,0 +1,142 @@
+"""Training end to end on synthetic shapes, and the export contract every architecture keeps."""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from app.contract import CLASS_NAMES, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE_NAME, version_dirs
+from tests.synthetic import shape_arrays
+from training import calibration, export
+from training.architectures import init_whitening
+from training.recipes import RECIPES
+
+
+def load_signature(model_root: Path):
+    _, version_dir = version_dirs(model_root)[-1]
+    loaded = tf.saved_model.load(str(version_dir))
+    return loaded, loaded.signatures[SIGNATURE_NAME]
+
+
+def assert_contract(signature) -> None:
+    inputs = signature.structured_input_signature[1]
+    assert list(inputs) == [INPUT_NAME]
+    assert inputs[INPUT_NAME].dtype == tf.uint8
+    assert inputs[INPUT_NAME].shape.as_list() == [None, 32, 32, 3]
+    outputs = signature.structured_outputs
+    assert list(outputs) == [OUTPUT_NAME]
+    assert outputs[OUTPUT_NAME].dtype == tf.float32
+    assert outputs[OUTPUT_NAME].shape.as_list() == [None, 10]
+
+
+def test_trained_model_keeps_the_contract_and_learns(trained_model_dir: Path) -> None:
+    versions = version_dirs(trained_model_dir)
+    assert [v for v, _ in versions] == [1]
+    _, signature = load_signature(trained_model_dir)
+    assert_contract(signature)
+    images, labels = shape_arrays(per_class=20, seed=99)  # never seen in training
+    probabilities = signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))
+    assert accuracy >= 0.6, f"held-out accuracy {accuracy:.2f}: chance is 0.10"
+
+
+def test_metadata_and_reports(trained_model_dir: Path) -> None:
+    version_dir = version_dirs(trained_model_dir)[-1][1]
+    metadata = json.loads((version_dir / METADATA_FILE).read_text())
+    assert metadata["class_names"] == list(CLASS_NAMES)
+    assert metadata["architecture"] == "seed-rgb"
+    assert metadata["epochs"] == 4 and metadata["epochs_completed"] == 4 and metadata["batch_size"] == 32
+    assert metadata["val_images"] == 40 and metadata["train_images"] == 360
+    assert 0.0 <= metadata["val_accuracy"] <= 1.0
+    assert metadata["test_accuracy"] is not None  # the synthetic set has a test/ split
+    assert metadata["params"] > 1_000_000
+    assert metadata["input_contract"]["inputs"][INPUT_NAME]["dtype"] == "uint8"
+    assert len(metadata["data"]["sha256"]) == 64
+    assert metadata["tensorflow_version"] == tf.__version__ and metadata["keras_version"] == keras.__version__
+    assert len(metadata["seconds_per_epoch"]) == 4 and metadata["train_seconds"] > 0
+    assert metadata["temperature"] > 0 and 0 <= metadata["val_ece"] <= 1
+    report = version_dir / "report"
+    for name in ("curves.png", "confusion_matrix.png", "predictions.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    table = (report / "per_class.md").read_text()
+    assert all(f"| {name} |" in table for name in CLASS_NAMES)
+
+
+def test_served_probabilities_apply_the_fitted_temperature(trained_model_dir: Path) -> None:
+    version_dir = version_dirs(trained_model_dir)[-1][1]
+    metadata = json.loads((version_dir / METADATA_FILE).read_text())
+    _, signature = load_signature(trained_model_dir)
+    images, _ = shape_arrays(per_class=2, seed=5)
+    served = signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+    # Undo the softmax: log-probabilities times T are the logits up to a constant per row.
+    logits = np.log(served.astype("float64")) * metadata["temperature"]
+    np.testing.assert_allclose(calibration.softmax(logits, metadata["temperature"]), served, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", sorted(RECIPES))
+def test_every_architecture_trains_a_step_and_exports_the_same_contract(arch: str, tmp_path: Path) -> None:
+    recipe = RECIPES[arch]
+    images, labels = shape_arrays(per_class=4, seed=1)
+    keras.config.set_dtype_policy("float32")
+    model = recipe.build()
+    if recipe.data_init:
+        recipe.data_init(model, images)
+    model.compile(optimizer=recipe.make_optimizer(2),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing))
+    before = [w.copy() for w in model.get_weights()]
+    model.fit(images.astype("float32"), keras.utils.to_categorical(labels, 10), batch_size=20, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    export.write_saved_model(model, tmp_path / "1", recipe.flip_tta, temperature=1.5)
+    _, signature = load_signature(tmp_path)
+    assert_contract(signature)
+    probabilities = signature(**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    expected = calibration.softmax(export.logits_with_tta(model, images[:3], recipe.flip_tta), 1.5)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+
+
+def test_gray_model_ignores_colour_but_not_brightness() -> None:
+    model = RECIPES["seed-gray"].build()
+    gray_value = np.full((1, 32, 32, 3), 0.299 * 200 + 0.587 * 10 + 0.114 * 50, dtype="float32")
+    colour = np.zeros((1, 32, 32, 3), dtype="float32")
+    colour[..., 0], colour[..., 1], colour[..., 2] = 200, 10, 50
+    np.testing.assert_allclose(model(colour).numpy(), model(gray_value).numpy(), atol=1e-4)
+
+
+def test_whitening_decorrelates_patches() -> None:
+    images, _ = shape_arrays(per_class=10, seed=2)
+    model = RECIPES["airbench"].build()
+    init_whitening(model, images)
+    kernel = model.get_layer("whiten").get_weights()[0]
+    assert kernel.shape == (2, 2, 3, 24)
+    np.testing.assert_allclose(kernel[..., :12], -kernel[..., 12:])
+
+
+def test_export_is_atomic(tmp_path: Path) -> None:
+    root = tmp_path / "cifar10"
+    with pytest.raises(RuntimeError), export.staged_version_dir(root) as (staging, _publish):
+        (staging / "saved_model.pb").write_bytes(b"half")
+        raise RuntimeError("training died mid-export")
+    assert list(root.iterdir()) == []
+    with export.staged_version_dir(root) as (staging, publish):
+        (staging / "saved_model.pb").write_bytes(b"whole")
+        assert version_dirs(root) == []  # invisible until published
+        published = publish()
+    assert published == root / "1" and (published / "saved_model.pb").read_bytes() == b"whole"
+    assert [p.name for p in root.iterdir()] == ["1"]
+
+
+def test_temperature_fit_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 3, size=(20000, 10))
+    labels = np.array([rng.choice(10, p=p) for p in calibration.softmax(true_logits)])
+    # The model is overconfident by a factor 2: its logits are twice the true ones.
+    fitted = calibration.fit_temperature(true_logits * 2.0, labels)
+    assert fitted == pytest.approx(2.0, rel=0.05)
+    calibrated = calibration.softmax(true_logits * 2.0, fitted)
+    assert calibration.expected_calibration_error(calibrated, labels) < 0.02
+    assert calibration.expected_calibration_error(calibration.softmax(true_logits * 2.0), labels) > 0.05
