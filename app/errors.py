@@ -12,6 +12,8 @@ from app.preprocessing import ImageError
 
 logger = logging.getLogger("app.errors")
 RETRY_AFTER_SECONDS = "1"
+MULTIPART_HINT = ("Send multipart/form-data with the image in a part named 'file' (/predict) or in repeated parts "
+                  "named 'files' (/predict/batch); each part's headers, file name included, must stay under 4 KB.")
 
 IMAGE_ERROR_STATUS = {
     "empty": 400,
@@ -29,6 +31,12 @@ class TooManyFilesError(ValueError):
     def __init__(self, count: int, limit: int) -> None:
         super().__init__(f"{count} files were sent; /predict/batch takes at most {limit}. Split them "
                          "into several requests.")
+
+
+class DuplicateFileError(ValueError):
+    def __init__(self, field: str, count: int) -> None:
+        super().__init__(f"{count} parts named '{field}' were sent; /predict classifies exactly one image. "
+                         "Send one part, or send several images to /predict/batch as repeated 'files' parts.")
 
 
 def image_error_status(error: ImageError) -> int:
@@ -61,6 +69,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def too_many_files(request: Request, error: TooManyFilesError) -> JSONResponse:
         return _json(413, str(error))
 
+    @app.exception_handler(DuplicateFileError)
+    async def duplicate_file(request: Request, error: DuplicateFileError) -> JSONResponse:
+        return _json(422, str(error))
+
     @app.exception_handler(QueueFullError)
     async def queue_full(request: Request, error: QueueFullError) -> JSONResponse:
         return _json(503, f"The server is at capacity ({error}); retry in a second.",
@@ -77,6 +89,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         detail = error.detail if isinstance(error.detail, str) else "The request could not be processed."
+        if error.status_code == 400 and request.headers.get("content-type", "").startswith("multipart/"):
+            # Starlette's multipart parser says what broke but not what a valid upload looks like.
+            detail = f"{detail.rstrip('.')}. {MULTIPART_HINT}"
         return _json(error.status_code, detail, dict(error.headers) if error.headers else None)
 
     @app.exception_handler(Exception)

@@ -26,9 +26,14 @@ DOCS_CSP = (b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.
 PAGE_CSP = b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self'"
 
 
+# Total request header bytes (names and values), as nginx's and Node's defaults: real clients send a few KB.
+MAX_HEADER_BYTES = 16 * 1024
+
+
 class BodyLimitMiddleware:
     """413 for a body over ``max_bytes`` (at once from Content-Length, else as soon as it grows past),
-    408 when the whole body has not arrived within ``timeout_s``: a slow client cannot hold a worker."""
+    408 when the whole body has not arrived within ``timeout_s``: a slow client cannot hold a worker.
+    431 for headers over ``MAX_HEADER_BYTES``, before any route sees them."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
@@ -36,6 +41,11 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+        if header_bytes > MAX_HEADER_BYTES:
+            await _send_json(send, 431, f"The request headers are {header_bytes:,} bytes, over the limit of "
+                             f"{MAX_HEADER_BYTES:,}. Send fewer or shorter headers (cookies included).")
             return
         too_large = (f"The request body is over the limit of {self.max_bytes:,} bytes. "
                      "Send a smaller image.")

@@ -47,12 +47,24 @@ class LoadedModel:
         return outputs[OUTPUT_NAME].numpy()
 
 
+# Importing TensorFlow takes seconds: configure_tensorflow only records the thread count and
+# load_model applies it after its file checks, so a missing or incomplete model directory fails at once.
+_tensorflow_threads: int | None = None
+
+
 def configure_tensorflow(threads: int) -> None:
+    global _tensorflow_threads
+    _tensorflow_threads = threads
+
+
+def _apply_tensorflow_threads() -> None:
     import tensorflow as tf
 
+    if _tensorflow_threads is None:
+        return
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        tf.config.threading.set_intra_op_parallelism_threads(_tensorflow_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(_tensorflow_threads)
     except RuntimeError:
         # Already initialised in this process (a second app in the same test run): keep the pools.
         logger.debug("TensorFlow thread pools already configured")
@@ -89,9 +101,10 @@ def load_model(model_dir: Path) -> LoadedModel:
 
     import tensorflow as tf
 
+    _apply_tensorflow_threads()
     try:
         saved = tf.saved_model.load(str(path))
-    except Exception as error:  # noqa: BLE001 - TensorFlow raises many types for a corrupt file
+    except Exception as error:  # TensorFlow raises many types for a corrupt file
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise ModelLoadError(f"{path} is not a loadable SavedModel ({first_line}). {HOW_TO_MAKE_ONE}") from None
     signature = saved.signatures.get(SIGNATURE_NAME) if hasattr(saved, "signatures") else None
@@ -99,7 +112,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         raise ModelLoadError(f"{path} has no '{SIGNATURE_NAME}' signature. Re-export with `python -m training`.")
     check_signature(signature, path)
     # Keep the loaded object alive: the concrete function only holds weak references to it.
-    signature._cifar10_owner = saved  # noqa: SLF001
+    signature._cifar10_owner = saved
     name = str(metadata.get("name") or path.parent.name)
     return LoadedModel(name=name, version=version, path=path, metadata=metadata, signature=signature)
 
@@ -110,7 +123,8 @@ def check_signature(signature: Any, path: Path) -> None:
     inputs = signature.structured_input_signature[1]
     outputs = signature.structured_outputs
     spec = inputs.get(INPUT_NAME) if isinstance(inputs, dict) else None
-    expected = f"{INPUT_NAME}: uint8 [None, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] -> {OUTPUT_NAME}: float32 [None, {NUM_CLASSES}]"
+    expected = (f"{INPUT_NAME}: uint8 [None, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] -> "
+                f"{OUTPUT_NAME}: float32 [None, {NUM_CLASSES}]")
     ok = (
         spec is not None
         and len(inputs) == 1

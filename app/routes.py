@@ -8,9 +8,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.contract import IMAGE_SIZE
-from app.errors import TooManyFilesError, image_error_status
+from app.errors import DuplicateFileError, TooManyFilesError, image_error_status
 from app.preprocessing import ALLOWED_FORMATS, ALLOWED_MEDIA_TYPES, ImageError
-from app.schemas import BatchPrediction, ErrorMessage, FileError, FilePrediction, Health, Metadata, Prediction, ServingLimits
+from app.schemas import (
+    BatchPrediction,
+    ErrorMessage,
+    FileError,
+    FilePrediction,
+    Health,
+    Metadata,
+    Prediction,
+    ServingLimits,
+)
 from app.service import ClassifierService
 
 router = APIRouter()
@@ -30,7 +39,7 @@ def _errors(*statuses: int) -> dict[int | str, dict]:
         408: "The request body did not arrive within the read deadline.",
         413: "Body over the byte limit, image over the pixel limit, or too many files.",
         415: "Image format outside the allow-list (JPEG, PNG, GIF, WebP, BMP, TIFF).",
-        422: "The form field is missing.",
+        422: "The form field is missing or repeated, or a query parameter is invalid.",
         503: "Model warming up or queue full; see Retry-After.",
     }
     return {status: {"model": ErrorMessage, "description": descriptions[status]} for status in statuses}
@@ -39,8 +48,15 @@ def _errors(*statuses: int) -> dict[int | str, dict]:
 IMAGE_ERRORS = _errors(400, 408, 413, 415, 422, 503)
 
 
+async def one_file_part(request: Request) -> None:
+    """FastAPI would silently classify the last of several 'file' parts; refuse the ambiguity instead."""
+    count = len((await request.form()).getlist("file"))
+    if count > 1:
+        raise DuplicateFileError("file", count)
+
+
 @router.post("/predict", response_model=Prediction, responses=IMAGE_ERRORS, tags=["predict"],
-             summary="Classify one image")
+             summary="Classify one image", dependencies=[Depends(one_file_part)])
 async def predict(
     service: Service,
     file: Annotated[UploadFile, File(description="One image: JPEG, PNG, GIF, WebP, BMP or TIFF.")],

@@ -1,0 +1,94 @@
+"""Real uvicorn servers for the tests that are about the server itself (slow clients, chunked bodies,
+SIGTERM, startup faults, RSS): one ``python -m app`` subprocess each, bound to loopback only."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+# Everything startup prints goes to a file: a pipe nobody reads could fill and stall the server.
+STARTUP_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(model_dir: Path, port: int, **overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "CORS_ORIGINS"}
+    env.update(MODEL_DIR=str(model_dir), HOST="127.0.0.1", PORT=str(port), INFERENCE_THREADS="1",
+               DECODE_THREADS="2", LOG_LEVEL="warning", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready within {timeout_s} s:\n{self.log()[-3000:]}")
+
+    def stop(self, timeout_s: float = 40.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def spawn_server(model_dir: Path, log_path: Path, **env: str) -> Server:
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=server_env(model_dir, port, **env),
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Server(process, f"http://127.0.0.1:{port}", log_path)
+
+
+@contextmanager
+def running_server(model_dir: Path, log_path: Path, **env: str) -> Iterator[Server]:
+    server = spawn_server(model_dir, log_path, **env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size from /proc (Linux): no dependency, and cheap enough to sample every few ms."""
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
