@@ -90,7 +90,7 @@ class MicroBatcher:
             images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
             try:
                 probabilities = await loop.run_in_executor(self._executor, self._predict, images)
-            except Exception as error:  # noqa: BLE001 - handed to every waiting request
+            except Exception as error:
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(error)

@@ -32,8 +32,8 @@ INPUT_NAME = "images"
 INPUT_DTYPE = "uint8"
 OUTPUT_NAME = "probabilities"
 OUTPUT_DTYPE = "float32"
-INPUT_SHAPE: tuple[None | int, ...] = (None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
-OUTPUT_SHAPE: tuple[None | int, ...] = (None, NUM_CLASSES)
+INPUT_SHAPE: tuple[int | None, ...] = (None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
+OUTPUT_SHAPE: tuple[int | None, ...] = (None, NUM_CLASSES)
 
 METADATA_FILE = "metadata.json"
 SAVED_MODEL_FILE = "saved_model.pb"

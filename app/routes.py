@@ -111,7 +111,7 @@ async def readyz(service: Service) -> JSONResponse:
 async def metadata(service: Service) -> Metadata:
     settings = service.settings
     return Metadata(
-        model=service.model.metadata,
+        model={**service.model.metadata, "version": service.model.version},
         serving=ServingLimits(
             max_upload_bytes=settings.max_upload_bytes,
             max_image_pixels=settings.max_image_pixels,

@@ -64,5 +64,7 @@ class ServingLimits(BaseModel):
 
 
 class Metadata(BaseModel):
-    model: dict[str, object] = Field(description="The model's metadata.json, as written by the training command.")
+    model: dict[str, object] = Field(
+        description="The model's metadata.json as written by the training command, plus the served `version`."
+    )
     serving: ServingLimits

@@ -16,12 +16,16 @@ def available_cpus() -> int:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    model_dir: Path = Field(Path("models/cifar10"), description="Model directory; its highest integer version is served.")
+    model_dir: Path = Field(
+        Path("models/cifar10"), description="Model directory; its highest integer version is served."
+    )
     host: str = Field("127.0.0.1", description="Address uvicorn binds (the container sets 0.0.0.0).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes; each loads its own model.")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body, in bytes.")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest width x height accepted, checked before decoding.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest width x height accepted, checked before decoding."
+    )
     max_batch_files: int = Field(32, ge=1, le=1000, description="Most images in one /predict/batch request.")
     inference_threads: int = Field(
         default_factory=available_cpus, ge=1, description="TensorFlow threads per worker (default: CPUs available)."

@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tests.synthetic import write_image_folder  # noqa: E402
+from tests.synthetic import write_image_folder
 
 TEST_THREADS = 2
 

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TensorFlow intra- and inter-op threads (default: the CPUs this process may use)")
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                         help="where decoded ImageFolder arrays are cached, keyed by the data's hash")
-    parser.add_argument("--no-cache", action="store_true", help="decode the dataset without reading or writing the cache")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode the dataset without reading or writing the cache")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="checkpoints and the per-epoch log (default: runs/<arch>-seed<seed>)")
     parser.add_argument("--resume", action="store_true",

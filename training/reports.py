@@ -9,8 +9,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 RIGHT_COLOR = "tab:blue"
 WRONG_COLOR = "tab:red"
@@ -90,7 +90,8 @@ def plot_predictions(
                                 gridspec_kw={"width_ratios": [1, 1.6] * columns})
     axes = np.atleast_2d(axes)
     for slot in range(rows * columns):
-        image_axis, bar_axis = axes[slot // columns, 2 * (slot % columns)], axes[slot // columns, 2 * (slot % columns) + 1]
+        row, column = divmod(slot, columns)
+        image_axis, bar_axis = axes[row, 2 * column], axes[row, 2 * column + 1]
         image_axis.axis("off")
         if slot >= count:
             bar_axis.axis("off")

@@ -1,0 +1,108 @@
+"""Training and inference speed of one architecture, measured side by side in one run.
+
+    python bench/train_speed.py --arch airbench [--threads 2] [--steps 6]
+
+Training: images/s of the recipe's own optimiser, batch size and precision on random data.
+Inference: images/s of the exported SavedModel signature (TTA and all) at batch 1 and 256,
+the parameter count, and the multiply-accumulates per image counted from the layer shapes.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from app.contract import INPUT_NAME
+from training import export
+from training.recipes import RECIPES
+from training.train import available_cpus, configure_tensorflow
+
+
+def conv_dense_macs(model: keras.Model) -> int:
+    """Multiply-accumulates of one forward pass: Conv2D and Dense layers (the rest is negligible)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            total += kh * kw * cin * cout * h * w
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(np.prod(layer.kernel.shape))
+    return int(total)
+
+
+def train_images_per_second(arch: str, steps: int) -> float:
+    recipe = RECIPES[arch]
+    keras.config.set_dtype_policy("mixed_bfloat16" if recipe.mixed_bfloat16 else "float32")
+    model = recipe.build()
+    model.compile(optimizer=recipe.make_optimizer(1000),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing))
+    batch = recipe.batch_size
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch * steps, 32, 32, 3)).astype("float32")
+    labels = keras.utils.to_categorical(rng.integers(0, 10, batch * steps), 10)
+    model.fit(images[:batch], labels[:batch], batch_size=batch, epochs=1, verbose=0)  # compile, warm caches
+    started = time.perf_counter()
+    model.fit(images, labels, batch_size=batch, epochs=1, verbose=0)
+    return len(images) / (time.perf_counter() - started)
+
+
+def inference_images_per_second(signature, batch: int, seconds: float = 3.0) -> tuple[float, float]:
+    """(images/s, median ms per call) for repeated calls of ``batch`` images."""
+    images = tf.constant(np.random.default_rng(1).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
+    signature(**{INPUT_NAME: images})
+    durations = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(durations) < 5:
+        started = time.perf_counter()
+        signature(**{INPUT_NAME: images})
+        durations.append(time.perf_counter() - started)
+    return batch * len(durations) / sum(durations), 1000 * float(np.median(durations))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(RECIPES), default="airbench")
+    parser.add_argument("--threads", type=int, default=available_cpus())
+    parser.add_argument("--steps", type=int, default=6, help="training steps timed")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    configure_tensorflow(args.threads)
+
+    recipe = RECIPES[args.arch]
+    train_rate = train_images_per_second(args.arch, args.steps)
+    keras.config.set_dtype_policy("float32")
+    model = recipe.build()
+    if recipe.data_init:
+        recipe.data_init(model, np.random.default_rng(2).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8))
+    with tempfile.TemporaryDirectory() as directory:
+        export.write_saved_model(model, Path(directory), recipe.flip_tta, temperature=1.0)
+        signature = tf.saved_model.load(directory).signatures["serving_default"]
+        rate_1, latency_1 = inference_images_per_second(signature, 1)
+        rate_256, latency_256 = inference_images_per_second(signature, 256)
+    macs = conv_dense_macs(model) * (2 if recipe.flip_tta else 1)
+    figures = {
+        "arch": args.arch, "threads": args.threads, "params": int(model.count_params()),
+        "train_batch_size": recipe.batch_size, "train_images_per_second": round(train_rate, 1),
+        "epoch_seconds_45k": round(45000 / train_rate, 1),
+        "inference_flops_per_image": 2 * macs, "flip_tta": recipe.flip_tta,
+        "inference_images_per_second_batch_1": round(rate_1, 1), "latency_ms_batch_1": round(latency_1, 2),
+        "inference_images_per_second_batch_256": round(rate_256, 1), "latency_ms_batch_256": round(latency_256, 1),
+    }
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

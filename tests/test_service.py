@@ -1,0 +1,176 @@
+"""The prediction service end to end: endpoints, answers equal to the SavedModel's, concurrency."""
+
+import asyncio
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME, version_dirs
+from app.main import create_app
+from app.preprocessing import image_bytes_to_array
+from app.settings import Settings
+from tests.servers import running_server
+from tests.synthetic import shape_image
+
+MAX_BATCH_FILES = 4
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def shapes(count: int, seed: int = 7, size: int = 32) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [png(shape_image(i % 10, rng, size=size)) for i in range(count)]
+
+
+def wait_ready(client: TestClient) -> None:
+    deadline = time.monotonic() + 60
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "never became ready"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def client(trained_model_dir: Path) -> Iterator[TestClient]:
+    settings = Settings(model_dir=trained_model_dir, inference_threads=2, decode_threads=2,
+                        max_batch_files=MAX_BATCH_FILES)
+    with TestClient(create_app(settings)) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def signature(trained_model_dir: Path):
+    loaded = tf.saved_model.load(str(version_dirs(trained_model_dir)[-1][1]))
+    yield loaded.signatures[SIGNATURE_NAME]
+
+
+def direct(signature, images: list[bytes]) -> np.ndarray:
+    """What the SavedModel says for the same uploads, preprocessed by the one shared function."""
+    arrays = np.stack([image_bytes_to_array(data) for data in images])
+    return signature(**{INPUT_NAME: tf.constant(arrays)})[OUTPUT_NAME].numpy()
+
+
+def test_predict_answers_with_the_savedmodel_probabilities(client: TestClient, signature) -> None:
+    upload = shapes(1, seed=11, size=96)[0]
+    response = client.post("/predict", files={"file": ("shape.png", upload, "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    assert list(body["probabilities"]) == list(CLASS_NAMES)
+    values = np.array(list(body["probabilities"].values()))
+    assert values.sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(values, direct(signature, [upload])[0], atol=1e-6)
+    assert body["label"] == CLASS_NAMES[int(values.argmax())]
+    assert body["confidence"] == pytest.approx(values.max())
+    assert [t["label"] for t in body["top"]] == [CLASS_NAMES[i] for i in np.argsort(-values, kind="stable")]
+    assert body["model"] == {"name": "shapes", "version": 1}
+    assert body["preview"] is None
+
+
+def test_preview_is_the_32x32_image_the_model_saw(client: TestClient) -> None:
+    upload = shapes(1, seed=12, size=64)[0]
+    body = client.post("/predict?preview=true", files={"file": ("s.png", upload, "image/png")}).json()
+    prefix = "data:image/png;base64,"
+    assert body["preview"].startswith(prefix)
+    import base64
+
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["preview"][len(prefix):]))))
+    np.testing.assert_array_equal(seen, image_bytes_to_array(upload))
+
+
+def test_batch_keeps_order_and_isolates_bad_files(client: TestClient, signature) -> None:
+    good = shapes(3, seed=13)
+    files = [("files", ("a.png", good[0], "image/png")), ("files", ("notes.txt", b"hello", "text/plain")),
+             ("files", ("b.png", good[1], "image/png")), ("files", ("c.png", good[2], "image/png"))]
+    response = client.post("/predict/batch", files=files)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == ["a.png", "notes.txt", "b.png", "c.png"]
+    assert results[1]["status"] == 400 and "could not be read as an image" in results[1]["detail"]
+    expected = direct(signature, good)
+    for result, row in zip([results[0], results[2], results[3]], expected, strict=True):
+        np.testing.assert_allclose(list(result["probabilities"].values()), row, atol=1e-6)
+
+
+def test_batch_refuses_more_files_than_allowed(client: TestClient) -> None:
+    files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(shapes(MAX_BATCH_FILES + 1))]
+    response = client.post("/predict/batch", files=files)
+    assert response.status_code == 413
+    assert f"at most {MAX_BATCH_FILES}" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("upload", "status", "words"),
+    [
+        (b"", 400, "empty"),
+        (b"just some text\n", 400, "could not be read as an image"),
+        (shapes(1, size=64)[0][:200], 400, "could not be read"),
+    ],
+    ids=["empty", "text", "truncated-png"],
+)
+def test_bad_uploads_get_a_4xx_json_message(client: TestClient, upload: bytes, status: int, words: str) -> None:
+    response = client.post("/predict", files={"file": ("upload.png", upload, "image/png")})
+    assert response.status_code == status
+    assert words in response.json()["detail"]
+
+
+def test_missing_field_is_422_with_a_sentence(client: TestClient) -> None:
+    response = client.post("/predict", files={"image": ("a.png", shapes(1)[0], "image/png")})
+    assert response.status_code == 422
+    assert response.json() == {"detail": "Missing form field 'file': send the image as multipart/form-data in a "
+                               "part named 'file'."}
+
+
+def test_health_metadata_and_metrics(client: TestClient) -> None:
+    assert client.get("/livez").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ok"}
+    metadata = client.get("/metadata").json()
+    assert metadata["model"]["class_names"] == list(CLASS_NAMES)
+    assert metadata["serving"]["max_batch_files"] == MAX_BATCH_FILES
+    assert "JPEG" in metadata["serving"]["accepted_formats"]
+    client.post("/predict", files={"file": ("a.png", shapes(1)[0], "image/png")})
+    metrics = client.get("/metrics").text
+    assert 'cifar10_requests_total{endpoint="/predict",method="POST",status="200"}' in metrics
+    assert "cifar10_request_duration_seconds_bucket" in metrics
+    assert "cifar10_inference_batch_size_bucket" in metrics
+    assert "cifar10_images_processed_total" in metrics
+    assert "cifar10_predicted_class_total{label=" in metrics
+
+
+def test_openapi_documents_the_upload_and_its_errors(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    predict = schema["paths"]["/predict"]["post"]
+    assert "multipart/form-data" in predict["requestBody"]["content"]
+    assert {"200", "400", "413", "415", "422", "503"} <= set(predict["responses"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_concurrent_uploads_each_get_their_own_answer(client: TestClient, trained_model_dir: Path,
+                                                      signature, tmp_path: Path) -> None:
+    """64 different images at once through a real uvicorn server: every answer matches its own image."""
+    uploads = shapes(64, seed=21)
+    expected = direct(signature, uploads)
+
+    async def send_all(url: str) -> list[dict]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            responses = await asyncio.gather(*(
+                http.post("/predict", files={"file": (f"{i}.png", data, "image/png")})
+                for i, data in enumerate(uploads)))
+        assert all(r.status_code == 200 for r in responses)
+        return [r.json() for r in responses]
+
+    with running_server(trained_model_dir, tmp_path / "server.log", INFERENCE_THREADS="2") as server:
+        answers = asyncio.run(send_all(server.url))
+    for answer, row in zip(answers, expected, strict=True):
+        np.testing.assert_allclose(list(answer["probabilities"].values()), row, atol=1e-5)
