@@ -3,8 +3,9 @@
     python bench/train_speed.py --arch airbench [--threads 2] [--steps 6]
 
 Training: images/s of the recipe's own optimiser, batch size and precision on random data.
-Inference: images/s of the exported SavedModel signature (TTA and all) at batch 1 and 256,
-the parameter count, and the multiply-accumulates per image counted from the layer shapes.
+Inference: images/s of the exported SavedModel signature at batch 1 and 256 for each
+test-time augmentation (none, flip, flip-translate; the recipe's own is marked), the
+parameter count, and the FLOPs per image counted from the layer shapes.
 """
 
 import argparse
@@ -24,6 +25,8 @@ from app.contract import INPUT_NAME
 from training import export
 from training.recipes import RECIPES
 from training.train import available_cpus, configure_tensorflow
+
+TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
 
 
 def conv_dense_macs(model: keras.Model) -> int:
@@ -83,20 +86,23 @@ def main() -> None:
     model = recipe.build()
     if recipe.data_init:
         recipe.data_init(model, np.random.default_rng(2).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8))
-    with tempfile.TemporaryDirectory() as directory:
-        export.write_saved_model(model, Path(directory), recipe.flip_tta, temperature=1.0)
-        signature = tf.saved_model.load(directory).signatures["serving_default"]
-        rate_1, latency_1 = inference_images_per_second(signature, 1)
-        rate_256, latency_256 = inference_images_per_second(signature, 256)
-    macs = conv_dense_macs(model) * (2 if recipe.flip_tta else 1)
-    figures = {
+    figures: dict[str, object] = {
         "arch": args.arch, "threads": args.threads, "params": int(model.count_params()),
         "train_batch_size": recipe.batch_size, "train_images_per_second": round(train_rate, 1),
-        "epoch_seconds_45k": round(45000 / train_rate, 1),
-        "inference_flops_per_image": 2 * macs, "flip_tta": recipe.flip_tta,
-        "inference_images_per_second_batch_1": round(rate_1, 1), "latency_ms_batch_1": round(latency_1, 2),
-        "inference_images_per_second_batch_256": round(rate_256, 1), "latency_ms_batch_256": round(latency_256, 1),
+        "epoch_seconds_45k": round(45000 / train_rate, 1), "recipe_tta": recipe.tta,
     }
+    for tta in export.TTA_MODES:
+        with tempfile.TemporaryDirectory() as directory:
+            export.write_saved_model(model, Path(directory), tta, temperature=1.0)
+            signature = tf.saved_model.load(directory).signatures["serving_default"]
+            rate_1, latency_1 = inference_images_per_second(signature, 1)
+            rate_256, _ = inference_images_per_second(signature, 256)
+        figures |= {
+            f"{tta}:flops_per_image": 2 * conv_dense_macs(model) * TTA_VIEWS[tta],
+            f"{tta}:images_per_second_batch_1": round(rate_1, 1),
+            f"{tta}:latency_ms_batch_1": round(latency_1, 2),
+            f"{tta}:images_per_second_batch_256": round(rate_256, 1),
+        }
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")

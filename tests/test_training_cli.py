@@ -58,3 +58,10 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
     assert "epoch 2:" in resumed.stdout and "epoch 1:" not in resumed.stdout
     metadata = json.loads((tmp_path / "models" / "shapes" / "2" / METADATA_FILE).read_text())
     assert metadata["epochs_completed"] == 2 and len(metadata["seconds_per_epoch"]) == 2
+    # Resuming a finished run trains nothing and exports the same weights again (e.g. after a failed export).
+    again = run_cli(*common, "--epochs", "2", "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "epoch " not in again.stdout
+    reexported = json.loads((tmp_path / "models" / "shapes" / "3" / METADATA_FILE).read_text())
+    assert reexported["val_accuracy"] == metadata["val_accuracy"]
+    assert reexported["history"] == metadata["history"]

@@ -90,12 +90,12 @@ def test_every_architecture_trains_a_step_and_exports_the_same_contract(arch: st
     before = [w.copy() for w in model.get_weights()]
     model.fit(images.astype("float32"), keras.utils.to_categorical(labels, 10), batch_size=20, epochs=1, verbose=0)
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
-    export.write_saved_model(model, tmp_path / "1", recipe.flip_tta, temperature=1.5)
+    export.write_saved_model(model, tmp_path / "1", recipe.tta, temperature=1.5)
     _, signature = load_signature(tmp_path)
     assert_contract(signature)
     probabilities = signature(**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    expected = calibration.softmax(export.logits_with_tta(model, images[:3], recipe.flip_tta), 1.5)
+    expected = calibration.softmax(export.logits_with_tta(model, images[:3], recipe.tta), 1.5)
     np.testing.assert_allclose(probabilities, expected, atol=1e-4)
 
 
@@ -140,3 +140,36 @@ def test_temperature_fit_recovers_a_known_temperature() -> None:
     calibrated = calibration.softmax(true_logits * 2.0, fitted)
     assert calibration.expected_calibration_error(calibrated, labels) < 0.02
     assert calibration.expected_calibration_error(calibration.softmax(true_logits * 2.0), labels) > 0.05
+
+
+def test_tta_modes_average_the_views_they_name() -> None:
+    model = RECIPES["seed-rgb"].build()
+    images, _ = shape_arrays(per_class=1, seed=4)
+    plain = export.logits_with_tta(model, images, "none")
+    mirrored = model.predict(images[:, :, ::-1].astype("float32"), verbose=0)
+    np.testing.assert_allclose(export.logits_with_tta(model, images, "flip"), (plain + mirrored) / 2, atol=1e-4)
+    six_views = export.logits_with_tta(model, images, "flip-translate")
+    assert six_views.shape == (10, 10) and not np.allclose(six_views, plain, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        export.logits_with_tta(model, images, "rotate")
+
+
+def test_lookahead_keeps_the_average_not_the_latest_step() -> None:
+    from training.recipes import Lookahead, LookaheadSchedule
+
+    images, labels = shape_arrays(per_class=4, seed=6)
+    model = RECIPES["seed-rgb"].build()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    after_first_step: list[np.ndarray] = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if batch == 0:
+                after_first_step.extend(self.model.get_weights())
+
+    # decay 1.0: the average is frozen at its first snapshot, so training moves nothing after step 1.
+    frozen = LookaheadSchedule(start_epoch=0, decay_base=1.0, decay_pow=0.0, every_steps=1)
+    model.fit(images.astype("float32"), keras.utils.to_categorical(labels, 10), batch_size=10, epochs=1,
+              verbose=0, callbacks=[Record(), Lookahead(frozen, steps_per_epoch=4, total_steps=4)])
+    for expected, actual in zip(after_first_step, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(actual, expected)

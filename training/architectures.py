@@ -45,8 +45,24 @@ def _torch_default_init() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
+class PartialDirac(keras.initializers.Initializer):
+    """PyTorch's default init, with the first ``in_channels`` filters set to the identity.
+
+    airbench's "implicit residual": a plain conv stack starts out passing its input through,
+    which trains like a residual network without the skip connections' cost.
+    """
+
+    def __call__(self, shape: tuple[int, ...], dtype: str | None = None) -> keras.KerasTensor:
+        kh, kw, in_channels, out_channels = shape
+        kernel = keras.ops.convert_to_numpy(_torch_default_init()(shape, dtype="float32"))
+        identity = min(in_channels, out_channels)
+        kernel[..., :identity] = 0.0
+        kernel[kh // 2, kw // 2, np.arange(identity), np.arange(identity)] = 1.0
+        return keras.ops.convert_to_tensor(kernel, dtype=dtype)
+
+
 def _conv_bn_gelu(x: keras.KerasTensor, width: int, bn_momentum: float, pool: bool) -> keras.KerasTensor:
-    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=_torch_default_init())(x)
+    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=PartialDirac())(x)
     if pool:
         x = keras.layers.MaxPooling2D(2)(x)
     # No learned scale: GELU follows, and a free scale only slows the optimiser down (airbench).
@@ -75,7 +91,8 @@ def airbench_cnn(
     x = keras.layers.MaxPooling2D(3)(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(NUM_CLASSES, use_bias=False, kernel_initializer=_torch_default_init())(x)
-    logits = keras.layers.Rescaling(logit_scale, name="logits")(x)
+    # float32 logits whatever the training precision: the loss and the softmax need the resolution.
+    logits = keras.layers.Rescaling(logit_scale, name="logits", dtype="float32")(x)
     return keras.Model(inputs, logits, name="airbench")
 
 

@@ -20,36 +20,58 @@ from app.contract import (
     next_version,
 )
 
+TTA_MODES = ("none", "flip", "flip-translate")
 
-def serving_function(model: keras.Model, flip_tta: bool, temperature: float) -> Callable:
+
+def tta_logits(model: keras.Model, pixels: tf.Tensor, tta: str) -> tf.Tensor:
+    """Logits averaged over test-time views of float32 RGB ``pixels`` (airbench's TTA levels 0-2).
+
+    ``flip``: the image and its mirror. ``flip-translate``: half that, plus a quarter each for the
+    same pair shifted one pixel up-left and one pixel down-right (reflect-padded).
+    """
+
+    def logits(images: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model(images, training=False), tf.float32)
+
+    def mirrored_pair(images: tf.Tensor) -> tf.Tensor:
+        return (logits(images) + logits(tf.reverse(images, axis=[2]))) / 2.0
+
+    if tta == "none":
+        return logits(pixels)
+    if tta == "flip":
+        return mirrored_pair(pixels)
+    if tta == "flip-translate":
+        padded = tf.pad(pixels, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        shifted = (mirrored_pair(padded[:, :IMAGE_SIZE, :IMAGE_SIZE]) + mirrored_pair(padded[:, 2:, 2:])) / 2.0
+        return (mirrored_pair(pixels) + shifted) / 2.0
+    raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
+
+
+def serving_function(model: keras.Model, tta: str, temperature: float) -> Callable:
     """uint8 RGB images -> softmax probabilities, with TTA and temperature inside the graph."""
     spec = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = tf.cast(images, tf.float32)
-        logits = tf.cast(model(pixels, training=False), tf.float32)
-        if flip_tta:
-            mirrored = tf.cast(model(tf.reverse(pixels, axis=[2]), training=False), tf.float32)
-            logits = (logits + mirrored) / 2.0
+        logits = tta_logits(model, tf.cast(images, tf.float32), tta)
         return {OUTPUT_NAME: tf.nn.softmax(logits / temperature, axis=-1)}
 
     return serve
 
 
-def logits_with_tta(model: keras.Model, images: np.ndarray, flip_tta: bool, batch_size: int = 500) -> np.ndarray:
-    """The logits the exported graph softmaxes, computed in Keras (for temperature fitting)."""
-    pixels = images.astype("float32")
-    logits = model.predict(pixels, batch_size=batch_size, verbose=0).astype("float64")
-    if flip_tta:
-        logits = (logits + model.predict(pixels[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2.0
-    return logits
+def logits_with_tta(model: keras.Model, images: np.ndarray, tta: str, batch_size: int = 500) -> np.ndarray:
+    """The logits the exported graph softmaxes, for fitting its temperature: the same views, uncalibrated."""
+    spec = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)
+    compute = tf.function(lambda batch: tta_logits(model, tf.cast(batch, tf.float32), tta), input_signature=[spec])
+    outputs = [compute(tf.constant(images[start : start + batch_size])).numpy()
+               for start in range(0, len(images), batch_size)]
+    return np.concatenate(outputs).astype("float64")
 
 
-def write_saved_model(model: keras.Model, directory: Path, flip_tta: bool, temperature: float) -> None:
+def write_saved_model(model: keras.Model, directory: Path, tta: str, temperature: float) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name=SIGNATURE_NAME, fn=serving_function(model, flip_tta, temperature))
+    archive.add_endpoint(name=SIGNATURE_NAME, fn=serving_function(model, tta, temperature))
     archive.write_out(str(directory), verbose=False)
 
 

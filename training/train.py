@@ -25,7 +25,7 @@ from training.data import (
     load_keras_cifar10,
     stratified_split,
 )
-from training.recipes import RECIPES, Recipe
+from training.recipes import RECIPES, Lookahead, Recipe
 
 REPORT_DIR = "report"
 REPORT_SAMPLES = 16
@@ -127,8 +127,10 @@ def train(config: TrainConfig) -> Path:
         shuffle=False,  # the pipeline shuffles, reproducibly from the seed
         verbose=config.verbose,
         callbacks=[
+            # Lookahead first: it puts the averaged weights in place before the epoch's checkpoint.
+            *([Lookahead(recipe.lookahead, steps_per_epoch, steps_per_epoch * epochs)] if recipe.lookahead else []),
             keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
-            EpochTimer(len(train_split.labels)),
+            EpochTimer(len(train_split.labels)),  # adds its figures to the logs before CSVLogger writes them
             keras.callbacks.CSVLogger(str(history_csv), append=True),
         ],
     )
@@ -139,12 +141,12 @@ def train(config: TrainConfig) -> Path:
     serving_model = recipe.build()
     serving_model.set_weights(model.get_weights())
 
-    val_logits = export.logits_with_tta(serving_model, val_split.images, recipe.flip_tta)
+    val_logits = export.logits_with_tta(serving_model, val_split.images, recipe.tta)
     temperature = calibration.fit_temperature(val_logits, val_split.labels)
     ece_before = calibration.expected_calibration_error(calibration.softmax(val_logits), val_split.labels)
 
     with export.staged_version_dir(config.out) as (staging, publish):
-        export.write_saved_model(serving_model, staging, recipe.flip_tta, temperature)
+        export.write_saved_model(serving_model, staging, recipe.tta, temperature)
         signature = export.load_signature(staging)
         val_probabilities = export.predict_saved_model(signature, val_split.images)
         val_predicted = val_probabilities.argmax(axis=1)
@@ -185,7 +187,7 @@ def train(config: TrainConfig) -> Path:
             "val_images": len(val_split.labels),
             "val_accuracy": round(val_accuracy, 4),
             "test_accuracy": None if test_accuracy is None else round(test_accuracy, 4),
-            "flip_tta": recipe.flip_tta,
+            "tta": recipe.tta,
             "temperature": round(temperature, 4),
             "val_ece_before_temperature": round(ece_before, 4),
             "val_ece": round(ece_after, 4),
