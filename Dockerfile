@@ -1,0 +1,100 @@
+# The CIFAR-10 classifier service: `docker compose up` (see docs/deployment.md).
+#
+# Three stages, so that a code or model change never rebuilds or re-ships the ~1.4 GB of libraries:
+#   deps     a virtual environment holding exactly requirements-serve.lock (the pins the README
+#            installs: CPU TensorFlow, wheels only)
+#   project  the project installed on top of it (into a separate root, so only its own files are
+#            copied on) and the shipped model
+#   runtime  a clean base with those copied in, running as a non-root user
+# Every stage starts from the same base, so the venv's interpreter path is valid in all of them;
+# the venv (not the base's site-packages) is what lets one file work on python:3.11-slim and on a
+# Debian image with its own python3.
+
+# Any image with python3 (3.11, the version the lock was compiled for), the venv module and
+# ca-certificates. scripts/docker-smoke.sh builds a stand-in from Debian packages where no registry
+# can be reached.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS deps
+
+# Extra CA certificates (*.crt) for a TLS-intercepting proxy on the build network: drop them in
+# deploy/certs/. Only pip in this stage trusts them; the runtime image copies the venv alone.
+COPY deploy/certs/ /tmp/extra-ca/
+
+COPY requirements-serve.lock /tmp/requirements-serve.lock
+# --only-binary: no compiler is ever needed or installed. tensorflow/include holds C++ headers for
+# building custom ops (~290 MB); serving never reads them. pip goes last: nothing at run time
+# installs packages.
+RUN set -eu; \
+    if ls /tmp/extra-ca/*.crt >/dev/null 2>&1; then \
+        cat /etc/ssl/certs/ca-certificates.crt /tmp/extra-ca/*.crt > /tmp/ca-bundle.pem; \
+        export PIP_CERT=/tmp/ca-bundle.pem; \
+    fi; \
+    python3 -m venv /opt/venv; \
+    /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
+        -r /tmp/requirements-serve.lock; \
+    rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include; \
+    /opt/venv/bin/python -m pip uninstall --yes --disable-pip-version-check pip
+
+
+FROM deps AS project
+
+# The project without dependencies: the lock is the whole dependency set, and the setuptools that
+# builds it comes from the lock too (no build isolation, no download). pip comes back from the
+# interpreter's own ensurepip for this one install; --root collects just the project's files
+# (packages, console scripts) under /opt/project, laid out as they go into /opt/venv.
+COPY pyproject.toml /src/
+COPY app /src/app
+COPY training /src/training
+RUN set -eu; \
+    /opt/venv/bin/python -m ensurepip --default-pip >/dev/null; \
+    /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
+        --no-build-isolation --root /opt/project /src
+
+# The shipped model. Its version folder comes out of the trainer as a private temporary folder
+# (mode 0700); the service runs as another user, so make everything readable, nothing writable.
+COPY models/cifar10 /srv/models/cifar10
+RUN chmod -R a+rX,go-w /srv/models
+
+
+FROM ${BASE_IMAGE} AS runtime
+
+# A fixed numeric uid so Kubernetes' runAsNonRoot can verify it; no home, no shell.
+RUN groupadd --gid 10001 cifar10 \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin cifar10
+
+# Least to most often changed: libraries, entrypoint, the project's code, the model.
+COPY --from=deps /opt/venv /opt/venv
+COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+COPY --from=project /opt/project/opt/venv /opt/venv
+
+# The shipped model, baked in. MODEL_DIR may point at a mounted volume instead.
+WORKDIR /srv
+COPY --from=project /srv/models /srv/models
+
+# HOST: listen on the container's interface, not loopback. PYTHONDONTWRITEBYTECODE: the root
+# filesystem may be read-only; the venv's bytecode was compiled at install. HOME and KERAS_HOME: the
+# user has no home, and /tmp is the one writable place (a tmpfs in docker-compose.yml).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    KERAS_HOME=/tmp/.keras \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    MODEL_DIR=/srv/models/cifar10 \
+    HOST=0.0.0.0 \
+    PORT=8000
+
+USER 10001:10001
+EXPOSE 8000
+
+# Healthy = model loaded and warmed up (/readyz), checked with the standard library: no curl in
+# the image. urlopen raises on 503 (warming up) and on a refused connection, so both exit 1.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('PORT', '8000'), timeout=4)"]
+
+# The entrypoint sizes thread pools from the container's CPU limit, then execs the command, so
+# uvicorn (or tini, with `init: true`) is the process that receives SIGTERM.
+ENTRYPOINT ["/bin/sh", "/usr/local/bin/docker-entrypoint.sh"]
+CMD ["python", "-m", "app"]

