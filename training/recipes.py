@@ -114,7 +114,7 @@ SEED_BATCH_SIZE = 32
 SEED_ADAM_LR = 1e-3
 
 # --- airbench -----------------------------------------------------------------------------------
-AIRBENCH_EPOCHS = 18
+AIRBENCH_EPOCHS = 20
 AIRBENCH_BATCH_SIZE = 1024
 AIRBENCH_MOMENTUM = 0.85  # Nesterov
 # airbench94: lr 11.5 per "kilostep scale" 1024 * (1 + 1/(1 - momentum)) = 7851 on a summed loss;
