@@ -88,7 +88,8 @@ if [ -z "${NGINX_IMAGE:-}" ]; then
     if ! docker image inspect "$NGINX_IMAGE" >/dev/null 2>&1; then
         step "stand-in nginx image from Debian packages"
         printf 'FROM %s\nRUN apt-get update && apt-get install -y --no-install-recommends nginx && rm -rf /var/lib/apt/lists/*\n' \
-            "$BASE_IMAGE" | DOCKER_BUILDKIT=0 docker build -q --network host -t "$NGINX_IMAGE" - >/dev/null
+            "$BASE_IMAGE" | DOCKER_BUILDKIT=0 docker build --network host -t "$NGINX_IMAGE" - >"$WORK/nginx-build.log" 2>&1 \
+            || { tail -n 20 "$WORK/nginx-build.log"; die "building the stand-in nginx image failed"; }
     fi
 fi
 echo "base: $BASE_IMAGE, proxy: $NGINX_IMAGE"
