@@ -127,6 +127,7 @@ def test_export_is_atomic(tmp_path: Path) -> None:
         assert version_dirs(root) == []  # invisible until published
         published = publish()
     assert published == root / "1" and (published / "saved_model.pb").read_bytes() == b"whole"
+    assert published.stat().st_mode & 0o777 == 0o755
     assert [p.name for p in root.iterdir()] == ["1"]
 
 

@@ -88,6 +88,7 @@ def staged_version_dir(model_root: Path) -> Iterator[tuple[Path, Callable[[], Pa
     """
     model_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_root))
+    staging.chmod(0o755)  # mkdtemp makes it private; a served model must be readable by the service's user
     published: list[Path] = []
 
     def publish() -> Path:
