@@ -32,5 +32,9 @@ train-seed: $(STAMP)  ## the tutorial's model, trained the tutorial's way, for c
 bench-train: $(STAMP)  ## training and inference images/s of an architecture (ARCH=airbench)
 	$(BIN)/python bench/train_speed.py --arch $(or $(ARCH),airbench)
 
+bench-serve: $(STAMP)  ## the service under load against its in-process ceiling and a naive app (~6 min; needs wrk)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/python bench/serve.py --model-dir $(or $(MODEL_DIR),models/cifar10) --json docs/bench-serve.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs

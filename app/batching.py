@@ -7,16 +7,20 @@ batch: under load batches grow by themselves, and an idle server answers a lone 
 at once, with no delay (TensorFlow Serving's and Triton's greedy batching). A positive
 ``max_delay_s`` additionally waits that long for stragglers when a batch is not full.
 The queue is bounded in images; past the bound :class:`QueueFullError` is raised at once.
+Requests whose client has gone away (cancelled futures) are dropped from a batch, not computed.
 """
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
+logger = logging.getLogger("app.batching")
 
 
 class QueueFullError(RuntimeError):
@@ -66,12 +70,19 @@ class MicroBatcher:
                 await self._worker
         self._executor.shutdown(wait=True)
 
-    async def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for ``images`` (uint8 ``(k, 32, 32, 3)``), computed in some shared batch."""
-        count = len(images)
+    def ensure_room(self, count: int) -> None:
+        """Raise :class:`QueueFullError` now if ``count`` more images would not fit in the queue.
+
+        The service also calls this before decoding, so an overloaded server refuses an upload
+        without spending CPU on it first."""
         if self._queued_images + count > self.max_queue_images:
             raise QueueFullError(f"{self._queued_images} images are waiting for the model (limit "
                                  f"{self.max_queue_images})")
+
+    async def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities for ``images`` (uint8 ``(k, 32, 32, 3)``), computed in some shared batch."""
+        count = len(images)
+        self.ensure_room(count)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(images, future))
         self._queued_images += count
@@ -79,7 +90,6 @@ class MicroBatcher:
         return await future
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._wakeup.clear()
@@ -87,31 +97,46 @@ class MicroBatcher:
             if self.max_delay_s > 0 and self._queued_images < self.max_batch_size:
                 await self._wait_for_more(self.max_delay_s)
             batch = self._take_batch()
-            images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
-            try:
-                probabilities = await loop.run_in_executor(self._executor, self._predict, images)
-            except Exception as error:
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                continue
-            if self._on_batch is not None:
-                self._on_batch(len(images))
-            start = 0
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
+        try:
+            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, images)
+        except Exception as error:  # handed to every waiting request
             for pending in batch:
-                stop = start + len(pending.images)
-                if not pending.future.done():  # the client may have gone away
-                    pending.future.set_result(probabilities[start:stop])
-                start = stop
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        start = 0
+        for pending in batch:
+            stop = start + len(pending.images)
+            if not pending.future.done():  # the client may have gone away meanwhile
+                pending.future.set_result(probabilities[start:stop])
+            start = stop
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(images))
+            except Exception:  # a metrics fault must not stop the worker: every later request would hang
+                logger.exception("batch callback failed")
 
     def _take_batch(self) -> list[_Pending]:
-        batch = [self._queue.popleft()]
-        size = len(batch[0].images)
-        while self._queue and size + len(self._queue[0].images) <= self.max_batch_size:
-            pending = self._queue.popleft()
-            batch.append(pending)
-            size += len(pending.images)
-        self._queued_images -= size
+        """Queued requests, oldest first, up to ``max_batch_size`` images (a lone larger request goes alone)."""
+        batch: list[_Pending] = []
+        size = 0
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done():  # cancelled: its client went away, computing it would only delay others
+                self._queue.popleft()
+                self._queued_images -= len(head.images)
+                continue
+            if batch and size + len(head.images) > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_images -= len(head.images)
+            batch.append(head)
+            size += len(head.images)
         return batch
 
     async def _wait_for_more(self, delay_s: float) -> None:

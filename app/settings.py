@@ -13,6 +13,10 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cpus_per_worker(workers: int) -> int:
+    return max(1, available_cpus() // workers)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
@@ -27,11 +31,15 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="Largest width x height accepted, checked before decoding."
     )
     max_batch_files: int = Field(32, ge=1, le=1000, description="Most images in one /predict/batch request.")
+    # Each worker runs its own pools: by default they share the CPUs instead of each taking all of them
+    # (threads beyond the cores only contend). deploy/docker-entrypoint.sh does the same from a CPU quota.
     inference_threads: int = Field(
-        default_factory=available_cpus, ge=1, description="TensorFlow threads per worker (default: CPUs available)."
+        default_factory=lambda data: cpus_per_worker(data.get("workers", 1)), ge=1,
+        description="TensorFlow threads per worker (default: CPUs available / WORKERS).",
     )
     decode_threads: int = Field(
-        default_factory=available_cpus, ge=1, description="Threads that decode and resize uploads."
+        default_factory=lambda data: cpus_per_worker(data.get("workers", 1)), ge=1,
+        description="Threads per worker that decode and resize large uploads (default: CPUs available / WORKERS).",
     )
     max_batch_size: int = Field(64, ge=1, le=4096, description="Most images gathered into one model call.")
     max_batch_delay_ms: float = Field(

@@ -1,0 +1,232 @@
+"""MicroBatcher behaviour with a stand-in model: gathering, row routing, back-pressure, no idle delay.
+
+The stand-in "model" answers each image with a row that names the image (its first pixel value), so a
+test can tell whether every request got its own row back, whatever batch it was computed in.
+"""
+
+import asyncio
+import io
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.batching import MicroBatcher, QueueFullError
+from app.service import is_small_image
+
+
+def image(tag: int, count: int = 1) -> np.ndarray:
+    """``count`` images whose pixels all equal ``tag``."""
+    return np.full((count, 32, 32, 3), tag, dtype=np.uint8)
+
+
+class StandIn:
+    """Records each call's batch size; optionally blocks until released, to let a queue build up."""
+
+    def __init__(self, delay_s: float = 0.0, blocking: bool = False) -> None:
+        self.calls: list[int] = []
+        self.delay_s = delay_s
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        if not blocking:
+            self.release.set()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append(len(images))
+        self.entered.set()
+        self.release.wait(10)
+        time.sleep(self.delay_s)
+        return np.repeat(images[:, 0, 0, :1].astype(np.float32), 10, axis=1)
+
+
+def run(test: Callable[[], object]) -> object:
+    return asyncio.run(asyncio.wait_for(test(), 20))  # type: ignore[arg-type]
+
+
+async def started(model: StandIn, **kwargs: float) -> MicroBatcher:
+    options = {"max_batch_size": 64, "max_delay_s": 0.0, "max_queue_images": 512, **kwargs}
+    batcher = MicroBatcher(model, int(options["max_batch_size"]), options["max_delay_s"],
+                           int(options["max_queue_images"]))
+    batcher.start()
+    return batcher
+
+
+async def wait_entered(model: StandIn) -> None:
+    while not model.entered.is_set():
+        await asyncio.sleep(0.001)
+
+
+def test_concurrent_requests_share_model_calls_and_each_gets_its_own_row() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        batcher = await started(model)
+        # The first request finds the model idle and goes alone at once...
+        first = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_entered(model)
+        # ...the next 39 arrive while it runs: they queue and share the next call.
+        rest = [asyncio.ensure_future(batcher.predict(image(tag))) for tag in range(1, 40)]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        assert model.calls == [1, 39]
+        for tag, rows in enumerate(results):
+            assert rows.shape == (1, 10)
+            assert np.all(rows == tag)
+
+    run(scenario)
+
+
+def test_a_stream_of_requests_is_served_in_far_fewer_calls() -> None:
+    async def scenario() -> None:
+        model = StandIn(delay_s=0.02)
+        batcher = await started(model)
+        tasks = []
+        for tag in range(40):
+            tasks.append(asyncio.ensure_future(batcher.predict(image(tag))))
+            await asyncio.sleep(0.002)
+        results = await asyncio.gather(*tasks)
+        await batcher.stop()
+        assert [int(rows[0, 0]) for rows in results] == list(range(40))
+        assert sum(model.calls) == 40
+        assert len(model.calls) <= 20
+
+    run(scenario)
+
+
+def test_multi_image_requests_get_their_rows_in_order() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        batcher = await started(model)
+        first = asyncio.ensure_future(batcher.predict(image(1)))
+        await wait_entered(model)
+        pair = np.concatenate([image(7), image(9)])
+        rest = [asyncio.ensure_future(batcher.predict(pair)), asyncio.ensure_future(batcher.predict(image(3, 3)))]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        answers = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        assert model.calls == [1, 5]
+        assert answers[1][:, 0].tolist() == [7, 9]
+        assert answers[2][:, 0].tolist() == [3, 3, 3]
+
+    run(scenario)
+
+
+def test_a_lone_request_on_an_idle_server_is_not_delayed() -> None:
+    async def scenario() -> float:
+        batcher = await started(StandIn(), max_delay_s=0.0)
+        await batcher.predict(image(0))  # first call: thread start-up
+        began = time.perf_counter()
+        await batcher.predict(image(1))
+        elapsed = time.perf_counter() - began
+        await batcher.stop()
+        return elapsed
+
+    assert run(scenario) < 0.05
+
+
+def test_batches_never_exceed_the_max_size_except_a_lone_larger_request() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        batcher = await started(model, max_batch_size=4)
+        first = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_entered(model)
+        queued = [asyncio.ensure_future(batcher.predict(image(tag))) for tag in range(1, 11)]
+        big = asyncio.ensure_future(batcher.predict(image(99, 6)))
+        await asyncio.sleep(0.01)
+        model.release.set()
+        await asyncio.gather(first, *queued, big)
+        await batcher.stop()
+        assert model.calls == [1, 4, 4, 2, 6]
+
+    run(scenario)
+
+
+def test_a_full_queue_refuses_at_once_and_frees_up_after_the_batch() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        batcher = await started(model, max_queue_images=3)
+        running = asyncio.ensure_future(batcher.predict(image(0)))  # taken by the worker: not queued
+        await wait_entered(model)
+        queued = [asyncio.ensure_future(batcher.predict(image(tag))) for tag in (1, 2, 3)]
+        await asyncio.sleep(0)
+        assert batcher.queued_images == 3
+        began = time.perf_counter()
+        with pytest.raises(QueueFullError):
+            await batcher.predict(image(4))
+        with pytest.raises(QueueFullError):
+            batcher.ensure_room(1)
+        assert time.perf_counter() - began < 0.05
+        model.release.set()
+        await asyncio.gather(running, *queued)
+        assert batcher.queued_images == 0
+        assert (await batcher.predict(image(5)))[0, 0] == 5
+        await batcher.stop()
+
+    run(scenario)
+
+
+def test_requests_whose_client_left_are_not_computed() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        batcher = await started(model)
+        running = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_entered(model)
+        gone = asyncio.ensure_future(batcher.predict(image(1, 5)))
+        kept = asyncio.ensure_future(batcher.predict(image(2)))
+        await asyncio.sleep(0)
+        gone.cancel()
+        model.release.set()
+        await running
+        assert (await kept)[0, 0] == 2
+        await batcher.stop()
+        assert model.calls == [1, 1]
+        assert batcher.queued_images == 0
+
+    run(scenario)
+
+
+def test_a_model_error_reaches_every_request_of_its_batch_and_the_worker_goes_on() -> None:
+    async def scenario() -> None:
+        failures = iter([True])
+
+        def flaky(images: np.ndarray) -> np.ndarray:
+            if next(failures, False):
+                raise RuntimeError("model broke")
+            return np.zeros((len(images), 10), dtype=np.float32)
+
+        seen: list[int] = []
+
+        def broken_callback(size: int) -> None:
+            seen.append(size)
+            raise ValueError("metrics broke")
+
+        batcher = MicroBatcher(flaky, 64, 0.0, 512, on_batch=broken_callback)
+        batcher.start()
+        with pytest.raises(RuntimeError, match="model broke"):
+            await batcher.predict(image(0))
+        # The callback fails on every batch; answers still arrive.
+        for _ in range(2):
+            assert (await batcher.predict(image(1))).shape == (1, 10)
+        await batcher.stop()
+        assert seen == [1, 1]
+
+    run(scenario)
+
+
+def jpeg(size: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (10, 20, 30)).save(buffer, format="JPEG", quality=75)
+    return buffer.getvalue()
+
+
+def test_only_small_images_are_decoded_inline() -> None:
+    assert is_small_image(jpeg(32), max_pixels=40_000_000)
+    assert not is_small_image(jpeg(512), max_pixels=40_000_000)
+    # Refused from the header alone (not an image): as cheap inline, where the decode raises its error.
+    assert is_small_image(b"not an image", max_pixels=40_000_000)
+    assert not is_small_image(b"\xff" * (1 << 20), max_pixels=40_000_000)
