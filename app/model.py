@@ -98,6 +98,7 @@ def load_model(model_dir: Path) -> LoadedModel:
     if not isinstance(metadata, dict) or metadata.get("class_names") != list(CLASS_NAMES):
         raise ModelLoadError(f"{metadata_path}: class_names must be the ten CIFAR-10 classes in order "
                              f"{list(CLASS_NAMES)}. Re-export the model.")
+    check_wire_format(path)
 
     import tensorflow as tf
 
@@ -115,6 +116,19 @@ def load_model(model_dir: Path) -> LoadedModel:
     signature._cifar10_owner = saved
     name = str(metadata.get("name") or path.parent.name)
     return LoadedModel(name=name, version=version, path=path, metadata=metadata, signature=signature)
+
+
+def check_wire_format(path: Path) -> None:
+    """Parse saved_model.pb as a message with no known fields: that checks the protocol-buffer wire format
+    in milliseconds, so a corrupt or truncated file fails before the multi-second TensorFlow import."""
+    from google.protobuf import empty_pb2
+    from google.protobuf.message import DecodeError
+
+    try:
+        empty_pb2.Empty.FromString((path / SAVED_MODEL_FILE).read_bytes())
+    except DecodeError as error:
+        raise ModelLoadError(f"{path} is not a loadable SavedModel ({SAVED_MODEL_FILE} is not a valid protocol "
+                             f"buffer: {error}). {HOW_TO_MAKE_ONE}") from None
 
 
 def check_signature(signature: Any, path: Path) -> None:
