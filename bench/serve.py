@@ -106,6 +106,8 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
 
     configure_tensorflow(threads)
     model = load_model(model_dir)
+    busy_before, total_before = machine_cpu_seconds()
+    own_before = resource.getrusage(resource.RUSAGE_SELF)
     rng = np.random.default_rng(0)
     pool = rng.integers(0, 256, (max(batches), 32, 32, 3), dtype=np.uint8)
     by_batch = {}
@@ -127,7 +129,13 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
         model.predict(one)
         single.append((time.perf_counter() - started) * 1000)
     best = max(by_batch, key=lambda k: by_batch[k])
+    busy_after, total_after = machine_cpu_seconds()
+    own_after = resource.getrusage(resource.RUSAGE_SELF)
+    own = (own_after.ru_utime + own_after.ru_stime) - (own_before.ru_utime + own_before.ru_stime)
+    total = (total_after - total_before) or 1e-9
     return {
+        # Shares of all CPUs while measuring: "other" above a few per cent means a distorted ceiling.
+        "cpu_share": {"self": round(own / total, 3), "other": round(max(busy_after - busy_before - own, 0) / total, 3)},
         "threads": threads,
         "model": {"name": model.name, "version": model.version, "path": str(model.path)},
         "images_per_s_by_batch": by_batch,
@@ -559,7 +567,9 @@ def table(results: dict[str, Any]) -> str:
     c = results.get("ceiling")
     if c:
         lines.append(f"In-process ceiling ({c['threads']} TensorFlow threads): {c['images_per_s']:,.0f} images/s at "
-                     f"batch {c['best_batch']}; single image p50 {c['single_image_ms']['p50']} ms. By batch: "
+                     f"batch {c['best_batch']}; single image p50 {c['single_image_ms']['p50']} ms"
+                     + (f"; other processes {c['cpu_share']['other']:.0%} of the CPUs meanwhile" if "cpu_share" in c
+                        else "") + ". By batch: "
                      + ", ".join(f"{k}: {v:,.0f}" for k, v in c["images_per_s_by_batch"].items()))
     header = (f"{'run':<24}{'conc':>5}{'ok/s':>7}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'503':>7}"
               f"{'err':>5}{'batch':>6}{'server':>7}{'wrk':>5}{'other':>6}")

@@ -126,7 +126,9 @@ def test_a_lone_request_on_an_idle_server_is_not_delayed() -> None:
         await batcher.stop()
         return elapsed
 
-    assert run(scenario) < 0.05
+    # With no delay configured (the default) the worker takes a request the moment it is queued; the
+    # bound only leaves room for a loaded CI machine.
+    assert run(scenario) < 0.2
 
 
 def test_batches_never_exceed_the_max_size_except_a_lone_larger_request() -> None:
