@@ -25,7 +25,8 @@ from app.service import ClassifierService
 router = APIRouter()
 
 
-def get_service(request: Request) -> ClassifierService:
+async def get_service(request: Request) -> ClassifierService:
+    # async: a plain function dependency would cost a thread-pool hop on every request
     return request.app.state.service
 
 

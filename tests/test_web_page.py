@@ -11,10 +11,7 @@ import base64
 import io
 import os
 import re
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -25,6 +22,7 @@ import pytest
 from PIL import Image
 
 from app.contract import CLASS_NAMES
+from tests.servers import running_server
 from tests.synthetic import shape_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,46 +41,13 @@ TRUTH_LABEL = "True class (optional)"
 
 # ---- Fixtures: a server, a browser, and files to send ---------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m uvicorn app.main:app`` serving the test model, ready (model warm) before yielding."""
-    port = free_port()
-    env = {**os.environ, "MODEL_DIR": str(trained_model_dir), "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-           "INFERENCE_THREADS": "1", "DECODE_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    """A real uvicorn server (``python -m app``) serving the test model, ready (model warm) before yielding."""
     log_path = tmp_path_factory.mktemp("server") / "uvicorn.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"uvicorn exited with {process.returncode}:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"uvicorn was not ready within 180 s:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_server(trained_model_dir, log_path, MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
+                        INFERENCE_THREADS="1", DECODE_THREADS="1") as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
