@@ -22,9 +22,10 @@ import numpy as np
 import tensorflow as tf
 
 from app.contract import INPUT_NAME
+from app.settings import available_cpus
 from training import export
 from training.recipes import RECIPES
-from training.train import available_cpus, configure_tensorflow
+from training.train import configure_tensorflow
 
 TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
 

@@ -4,13 +4,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from app.settings import available_cpus
 from training.data import DatasetError, default_cache_dir
 from training.recipes import DEFAULT_ARCH, RECIPES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.train import available_cpus
-
     arch_help = "; ".join(f"{name}: {recipe.description} (default {recipe.epochs} epochs, batch "
                           f"{recipe.batch_size})" for name, recipe in RECIPES.items())
     parser = argparse.ArgumentParser(

@@ -2,7 +2,6 @@
 
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -45,10 +44,6 @@ class TrainConfig:
     run_dir: Path  # checkpoints and the epoch log, for --resume
     resume: bool
     verbose: int = 1
-
-
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def configure_tensorflow(threads: int) -> None:
