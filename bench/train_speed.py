@@ -86,7 +86,7 @@ def main() -> None:
     keras.config.set_dtype_policy("float32")
     model = recipe.build()
     if recipe.data_init:
-        recipe.data_init(model, np.random.default_rng(2).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8))
+        recipe.data_init(model, np.random.default_rng(2).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8), 0)
     figures: dict[str, object] = {
         "arch": args.arch, "threads": args.threads, "params": int(model.count_params()),
         "train_batch_size": recipe.batch_size, "train_images_per_second": round(train_rate, 1),

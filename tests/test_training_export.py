@@ -84,7 +84,7 @@ def test_every_architecture_trains_a_step_and_exports_the_same_contract(arch: st
     keras.config.set_dtype_policy("float32")
     model = recipe.build()
     if recipe.data_init:
-        recipe.data_init(model, images)
+        recipe.data_init(model, images, 0)
     model.compile(optimizer=recipe.make_optimizer(2),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing))
     before = [w.copy() for w in model.get_weights()]

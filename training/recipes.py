@@ -37,9 +37,10 @@ class Recipe:
     label_smoothing: float = 0.0
     translate_pixels: int = 0  # random translation by reflect-padding and cropping; 0 = none
     random_flip: bool = False
+    cutout_pixels: int = 0  # side of a random square set to the mean colour (DeVries & Taylor); 0 = none
     tta: str = "none"  # test-time augmentation inside the export: "none", "flip" or "flip-translate"
     mixed_bfloat16: bool = False  # train in bfloat16 (2x on AVX512-BF16 CPUs); export stays float32
-    data_init: Callable[[keras.Model, np.ndarray], None] | None = None
+    data_init: Callable[[keras.Model, np.ndarray, int], None] | None = None  # (model, train images, seed)
     lookahead: LookaheadSchedule | None = None
 
 
@@ -114,7 +115,10 @@ SEED_BATCH_SIZE = 32
 SEED_ADAM_LR = 1e-3
 
 # --- airbench -----------------------------------------------------------------------------------
-AIRBENCH_EPOCHS = 20
+# airbench94 needs 10 epochs on the original arrays; on 45k JPEG images the 10-epoch recipe
+# stops near 90%, and at 20 epochs it fits the augmented training set (98.8%): longer training
+# with cutout added, as the 24-40 epoch recipes (ResNet-9 DAWNBench, airbench96) do.
+AIRBENCH_EPOCHS = 30
 AIRBENCH_BATCH_SIZE = 1024
 AIRBENCH_MOMENTUM = 0.85  # Nesterov
 # airbench94: lr 11.5 per "kilostep scale" 1024 * (1 + 1/(1 - momentum)) = 7851 on a summed loss;
@@ -130,6 +134,7 @@ AIRBENCH_LR_START = 0.2
 AIRBENCH_LR_END = 0.07
 AIRBENCH_LABEL_SMOOTHING = 0.2
 AIRBENCH_TRANSLATE_PIXELS = 2
+AIRBENCH_CUTOUT_PIXELS = 8
 AIRBENCH_WHITENING_IMAGES = 5000
 AIRBENCH_LOOKAHEAD = LookaheadSchedule(start_epoch=3, decay_base=0.95, decay_pow=3.0, every_steps=5)
 AIRBENCH_TTA = "flip-translate"  # airbench's TTA level 2: 6 views, 3x the inference of flip alone
@@ -146,14 +151,17 @@ def _airbench_sgd(total_steps: int) -> keras.optimizers.Optimizer:
                          nesterov=True, weight_decay=AIRBENCH_WEIGHT_DECAY)
 
 
-def _airbench_whitening(model: keras.Model, images: np.ndarray) -> None:
-    init_whitening(model, images[:AIRBENCH_WHITENING_IMAGES])
+def _airbench_whitening(model: keras.Model, images: np.ndarray, seed: int) -> None:
+    # A random sample: the first images of a class-ordered folder would all be airplanes.
+    count = min(AIRBENCH_WHITENING_IMAGES, len(images))
+    sample = np.random.default_rng(seed).choice(len(images), count, replace=False)
+    init_whitening(model, images[np.sort(sample)])
 
 
 RECIPES: dict[str, Recipe] = {
     "airbench": Recipe(
         description="airbench94 CNN (whitened 2x2 stem, conv groups 64/256/256, BatchNorm, GELU): "
-        "Nesterov SGD with warm-up and linear decay, label smoothing, flip + translate, flip-and-translate TTA",
+        "Nesterov SGD with warm-up and linear decay, label smoothing, flip, translate, cutout; flip-translate TTA",
         build=airbench_cnn,
         epochs=AIRBENCH_EPOCHS,
         batch_size=AIRBENCH_BATCH_SIZE,
@@ -161,6 +169,7 @@ RECIPES: dict[str, Recipe] = {
         label_smoothing=AIRBENCH_LABEL_SMOOTHING,
         translate_pixels=AIRBENCH_TRANSLATE_PIXELS,
         random_flip=True,
+        cutout_pixels=AIRBENCH_CUTOUT_PIXELS,
         tta=AIRBENCH_TTA,
         mixed_bfloat16=True,
         data_init=_airbench_whitening,

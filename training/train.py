@@ -12,8 +12,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.contract import CLASS_NAMES, METADATA_FILE, NUM_CLASSES, input_contract
+from app.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, NUM_CLASSES, input_contract
 from training import calibration, export, reports
+from training.architectures import CIFAR10_MEAN
 from training.data import (
     KERAS_SOURCE,
     Dataset,
@@ -60,7 +61,17 @@ def load_dataset(config: TrainConfig) -> Dataset:
 
 def make_pipeline(split: Split, recipe: Recipe, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
     """tf.data: uint8 images -> augmented float32 batches with one-hot labels."""
-    pad = recipe.translate_pixels
+    pad, cutout = recipe.translate_pixels, recipe.cutout_pixels
+    mean_colour = tf.constant(np.round(np.asarray(CIFAR10_MEAN) * 255), tf.uint8)
+
+    def cut_out(image: tf.Tensor) -> tf.Tensor:
+        # The square's centre is anywhere in the image, so it may hang over the edge (DeVries & Taylor).
+        top, left = tf.unstack(tf.random.uniform([2], 0, IMAGE_SIZE, dtype=tf.int32) - cutout // 2)
+        index = tf.range(IMAGE_SIZE)
+        rows = (index >= top) & (index < top + cutout)
+        cols = (index >= left) & (index < left + cutout)
+        inside = (rows[:, None] & cols[None, :])[:, :, None]
+        return tf.where(inside, mean_colour, image)
 
     def augment(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         if recipe.random_flip:
@@ -68,6 +79,8 @@ def make_pipeline(split: Split, recipe: Recipe, batch_size: int, training: bool,
         if pad:
             padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
             image = tf.image.random_crop(padded, tf.shape(image))
+        if cutout:
+            image = cut_out(image)
         return image, label
 
     def to_model_input(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -76,7 +89,7 @@ def make_pipeline(split: Split, recipe: Recipe, batch_size: int, training: bool,
     dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     if training:
         dataset = dataset.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True)
-        if recipe.random_flip or pad:
+        if recipe.random_flip or pad or cutout:
             dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.map(to_model_input).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -101,7 +114,7 @@ def train(config: TrainConfig) -> Path:
     keras.config.set_dtype_policy("mixed_bfloat16" if recipe.mixed_bfloat16 else "float32")
     model = recipe.build()
     if recipe.data_init is not None:
-        recipe.data_init(model, train_split.images)
+        recipe.data_init(model, train_split.images, config.seed)
     steps_per_epoch = int(np.ceil(len(train_split.labels) / batch_size))
     model.compile(
         optimizer=recipe.make_optimizer(steps_per_epoch * epochs),
