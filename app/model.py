@@ -5,8 +5,11 @@ Serving needs TensorFlow and the SavedModel alone: nothing from ``training`` is 
 
 import json
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -41,7 +44,7 @@ class LoadedModel:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """``uint8 (n, 32, 32, 3)`` -> ``float32 (n, 10)`` probabilities, through the signature."""
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         outputs = self.signature(**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
         return outputs[OUTPUT_NAME].numpy()
@@ -57,8 +60,23 @@ def configure_tensorflow(threads: int) -> None:
     _tensorflow_threads = threads
 
 
-def _apply_tensorflow_threads() -> None:
+def import_tensorflow() -> ModuleType:
+    """TensorFlow, imported without the Keras it would otherwise load for ``tf.keras``.
+
+    ``import tensorflow`` imports Keras' optimizers eagerly, about a third of its import time;
+    serving runs a plain SavedModel signature and needs none of Keras. With the legacy-Keras flag
+    set and tf_keras not installed, TensorFlow skips that import. Only a process that has not
+    imported TensorFlow yet is affected (a test run that trains first keeps its Keras).
+    """
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
+
+    return tf
+
+
+def _apply_tensorflow_threads() -> None:
+    tf = import_tensorflow()
 
     if _tensorflow_threads is None:
         return
@@ -99,10 +117,11 @@ def load_model(model_dir: Path) -> LoadedModel:
         raise ModelLoadError(f"{metadata_path}: class_names must be the ten CIFAR-10 classes in order "
                              f"{list(CLASS_NAMES)}. Re-export the model.")
     check_wire_format(path)
-
-    import tensorflow as tf
-
+    tf = import_tensorflow()
     _apply_tensorflow_threads()
+    # The signature is read from saved_model.pb itself: a model off the contract fails in
+    # milliseconds instead of after restoring its variables and functions.
+    check_signature_def(path)
     try:
         saved = tf.saved_model.load(str(path))
     except Exception as error:  # TensorFlow raises many types for a corrupt file
@@ -111,7 +130,6 @@ def load_model(model_dir: Path) -> LoadedModel:
     signature = saved.signatures.get(SIGNATURE_NAME) if hasattr(saved, "signatures") else None
     if signature is None:
         raise ModelLoadError(f"{path} has no '{SIGNATURE_NAME}' signature. Re-export with `python -m training`.")
-    check_signature(signature, path)
     # Keep the loaded object alive: the concrete function only holds weak references to it.
     signature._cifar10_owner = saved
     name = str(metadata.get("name") or path.parent.name)
@@ -131,24 +149,32 @@ def check_wire_format(path: Path) -> None:
                              f"buffer: {error}). {HOW_TO_MAKE_ONE}") from None
 
 
-def check_signature(signature: Any, path: Path) -> None:
-    import tensorflow as tf
+def check_signature_def(path: Path) -> None:
+    """The ``serving_default`` SignatureDef in saved_model.pb must be the export contract exactly."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
 
-    inputs = signature.structured_input_signature[1]
-    outputs = signature.structured_outputs
-    spec = inputs.get(INPUT_NAME) if isinstance(inputs, dict) else None
     expected = (f"{INPUT_NAME}: uint8 [None, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] -> "
                 f"{OUTPUT_NAME}: float32 [None, {NUM_CLASSES}]")
-    ok = (
-        spec is not None
-        and len(inputs) == 1
-        and spec.dtype == tf.uint8
-        and spec.shape.as_list() == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
-        and isinstance(outputs, dict)
-        and OUTPUT_NAME in outputs
-        and outputs[OUTPUT_NAME].dtype == tf.float32
-        and outputs[OUTPUT_NAME].shape.as_list() == [None, NUM_CLASSES]
-    )
-    if not ok:
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        saved_model.ParseFromString((path / SAVED_MODEL_FILE).read_bytes())
+    except Exception as error:  # DecodeError, or a message with fields of the wrong types
+        raise ModelLoadError(f"{path} is not a loadable SavedModel ({error}). {HOW_TO_MAKE_ONE}") from None
+    signatures = [meta.signature_def[SIGNATURE_NAME] for meta in saved_model.meta_graphs
+                  if SIGNATURE_NAME in meta.signature_def]
+    if not signatures:
+        raise ModelLoadError(f"{path} has no '{SIGNATURE_NAME}' signature. Re-export with `python -m training`.")
+    signature = signatures[0]
+
+    def matches(tensors: Any, name: str, dtype: int, shape: list[int]) -> bool:
+        info = tensors.get(name)
+        return (info is not None and info.dtype == dtype and not info.tensor_shape.unknown_rank
+                and [dim.size for dim in info.tensor_shape.dim] == shape)
+
+    # One input, as the service feeds only the images; further outputs would be harmless.
+    if not (len(signature.inputs) == 1
+            and matches(signature.inputs, INPUT_NAME, types_pb2.DT_UINT8, [-1, IMAGE_SIZE, IMAGE_SIZE, 3])
+            and matches(signature.outputs, OUTPUT_NAME, types_pb2.DT_FLOAT, [-1, NUM_CLASSES])):
         raise ModelLoadError(f"{path}: signature '{SIGNATURE_NAME}' does not match the contract ({expected}). "
                              "Re-export with `python -m training`.")

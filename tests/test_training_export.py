@@ -11,8 +11,8 @@ import tensorflow as tf
 from app.contract import CLASS_NAMES, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE_NAME, version_dirs
 from tests.synthetic import shape_arrays
 from training import calibration, export
-from training.architectures import init_whitening
-from training.recipes import RECIPES
+from training.architectures import airbench_cnn, init_whitening
+from training.recipes import RECIPES, BiasScaledSGD
 
 
 def load_signature(model_root: Path):
@@ -174,3 +174,21 @@ def test_lookahead_keeps_the_average_not_the_latest_step() -> None:
               verbose=0, callbacks=[Record(), Lookahead(frozen, steps_per_epoch=4, total_steps=4)])
     for expected, actual in zip(after_first_step, model.get_weights(), strict=True):
         np.testing.assert_array_equal(actual, expected)
+
+
+def test_bias_scaled_sgd_moves_batchnorm_shifts_that_many_times_further() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3)).astype("float32")
+    targets = keras.utils.to_categorical(np.arange(16) % 10, 10)
+    steps = []
+    for optimizer in (keras.optimizers.SGD(0.01), BiasScaledSGD(64.0, learning_rate=0.01)):
+        keras.utils.set_random_seed(0)
+        model = airbench_cnn(widths=(8, 8, 8))
+        model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        model.train_on_batch(images, targets)
+        steps.append({v.path.split("/")[-1] + str(i): np.abs(v.numpy() - b).sum()
+                      for i, (v, b) in enumerate(zip(model.trainable_variables, before, strict=True))})
+    plain, scaled = steps
+    for name in plain:
+        ratio = scaled[name] / plain[name]
+        assert ratio == pytest.approx(64.0 if name.startswith("beta") else 1.0, rel=1e-3), name
