@@ -46,7 +46,7 @@ mb() { echo $(( $1 / 1000 / 1000 )); }
 model_version=$(find "$MODEL_SRC" -mindepth 2 -maxdepth 2 -name saved_model.pb 2>/dev/null \
     | sed -n 's|.*/\([0-9][0-9]*\)/saved_model.pb$|\1|p' | sort -n | tail -n 1)
 [ -n "$model_version" ] || die "no model to serve: $MODEL_SRC has no <version>/saved_model.pb.
-Train one (\`make train\` writes models/cifar10/1) or pass --model DIR."
+Train one (\`make train\` writes models/cifar10/<next version>) or pass --model DIR."
 echo "model: $MODEL_SRC version $model_version"
 [ "$(id -u)" = 0 ] || die "run as root: it installs and starts a Docker engine if needed"
 mkdir -p "$WORK"
