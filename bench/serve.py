@@ -273,10 +273,21 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None,
 MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
+WARMING_UP_GRACE_S = 60.0
+
+
 def check_answers(port: int, bodies: list[bytes]) -> None:
-    """A few uploads one by one: 200 and a well-formed answer, before any load is sent."""
+    """A few uploads one by one: 200 and a well-formed answer, before any load is sent.
+
+    With several workers the first 200 from /readyz says one of them is warm; a 503 "warming up"
+    from another is its documented answer, so it is retried until every worker has answered.
+    """
+    grace_ends = time.perf_counter() + WARMING_UP_GRACE_S
     for body in bodies[:10]:
         status, _, content = http_request(port, "POST", "/predict", body, MULTIPART, timeout=60)
+        while status == 503 and b"warming up" in content and time.perf_counter() < grace_ends:
+            time.sleep(0.1)
+            status, _, content = http_request(port, "POST", "/predict", body, MULTIPART, timeout=60)
         answer = json.loads(content)
         if status != 200 or answer.get("label") not in CLASS_NAMES:
             raise SystemExit(f"/predict answered {status}: {content[:300]!r}")
