@@ -127,9 +127,7 @@ def load_model(model_dir: Path) -> LoadedModel:
     except Exception as error:  # TensorFlow raises many types for a corrupt file
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise ModelLoadError(f"{path} is not a loadable SavedModel ({first_line}). {HOW_TO_MAKE_ONE}") from None
-    signature = saved.signatures.get(SIGNATURE_NAME) if hasattr(saved, "signatures") else None
-    if signature is None:
-        raise ModelLoadError(f"{path} has no '{SIGNATURE_NAME}' signature. Re-export with `python -m training`.")
+    signature = saved.signatures[SIGNATURE_NAME]  # present: check_signature_def found its SignatureDef
     # Keep the loaded object alive: the concrete function only holds weak references to it.
     signature._cifar10_owner = saved
     name = str(metadata.get("name") or path.parent.name)

@@ -225,7 +225,8 @@ def summarize(results: list[Result], rss: list[tuple[float, float]], args: argpa
     final = rss[-1][1] if rss else None
     growth = (final - baseline) / baseline if baseline and final else None
     steady = [m["p99_ms"] for m in minutes[1:]] or [m["p99_ms"] for m in minutes]
-    p99_spread = max(steady) / float(np.median(steady)) if steady and np.median(steady) > 0 else None
+    median_p99 = float(np.median(steady)) if steady else 0.0
+    p99_spread = max(steady) / median_p99 if median_p99 > 0 else None
     summary = {
         "duration_s": args.duration, "concurrency": args.concurrency, "requests": len(results),
         "throughput_rps": round(len(results) / args.duration, 1), "statuses": statuses,
