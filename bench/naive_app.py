@@ -9,7 +9,7 @@ What it does, deliberately, the way most tutorials do it:
   one after another, and every call pays Keras' per-call set-up (data adapter, step function);
 - answers ``{"label", "confidence", "probabilities"}`` built from a plain dict.
 
-Run: ``NAIVE_MODEL_DIR=models/cifar10/2 uvicorn --app-dir bench naive_app:app``. Only the benchmark uses it.
+Run: ``NAIVE_MODEL_DIR=models/cifar10/3 uvicorn --app-dir bench naive_app:app``. Only the benchmark uses it.
 """
 
 import io
