@@ -185,11 +185,10 @@ def main() -> None:
                 lookahead(lookahead_decay[step].item())
         if epoch == args.epochs - 1:
             lookahead(1.0)
-        seconds = time.perf_counter() - started
-        print(f"epoch {epoch + 1}: val {evaluate(net, val_images, val_labels, False, autocast):.4f}, "
-              f"{seconds:.0f} s", flush=True)
+        val_accuracy = evaluate(net, val_images, val_labels, False, autocast)
+        print(f"epoch {epoch + 1}: val {val_accuracy:.4f}, {time.perf_counter() - started:.0f} s", flush=True)
     print(json.dumps({"epochs": args.epochs, "precision": args.precision, "seed": args.seed,
-                      "val_accuracy": round(evaluate(net, val_images, val_labels, False, autocast), 4),
+                      "val_accuracy": round(val_accuracy, 4),
                       "val_accuracy_tta": round(evaluate(net, val_images, val_labels, True, autocast), 4),
                       "train_seconds": round(time.perf_counter() - started, 1)}), flush=True)
 

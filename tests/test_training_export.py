@@ -169,9 +169,9 @@ def test_lookahead_keeps_the_average_not_the_latest_step() -> None:
                 after_first_step.extend(self.model.get_weights())
 
     # decay 1.0: the average is frozen at its first snapshot, so training moves nothing after step 1.
-    frozen = LookaheadSchedule(start_epoch=0, decay_base=1.0, decay_pow=0.0, every_steps=1)
+    frozen = LookaheadSchedule(decay_base=1.0, decay_pow=0.0, every_steps=1)
     model.fit(images.astype("float32"), keras.utils.to_categorical(labels, 10), batch_size=10, epochs=1,
-              verbose=0, callbacks=[Record(), Lookahead(frozen, steps_per_epoch=4, total_steps=4)])
+              verbose=0, callbacks=[Record(), Lookahead(frozen, total_steps=4)])
     for expected, actual in zip(after_first_step, model.get_weights(), strict=True):
         np.testing.assert_array_equal(actual, expected)
 

@@ -136,7 +136,7 @@ def train(config: TrainConfig) -> Path:
         verbose=config.verbose,
         callbacks=[
             # Lookahead first: it puts the averaged weights in place before the epoch's checkpoint.
-            *([Lookahead(recipe.lookahead, steps_per_epoch, steps_per_epoch * epochs)] if recipe.lookahead else []),
+            *([Lookahead(recipe.lookahead, steps_per_epoch * epochs)] if recipe.lookahead else []),
             keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
             EpochTimer(len(train_split.labels)),  # adds its figures to the logs before CSVLogger writes them
             keras.callbacks.CSVLogger(str(history_csv), append=True),
