@@ -30,17 +30,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.contract import IMAGE_SIZE
 
-# Pillow format names the service accepts; anything else is refused before decoding.
-ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
-ALLOWED_MEDIA_TYPES: tuple[str, ...] = (
-    "image/jpeg",
-    "image/png",
-    "image/gif",
-    "image/webp",
-    "image/bmp",
-    "image/tiff",
-)
-DEFAULT_MAX_PIXELS = 40_000_000
+# The formats the service accepts, as people write them; anything else is refused before decoding.
+# Every other form of the list is derived from this one: Pillow's format names (upper case), the
+# media types (each is image/<name in lower case>) and the phrase used in messages and in /docs.
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WebP", "BMP", "TIFF")
+ALLOWED_FORMATS: frozenset[str] = frozenset(name.upper() for name in ACCEPTED_FORMATS)
+ALLOWED_MEDIA_TYPES: tuple[str, ...] = tuple(f"image/{name.lower()}" for name in ACCEPTED_FORMATS)
+ACCEPTED_FORMATS_TEXT = ", ".join(ACCEPTED_FORMATS[:-1]) + " or " + ACCEPTED_FORMATS[-1]  # "JPEG, ... or TIFF"
+DEFAULT_MAX_PIXELS = 40_000_000  # the service's MAX_IMAGE_PIXELS default and the training loader's limit
 REDUCE_GAP = 3  # box-average only down to this many times the model size, so Lanczos still does the last step
 STRIP_ROWS = 256  # rows converted at once while reducing a large image
 LANCZOS_SUPPORT = 2.5  # Pillow's Lanczos support (3) less half a pixel, in output pixels
@@ -77,7 +74,7 @@ class UndecodableImageError(ImageError):
         super().__init__(
             "undecodable",
             f"The file could not be read as an image ({detail}). "
-            "Send a complete JPEG, PNG, GIF, WebP, BMP or TIFF file.",
+            f"Send a complete {ACCEPTED_FORMATS_TEXT} file.",
         )
 
 
@@ -135,11 +132,6 @@ def sniff_document(data: bytes) -> str | None:
         if head.startswith(signature.lower()):
             return name
     return None
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Decode the first frame of ``image`` to upright 8-bit RGB (rules in the module doc)."""
-    return _as_rgb(upright_first_frame(image))
 
 
 def upright_first_frame(image: Image.Image) -> Image.Image:

@@ -1,16 +1,13 @@
 """Every setting of the service, read from environment variables (names are the fields, upper-cased)."""
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def available_cpus() -> int:
-    """CPUs this process may run on (the container's cpuset or affinity mask, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from app.cpus import available_cpus
+from app.preprocessing import DEFAULT_MAX_PIXELS
 
 
 def cpus_per_worker(workers: int) -> int:
@@ -28,7 +25,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes; each loads its own model.")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body, in bytes.")
     max_image_pixels: int = Field(
-        40_000_000, ge=1, description="Largest width x height accepted, checked before decoding."
+        DEFAULT_MAX_PIXELS, ge=1, description="Largest width x height accepted, checked before decoding."
     )
     max_batch_files: int = Field(32, ge=1, le=1000, description="Most images in one /predict/batch request.")
     # Each worker runs its own pools: by default they share the CPUs instead of each taking all of them

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from app.contract import INPUT_NAME
-from app.settings import available_cpus
+from app.cpus import available_cpus
 from training import export
 from training.recipes import RECIPES
 from training.train import configure_tensorflow

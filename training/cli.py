@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.settings import available_cpus
+from app.cpus import available_cpus
 from training.data import DatasetError, default_cache_dir
 from training.recipes import DEFAULT_ARCH, RECIPES
 

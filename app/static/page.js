@@ -5,8 +5,10 @@
 "use strict";
 
 (function () {
-  // Used until /metadata answers (or if it never does); they mirror the server's defaults.
-  const limits = { maxUploadBytes: 10 * 1024 * 1024, maxBatchFiles: 32 };
+  // The server's own limits, read from /metadata (no copy of its defaults here). A drop waits for
+  // /metadata to answer; if it never does, each file is sent alone: one file is within any file-count
+  // limit, and a file over the byte limit gets the server's own 413 message.
+  let limits = null;
   // Room for each part's multipart headers, so a request of files that fit still fits as a body.
   const PART_OVERHEAD_BYTES = 1024;
   const MAX_RETRIES = 5;
@@ -52,8 +54,9 @@
       return;
     }
     const serving = metadata.serving;
-    limits.maxUploadBytes = serving.max_upload_bytes;
-    limits.maxBatchFiles = serving.max_batch_files;
+    limits = { maxUploadBytes: serving.max_upload_bytes, maxBatchFiles: serving.max_batch_files };
+    // The picker offers what the server takes (the page's own accept="image/*" until then).
+    fileInput.accept = serving.accepted_media_types.join(",");
     limitsNote.textContent = "Up to " + serving.max_batch_files + " images at once, each at most " +
       formatBytes(serving.max_upload_bytes) + ": " + serving.accepted_formats.join(", ") + ".";
     showModelInfo();
@@ -170,6 +173,7 @@
 
     let classified = 0;
     let rejected = 0;
+    await metadataLoaded;
     for (const chunk of chunks(entries)) {
       const answers = await sendChunk(chunk);
       chunk.forEach(function (entry, index) {
@@ -205,6 +209,7 @@
   // Split into requests the server takes whole: at most max_batch_files files and max_upload_bytes
   // bytes each. A file over the byte limit goes alone, so the server's own 413 message names it.
   function chunks(entries) {
+    if (!limits) return entries.map(function (entry) { return [entry]; });
     const groups = [];
     let current = [];
     let bytes = PART_OVERHEAD_BYTES;
@@ -373,5 +378,5 @@
     message.hidden = false;
   }
 
-  loadMetadata();
+  const metadataLoaded = loadMetadata();
 })();
