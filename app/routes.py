@@ -2,19 +2,16 @@
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.contract import IMAGE_SIZE
-from app.errors import DuplicateFileError, TooManyFilesError, image_error_status
-from app.preprocessing import ALLOWED_FORMATS, ALLOWED_MEDIA_TYPES, ImageError
+from app.errors import DuplicateFileError
+from app.preprocessing import ACCEPTED_FORMATS, ACCEPTED_FORMATS_TEXT, ALLOWED_FORMATS, ALLOWED_MEDIA_TYPES
 from app.schemas import (
     BatchPrediction,
     ErrorMessage,
-    FileError,
-    FilePrediction,
     Health,
     Metadata,
     Prediction,
@@ -39,7 +36,7 @@ def _errors(*statuses: int) -> dict[int | str, dict]:
         400: "Empty or undecodable image, or a malformed multipart body.",
         408: "The request body did not arrive within the read deadline.",
         413: "Body over the byte limit, image over the pixel limit, or too many files.",
-        415: "Image format outside the allow-list (JPEG, PNG, GIF, WebP, BMP, TIFF).",
+        415: f"Image format outside the allow-list ({', '.join(ACCEPTED_FORMATS)}).",
         422: "The form field is missing or repeated, or a query parameter is invalid.",
         503: "Model warming up or queue full; see Retry-After.",
     }
@@ -60,12 +57,10 @@ async def one_file_part(request: Request) -> None:
              summary="Classify one image", dependencies=[Depends(one_file_part)])
 async def predict(
     service: Service,
-    file: Annotated[UploadFile, File(description="One image: JPEG, PNG, GIF, WebP, BMP or TIFF.")],
+    file: Annotated[UploadFile, File(description=f"One image: {ACCEPTED_FORMATS_TEXT}.")],
     preview: Preview = False,
 ) -> Prediction:
-    image = await service.decode(await file.read())
-    probabilities = await service.classify(image[np.newaxis])
-    return service.to_prediction(probabilities[0], image if preview else None)
+    return await service.predict(await file.read(), preview)
 
 
 @router.post("/predict/batch", response_model=BatchPrediction, responses=IMAGE_ERRORS, tags=["predict"],
@@ -75,25 +70,7 @@ async def predict_batch(
     files: Annotated[list[UploadFile], File(description="Images, in the repeated field `files`.")],
     preview: Preview = False,
 ) -> BatchPrediction:
-    if len(files) > service.settings.max_batch_files:
-        raise TooManyFilesError(len(files), service.settings.max_batch_files)
-    decoded: list[np.ndarray | FileError] = []
-    for upload in files:
-        try:
-            decoded.append(await service.decode(await upload.read()))
-        except ImageError as error:
-            service.metrics.rejected.labels(error.kind).inc()
-            decoded.append(FileError(filename=upload.filename, status=image_error_status(error), detail=error.message))
-    good = [item for item in decoded if isinstance(item, np.ndarray)]
-    probabilities = iter(await service.classify(np.stack(good)) if good else [])
-    results: list[FilePrediction | FileError] = []
-    for upload, item in zip(files, decoded, strict=True):
-        if isinstance(item, FileError):
-            results.append(item)
-            continue
-        prediction = service.to_prediction(next(probabilities), item if preview else None)
-        results.append(FilePrediction(**prediction.model_dump(), filename=upload.filename))
-    return BatchPrediction(results=results)
+    return await service.predict_batch(files, preview)
 
 
 @router.get("/livez", response_model=Health, tags=["health"], summary="The process is alive")

@@ -3,20 +3,30 @@
 import asyncio
 import base64
 import io
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from app.batching import MicroBatcher
 from app.contract import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from app.errors import NotReadyError
+from app.errors import NotReadyError, TooManyFilesError, image_error_status
 from app.metrics import Metrics
 from app.model import LoadedModel
 from app.preprocessing import ImageError, image_bytes_to_array, open_image
-from app.schemas import ClassProbability, ModelInfo, Prediction
+from app.schemas import BatchPrediction, ClassProbability, FileError, FilePrediction, ModelInfo, Prediction
 from app.settings import Settings
+
+
+class Upload(Protocol):
+    """One uploaded file, as FastAPI's UploadFile offers it: read only when its turn comes."""
+
+    filename: str | None
+
+    async def read(self) -> bytes: ...
 
 
 @dataclass
@@ -27,6 +37,41 @@ class ClassifierService:
     metrics: Metrics
     decoder: ThreadPoolExecutor
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def predict(self, data: bytes, preview: bool = False) -> Prediction:
+        """One upload -> its prediction. An unusable image raises ImageError, which app.errors maps."""
+        image = await self.decode(data)
+        probabilities = await self.classify(image[np.newaxis])
+        prediction = self.to_prediction(probabilities[0], image if preview else None)
+        self.metrics.predicted.labels(prediction.label).inc()
+        return prediction
+
+    async def predict_batch(self, uploads: Sequence[Upload], preview: bool = False) -> BatchPrediction:
+        """Several uploads -> one entry each, in upload order: a prediction, or that file's own error.
+
+        The files that decode go to the model together, as one request to the batcher."""
+        if len(uploads) > self.settings.max_batch_files:
+            raise TooManyFilesError(len(uploads), self.settings.max_batch_files)
+        decoded = [await self._decode_or_refuse(upload) for upload in uploads]
+        good = [item for item in decoded if isinstance(item, np.ndarray)]
+        probabilities = iter(await self.classify(np.stack(good)) if good else [])
+        results: list[FilePrediction | FileError] = []
+        for upload, item in zip(uploads, decoded, strict=True):
+            if isinstance(item, FileError):
+                results.append(item)
+                continue
+            prediction = self.to_prediction(next(probabilities), item if preview else None)
+            self.metrics.predicted.labels(prediction.label).inc()
+            results.append(FilePrediction(**prediction.model_dump(), filename=upload.filename))
+        return BatchPrediction(results=results)
+
+    async def _decode_or_refuse(self, upload: Upload) -> np.ndarray | FileError:
+        """The decoded image, or the entry that reports why this one file was refused."""
+        try:
+            return await self.decode(await upload.read())
+        except ImageError as error:
+            self.metrics.rejected.labels(error.kind).inc()
+            return FileError(filename=upload.filename, status=image_error_status(error), detail=error.message)
 
     async def decode(self, data: bytes) -> np.ndarray:
         """Bytes -> uint8 (32, 32, 3): small images inline, larger ones in the decode pool.
@@ -50,10 +95,10 @@ class ClassifierService:
             self.model.predict(blank[:size])
 
     def to_prediction(self, probabilities: np.ndarray, image: np.ndarray | None = None) -> Prediction:
+        """Formats one probability vector (and the image the model saw, for ?preview) as the answer."""
         values = [float(p) for p in probabilities[:NUM_CLASSES]]
         order = sorted(range(NUM_CLASSES), key=lambda i: values[i], reverse=True)
         best = order[0]
-        self.metrics.predicted.labels(CLASS_NAMES[best]).inc()
         return Prediction(
             label=CLASS_NAMES[best],
             confidence=values[best],
