@@ -11,13 +11,18 @@ from app.settings import get_settings
 GRACEFUL_SHUTDOWN_S = 30
 
 
-def _drained(signum: int, frame: FrameType | None) -> None:
-    """uvicorn re-raises the stop signal once it has drained; by then the stop was clean, so exit 0."""
+def _ignore_reraised_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Does nothing, on purpose: see main()."""
 
 
 def main() -> None:
     settings = get_settings()
-    signal.signal(signal.SIGTERM, _drained)
+    # uvicorn handles SIGTERM itself while it serves: it stops accepting, drains the requests in flight,
+    # then restores the handler found here and raises SIGTERM again. With Python's default handler that
+    # second SIGTERM would kill the process (exit status -15) after a clean stop; with this no-op the
+    # process returns from uvicorn.run and exits 0, which is what orchestrators read as a clean stop.
+    # (A Python handler, not SIG_IGN: worker processes would inherit an ignored SIGTERM.)
+    signal.signal(signal.SIGTERM, _ignore_reraised_sigterm)
     uvicorn.run(
         "app.main:app",
         host=settings.host,

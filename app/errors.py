@@ -1,6 +1,12 @@
-"""Every error the service returns, mapped to HTTP in this one place: JSON ``{"detail": "..."}``."""
+"""Every error the service returns, mapped to HTTP in this one place: JSON ``{"detail": "..."}``.
+
+Route errors reach the exception handlers below; the middleware that refuses a request before any
+route runs (headers or declared body too large) answers with :func:`send_refusal`, the same body.
+"""
 
 import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,12 +45,39 @@ class DuplicateFileError(ValueError):
                          "Send one part, or send several images to /predict/batch as repeated 'files' parts.")
 
 
+# The request-level limits are HTTPExceptions because they are raised from inside the body stream:
+# FastAPI lets an HTTPException through its form parsing but turns any other exception into a 400.
+class BodyTooLargeError(StarletteHTTPException):
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"The request body is over the limit of {max_bytes:,} bytes. Send a smaller image.")
+
+
+class BodyTimeoutError(StarletteHTTPException):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"The request body did not arrive within {timeout_s:g} s. "
+                         "Send it faster or send a smaller file.")
+
+
+class HeadersTooLargeError(StarletteHTTPException):
+    def __init__(self, header_bytes: int, max_bytes: int) -> None:
+        super().__init__(431, f"The request headers are {header_bytes:,} bytes, over the limit of "
+                         f"{max_bytes:,}. Send fewer or shorter headers (cookies included).")
+
+
 def image_error_status(error: ImageError) -> int:
     return IMAGE_ERROR_STATUS.get(error.kind, 400)
 
 
 def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def send_refusal(scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]], error: StarletteHTTPException) -> None:
+    """Answer ``error`` from ASGI middleware, before any route has run: the handlers' JSON body, and
+    ``Connection: close`` because the request body was never read."""
+    response = _json(error.status_code, str(error.detail), {"Connection": "close"})
+    await response(scope, receive, send)
 
 
 def _describe_validation(error: RequestValidationError) -> str:

@@ -16,8 +16,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors
-from app.model import configure_tensorflow, load_model
+from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors, SecurityHeadersMiddleware
+from app.model import load_model
 from app.pages import router as pages_router
 from app.routes import router
 from app.service import ClassifierService
@@ -36,8 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_tensorflow(settings.inference_threads)
-        model = load_model(settings.model_dir)
+        model = load_model(settings.model_dir, tensorflow_threads=settings.inference_threads)
         logger.info("loaded model %s version %s from %s", model.name, model.version, model.path)
         batcher = MicroBatcher(model.predict, settings.max_batch_size, settings.max_batch_delay_ms / 1000.0,
                                settings.max_queue_images, on_batch=metrics.observe_batch)
@@ -60,7 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
+    # add_middleware wraps what is already there: the last added sees a request first.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(OneLineStartupErrors)
     return app
 
 
@@ -70,5 +72,4 @@ async def _warm_up(service: ClassifierService) -> None:
     logger.info("model warmed up; ready")
 
 
-fastapi_app = create_app()
-app = OneLineStartupErrors(fastapi_app)
+app = create_app()

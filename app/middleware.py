@@ -1,12 +1,11 @@
-"""Pure ASGI middleware: body size and read deadline, request metrics, security headers."""
+"""Pure ASGI middleware: request limits, security headers, request metrics, one-line startup errors."""
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from starlette.exceptions import HTTPException
-
+from app.errors import BodyTimeoutError, BodyTooLargeError, HeadersTooLargeError, send_refusal
 from app.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
@@ -24,6 +23,7 @@ SECURITY_HEADERS = [
 DOCS_CSP = (b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
             b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com")
 PAGE_CSP = b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self'"
+DOCS_PATHS = ("/docs", "/redoc")
 
 
 # Total request header bytes (names and values), as nginx's and Node's defaults: real clients send a few KB.
@@ -33,7 +33,8 @@ MAX_HEADER_BYTES = 16 * 1024
 class BodyLimitMiddleware:
     """413 for a body over ``max_bytes`` (at once from Content-Length, else as soon as it grows past),
     408 when the whole body has not arrived within ``timeout_s``: a slow client cannot hold a worker.
-    431 for headers over ``MAX_HEADER_BYTES``, before any route sees them."""
+    431 for headers over ``MAX_HEADER_BYTES``, before any route sees them. The errors and their
+    messages are app.errors'."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
@@ -44,14 +45,11 @@ class BodyLimitMiddleware:
             return
         header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
         if header_bytes > MAX_HEADER_BYTES:
-            await _send_json(send, 431, f"The request headers are {header_bytes:,} bytes, over the limit of "
-                             f"{MAX_HEADER_BYTES:,}. Send fewer or shorter headers (cookies included).")
+            await send_refusal(scope, receive, send, HeadersTooLargeError(header_bytes, MAX_HEADER_BYTES))
             return
-        too_large = (f"The request body is over the limit of {self.max_bytes:,} bytes. "
-                     "Send a smaller image.")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json(send, 413, too_large)
+            await send_refusal(scope, receive, send, BodyTooLargeError(self.max_bytes))
             return
         deadline = time.monotonic() + self.timeout_s
         received = 0
@@ -62,15 +60,37 @@ class BodyLimitMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(remaining, 0.001))
             except TimeoutError:
-                raise HTTPException(408, f"The request body did not arrive within {self.timeout_s:g} s. "
-                                    "Send it faster or send a smaller file.") from None
+                raise BodyTimeoutError(self.timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise HTTPException(413, too_large)
+                    raise BodyTooLargeError(self.max_bytes)
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class SecurityHeadersMiddleware:
+    """Adds the security headers and the Content-Security-Policy (Swagger UI's own for /docs) to every
+    response, error responses included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = DOCS_CSP if scope["path"] in DOCS_PATHS else PAGE_CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                headers.extend(SECURITY_HEADERS)
+                headers.append((b"content-security-policy", csp))
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class MetricsMiddleware:
@@ -90,10 +110,6 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = message.setdefault("headers", [])
-                headers.extend(SECURITY_HEADERS)
-                csp = DOCS_CSP if scope["path"] in ("/docs", "/redoc") else PAGE_CSP
-                headers.append((b"content-security-policy", csp))
             await send(message)
 
         try:
@@ -129,13 +145,3 @@ def _route_template(scope: Scope) -> str:
     # The router records the matched route in the scope; unmatched paths share one label.
     route = scope.get("route")
     return getattr(route, "path", None) or "other"
-
-
-async def _send_json(send: Send, status: int, detail: str) -> None:
-    import json
-
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *SECURITY_HEADERS]})
-    await send({"type": "http.response.body", "body": body})

@@ -41,6 +41,9 @@ class LoadedModel:
     path: Path
     metadata: dict[str, Any]
     signature: Any  # the concrete serving_default function
+    # The object tf.saved_model.load returned: the signature holds only weak references to its
+    # variables, so this field is what keeps them alive as long as the model is served.
+    saved_model: Any
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """``uint8 (n, 32, 32, 3)`` -> ``float32 (n, 10)`` probabilities, through the signature."""
@@ -48,16 +51,6 @@ class LoadedModel:
 
         outputs = self.signature(**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
         return outputs[OUTPUT_NAME].numpy()
-
-
-# Importing TensorFlow takes seconds: configure_tensorflow only records the thread count and
-# load_model applies it after its file checks, so a missing or incomplete model directory fails at once.
-_tensorflow_threads: int | None = None
-
-
-def configure_tensorflow(threads: int) -> None:
-    global _tensorflow_threads
-    _tensorflow_threads = threads
 
 
 def import_tensorflow() -> ModuleType:
@@ -75,14 +68,12 @@ def import_tensorflow() -> ModuleType:
     return tf
 
 
-def _apply_tensorflow_threads() -> None:
+def set_tensorflow_threads(threads: int) -> None:
+    """Size TensorFlow's intra- and inter-op pools; only the first call in a process takes effect."""
     tf = import_tensorflow()
-
-    if _tensorflow_threads is None:
-        return
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(_tensorflow_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(_tensorflow_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         # Already initialised in this process (a second app in the same test run): keep the pools.
         logger.debug("TensorFlow thread pools already configured")
@@ -101,7 +92,11 @@ def resolve_version_dir(model_dir: Path) -> tuple[int, Path]:
     return versions[-1]
 
 
-def load_model(model_dir: Path) -> LoadedModel:
+def load_model(model_dir: Path, tensorflow_threads: int | None = None) -> LoadedModel:
+    """Check and load the version to serve; ``tensorflow_threads`` sizes TensorFlow's pools (None: its default).
+
+    Importing TensorFlow takes seconds, so the file checks come first: a missing or incomplete model
+    directory fails at once."""
     version, path = resolve_version_dir(model_dir)
     if not (path / SAVED_MODEL_FILE).is_file():
         raise ModelLoadError(f"{path} has no {SAVED_MODEL_FILE}. {HOW_TO_MAKE_ONE}")
@@ -118,7 +113,8 @@ def load_model(model_dir: Path) -> LoadedModel:
                              f"{list(CLASS_NAMES)}. Re-export the model.")
     check_wire_format(path)
     tf = import_tensorflow()
-    _apply_tensorflow_threads()
+    if tensorflow_threads is not None:
+        set_tensorflow_threads(tensorflow_threads)
     # The signature is read from saved_model.pb itself: a model off the contract fails in
     # milliseconds instead of after restoring its variables and functions.
     check_signature_def(path)
@@ -128,10 +124,9 @@ def load_model(model_dir: Path) -> LoadedModel:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise ModelLoadError(f"{path} is not a loadable SavedModel ({first_line}). {HOW_TO_MAKE_ONE}") from None
     signature = saved.signatures[SIGNATURE_NAME]  # present: check_signature_def found its SignatureDef
-    # Keep the loaded object alive: the concrete function only holds weak references to it.
-    signature._cifar10_owner = saved
     name = str(metadata.get("name") or path.parent.name)
-    return LoadedModel(name=name, version=version, path=path, metadata=metadata, signature=signature)
+    return LoadedModel(name=name, version=version, path=path, metadata=metadata, signature=signature,
+                       saved_model=saved)
 
 
 def check_wire_format(path: Path) -> None:

@@ -102,10 +102,9 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from app.model import configure_tensorflow, load_model
+    from app.model import load_model
 
-    configure_tensorflow(threads)
-    model = load_model(model_dir)
+    model = load_model(model_dir, tensorflow_threads=threads)
     busy_before, total_before = machine_cpu_seconds()
     own_before = resource.getrusage(resource.RUSAGE_SELF)
     rng = np.random.default_rng(0)

@@ -111,3 +111,18 @@ def test_locks_pin_versions_past_known_advisories(lock: str) -> None:
     for package, fixed in MINIMUM_FIXED.items():
         assert package in versions, f"{package} is not pinned in {lock}"
         assert versions[package] >= fixed, f"{lock}: {package} {versions[package]} < {fixed}"
+
+
+@pytest.mark.parametrize(("status", "kwargs"), [
+    (431, {"method": "GET", "url": "/livez", "headers": {"x-filler": "a" * 17_000}}),
+    (413, {"method": "POST", "url": "/predict", "content": b"\0" * (10 * 1024 * 1024 + 1),
+           "headers": {"content-type": "multipart/form-data; boundary=x"}}),
+])
+def test_requests_refused_before_any_route_get_the_json_body_and_headers_once(client: TestClient, status: int,
+                                                                              kwargs: dict) -> None:
+    response = client.request(**kwargs)
+    assert response.status_code == status
+    assert list(response.json()) == ["detail"] and "limit" in response.json()["detail"]
+    assert response.headers["connection"] == "close"
+    for name in ("x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy"):
+        assert len(response.headers.get_list(name)) == 1, name
