@@ -12,6 +12,15 @@ from tests.synthetic import write_image_folder
 TEST_THREADS = 2
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # TensorFlow's pools can be sized only before its first op, and any test may run first (a Keras
+    # layer built in a test would otherwise make the session's training fixture fail to set them).
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(TEST_THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(TEST_THREADS)
+
+
 @pytest.fixture(scope="session")
 def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("shapes"), train_per_class=40, test_per_class=10)

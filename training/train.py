@@ -27,9 +27,6 @@ from training.data import (
 )
 from training.recipes import RECIPES, Lookahead, Recipe
 
-REPORT_DIR = "report"
-REPORT_SAMPLES = 16
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -165,20 +162,8 @@ def train(config: TrainConfig) -> Path:
             test_accuracy = float(np.mean(test_probabilities.argmax(axis=1) == dataset.test.labels))
         ece_after = calibration.expected_calibration_error(val_probabilities, val_split.labels)
 
-        report_dir = staging / REPORT_DIR
-        report_dir.mkdir()
-        reports.plot_curves(history, report_dir / "curves.png")
-        matrix = reports.confusion_matrix(val_split.labels, val_predicted, NUM_CLASSES)
-        reports.plot_confusion(matrix, dataset.class_names, report_dir / "confusion_matrix.png")
-        (report_dir / "per_class.md").write_text(reports.per_class_table(matrix, dataset.class_names))
-        sample = np.random.default_rng(config.seed).choice(
-            len(val_split.labels), min(REPORT_SAMPLES, len(val_split.labels)), replace=False
-        )
-        reports.plot_predictions(val_split.images[sample], val_split.labels[sample], val_probabilities[sample],
-                                 dataset.class_names, report_dir / "predictions.png")
-        diagram_note = reports.plot_architecture(model, report_dir / "model.png")
-        if diagram_note:
-            print(diagram_note, flush=True)
+        reports.write_report(staging / reports.REPORT_DIR, history, val_split.images, val_split.labels,
+                             val_probabilities, dataset.class_names, model, config.seed)
 
         metadata = {
             "name": config.out.name,
@@ -217,7 +202,7 @@ def train(config: TrainConfig) -> Path:
     print(json.dumps({"model": str(version_dir), "val_accuracy": metadata["val_accuracy"],
                       "test_accuracy": metadata["test_accuracy"], "val_ece": metadata["val_ece"],
                       "train_seconds": metadata["train_seconds"]}), flush=True)
-    print(f"wrote {version_dir} ({METADATA_FILE}, {REPORT_DIR}/)", flush=True)
+    print(f"wrote {version_dir} ({METADATA_FILE}, {reports.REPORT_DIR}/)", flush=True)
     return version_dir
 
 
