@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.api_docs import router as docs_router
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
 from app.metrics import Metrics
@@ -52,10 +53,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await batcher.stop()
             decoder.shutdown(wait=True)
 
-    app = FastAPI(title="CIFAR-10 image classifier", description=DESCRIPTION, version="1.0.0", lifespan=lifespan)
+    # docs_url=None: app.api_docs serves /docs from local files instead of FastAPI's CDN-backed page.
+    app = FastAPI(title="CIFAR-10 image classifier", description=DESCRIPTION, version="1.0.0", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(pages_router)
+    app.include_router(docs_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])

@@ -65,7 +65,7 @@ def test_error_bodies_carry_no_traces_paths_or_versions(client: TestClient, meth
     assert not LEAKS.search(response.text), response.text
 
 
-@pytest.mark.parametrize("path", ["/docs", "/redoc", "/", "/livez", "/nope"])
+@pytest.mark.parametrize("path", ["/docs", "/static/swagger-ui/swagger-ui.css", "/", "/livez", "/nope"])
 def test_security_headers_on_pages_and_errors(client: TestClient, path: str) -> None:
     headers = client.get(path).headers
     assert headers["x-content-type-options"] == "nosniff"

@@ -9,9 +9,7 @@ Screenshots land in ``test-artifacts/`` (gitignored) for a person to look at.
 
 import base64
 import io
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -23,16 +21,10 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from app.contract import CLASS_NAMES
+from tests.browser import ARTIFACTS, OffHostRequests, headless_chromium
 from tests.servers import running_server
 from tests.synthetic import shape_image
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-# Chromium as root on a machine with no outside network: no sandbox, no GPU, and none of the
-# background connections (updates, sync, safe browsing) that would only be refused here.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
 # Small, so a test can send a file over it without making a huge one; the page reads it from /metadata.
 MAX_UPLOAD_BYTES = 1024 * 1024
 BLUE = "rgb(29, 78, 216)"
@@ -54,17 +46,8 @@ def server(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium and chromium-driver "
-                    "(`apt-get install chromium chromium-driver`, as .ci/run does) or set CHROMIUM.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        # The system's browser, not one Playwright fetched for itself.
-        assert chromium.version in subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout
+    with headless_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 class OpenPage:
@@ -73,6 +56,7 @@ class OpenPage:
 
     def __init__(self, browser, base: str, allow_statuses: frozenset[int] = frozenset(), **context_options) -> None:
         self.context = browser.new_context(**context_options)
+        self.off_host = OffHostRequests(self.context, base)
         self.page = self.context.new_page()
         self.problems: list[str] = []
 
@@ -108,6 +92,7 @@ def open_page(browser, server) -> Iterator:
 
     yield _open
     problems = [problem for page in opened for problem in page.problems]
+    problems += [f"request off the host: {url}" for page in opened for url in page.off_host]
     for page in opened:
         page.close()
     assert problems == [], f"the page logged errors: {problems}"
