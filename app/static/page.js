@@ -26,6 +26,7 @@
 
   let metadata = null;
   let pastedCount = 0;
+  let cardCount = 0;
   const objectUrls = [];
 
   function percent(probability) {
@@ -33,9 +34,13 @@
   }
 
   function formatBytes(bytes) {
-    // A no-break space keeps the number and its unit on one line.
-    if (bytes < 1024 * 1024) return Math.round(bytes / 1024) + "\u00a0KB";
+    // A no-break space keeps the number and its unit on one line. MB is 1024 x 1024 bytes, as the server says.
+    if (bytes < 1024 * 1024) return Math.max(1, Math.round(bytes / 1024)) + "\u00a0KB";
     return (bytes / (1024 * 1024)).toFixed(1).replace(/\.0$/, "") + "\u00a0MB";
+  }
+
+  function formatBytesExactly(bytes) {
+    return formatBytes(bytes) + " (" + bytes.toLocaleString("en") + " bytes)";
   }
 
   function setStatus(text) {
@@ -58,7 +63,8 @@
     // The picker offers what the server takes (the page's own accept="image/*" until then).
     fileInput.accept = serving.accepted_media_types.join(",");
     limitsNote.textContent = "Up to " + serving.max_batch_files + " images at once, each at most " +
-      formatBytes(serving.max_upload_bytes) + ": " + serving.accepted_formats.join(", ") + ".";
+      formatBytes(largestFile()) + ": " + serving.accepted_formats.join(", ") + ". Larger files and other " +
+      "formats are refused here, before anything is sent.";
     showModelInfo();
   }
 
@@ -174,7 +180,17 @@
     let classified = 0;
     let rejected = 0;
     await metadataLoaded;
-    for (const chunk of chunks(entries)) {
+    const sendable = [];
+    for (const entry of entries) {
+      const refusal = await refusalBeforeSending(entry.file);
+      if (refusal) {
+        showError(entry.card, refusal);
+        rejected += 1;
+      } else {
+        sendable.push(entry);
+      }
+    }
+    for (const chunk of chunks(sendable)) {
       const answers = await sendChunk(chunk);
       chunk.forEach(function (entry, index) {
         const answer = answers[index];
@@ -194,8 +210,11 @@
   function summary(entries, classified, rejected) {
     if (entries.length === 1) {
       const card = entries[0].card;
-      const answer = card.querySelector(card.classList.contains("failed") ? ".error" : ".verdict");
-      return entries[0].name + ": " + answer.textContent;
+      if (card.classList.contains("failed")) {
+        return entries[0].name + ": " + card.querySelector(".error-title").textContent + ". " +
+          card.querySelector(".error-detail").textContent;
+      }
+      return entries[0].name + ": " + card.querySelector(".verdict").textContent;
     }
     let text = "Done: " + classified + " classified";
     if (rejected) {
@@ -204,6 +223,64 @@
       text += ", " + rejected + " rejected (" + names.join(", ") + ")";
     }
     return text + ".";
+  }
+
+  // ---- Refusing before sending: what the server would refuse anyway, said in words ----------
+
+  // The largest file that fits in one request beside its part's multipart headers.
+  function largestFile() {
+    return limits.maxUploadBytes - PART_OVERHEAD_BYTES;
+  }
+
+  // What each accepted format's files start with, whatever their names say (the server sniffs the same way).
+  const SIGNATURES = {
+    JPEG: [[0, [0xff, 0xd8, 0xff]]],
+    PNG: [[0, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]]],
+    GIF: [[0, [0x47, 0x49, 0x46, 0x38]]],
+    WEBP: [[0, [0x52, 0x49, 0x46, 0x46]], [8, [0x57, 0x45, 0x42, 0x50]]],
+    BMP: [[0, [0x42, 0x4d]]],
+    TIFF: [[0, [0x49, 0x49, 0x2a, 0x00]]],
+  };
+  const BIG_ENDIAN_TIFF = [0x4d, 0x4d, 0x00, 0x2a];
+
+  function startsLike(head, offset, bytes) {
+    return bytes.every(function (value, index) { return head[offset + index] === value; });
+  }
+
+  function sniffFormat(head) {
+    if (startsLike(head, 0, BIG_ENDIAN_TIFF)) return "TIFF";
+    return Object.keys(SIGNATURES).find(function (format) {
+      return SIGNATURES[format].every(function (part) { return startsLike(head, part[0], part[1]); });
+    }) || null;
+  }
+
+  // null when the file may be sent; else {title, detail} saying why not and what to do.
+  async function refusalBeforeSending(file) {
+    if (file.size === 0) {
+      return { title: "Empty file, not sent",
+        detail: "The file has no bytes. Pick the image file itself, or save the image again." };
+    }
+    if (!limits) return null;  // without /metadata the server decides, and its message says why
+    if (file.size > largestFile()) {
+      return { title: "Too large, not sent",
+        detail: "The file is " + formatBytesExactly(file.size) + "; the server takes at most " +
+          formatBytesExactly(largestFile()) + " per image. Scale the image down or save it as JPEG, then " +
+          "try again." };
+    }
+    const head = new Uint8Array(await file.slice(0, 16).arrayBuffer());
+    const format = sniffFormat(head);
+    const accepted = metadata.serving.accepted_formats;
+    if (format === null || accepted.indexOf(format) === -1) {
+      const kind = file.type ? " (the browser calls it " + file.type + ")" : "";
+      return { title: "Not an image the model takes, not sent",
+        detail: "This file" + kind + " is not " + listInWords(accepted) + ": its first bytes say so, " +
+          "whatever its name. Convert it to one of these formats, or pick another file." };
+    }
+    return null;
+  }
+
+  function listInWords(names) {
+    return names.length < 2 ? names.join("") : names.slice(0, -1).join(", ") + " or " + names[names.length - 1];
   }
 
   // Split into requests the server takes whole: at most max_batch_files files and max_upload_bytes
@@ -277,6 +354,11 @@
   function makeCard(entry) {
     const card = template.content.firstElementChild.cloneNode(true);
     card.querySelector(".card-title").textContent = entry.name;
+    // The true-class picker is described by its card's own help text.
+    cardCount += 1;
+    const help = card.querySelector(".truth-help");
+    help.id = "truth-help-" + cardCount;
+    card.querySelector(".truth-select").setAttribute("aria-describedby", help.id);
     const original = card.querySelector(".original");
     const url = URL.createObjectURL(entry.file);
     objectUrls.push(url);
@@ -368,13 +450,36 @@
     else note.textContent = "Wrong: the model said " + predicted + ", the true class is " + truth + ".";
   }
 
+  // What went wrong, in words, for each status the server answers a refused file with; the server's
+  // own message follows it and says what to do.
+  const REJECTION_TITLES = {
+    0: "The server could not be reached",
+    400: "Could not be read as an image",
+    408: "The upload took too long",
+    413: "Too large for the server",
+    415: "Not an image format the model takes",
+    422: "The request was not understood",
+    503: "The server is busy",
+  };
+
+  function rejectionTitle(status) {
+    return REJECTION_TITLES[status] || "Refused by the server (HTTP " + status + ")";
+  }
+
+  // error: {title, detail} when the page refused the file itself, {status, detail} when the server did.
   function showError(card, error) {
     card.removeAttribute("aria-busy");
     card.classList.add("done", "failed");
     card.querySelector(".verdict").hidden = true;
     card.querySelector(".preview").closest("figure").hidden = true;
     const message = card.querySelector(".error");
-    message.textContent = error.status ? "Rejected (" + error.status + "): " + error.detail : error.detail;
+    const title = document.createElement("strong");
+    title.className = "error-title";
+    title.textContent = error.title || rejectionTitle(error.status);
+    const detail = document.createElement("span");
+    detail.className = "error-detail";
+    detail.textContent = error.detail;
+    message.replaceChildren(title, detail);
     message.hidden = false;
   }
 
