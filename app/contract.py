@@ -37,6 +37,9 @@ OUTPUT_SHAPE: tuple[int | None, ...] = (None, NUM_CLASSES)
 
 METADATA_FILE = "metadata.json"
 SAVED_MODEL_FILE = "saved_model.pb"
+VARIABLES_INDEX = "variables/variables.index"
+# What a version folder must hold before anything may load it: a folder still being written lacks one.
+VERSION_FILES = (SAVED_MODEL_FILE, VARIABLES_INDEX, METADATA_FILE)
 
 
 def input_contract() -> dict[str, object]:
@@ -61,3 +64,8 @@ def next_version(model_root: Path) -> int:
     """The version number a new export under ``model_root`` should take."""
     versions = version_dirs(model_root)
     return versions[-1][0] + 1 if versions else 1
+
+
+def missing_files(version_dir: Path) -> list[str]:
+    """The files of VERSION_FILES that ``version_dir`` lacks (empty for a complete version)."""
+    return [name for name in VERSION_FILES if not (version_dir / name).is_file()]

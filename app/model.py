@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,7 +32,15 @@ HOW_TO_MAKE_ONE = "Train one with `python -m training` (see README) or set MODEL
 
 
 class ModelLoadError(RuntimeError):
-    """The model directory cannot be served; the message names the path and the fix."""
+    """The model directory cannot be served; the message names the path and the fix.
+
+    ``reason`` sorts the fault for the rejected-versions metric: ``missing``, ``incomplete``, ``unloadable``
+    (not a readable SavedModel), ``contract`` (signature or class names off the export contract) or
+    ``bad_output`` (it loads but does not answer probabilities)."""
+
+    def __init__(self, message: str, reason: str = "unloadable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -82,35 +91,52 @@ def set_tensorflow_threads(threads: int) -> None:
 def resolve_version_dir(model_dir: Path) -> tuple[int, Path]:
     """The directory to serve: ``model_dir`` itself if it is a version, else its highest version."""
     if not model_dir.exists():
-        raise ModelLoadError(f"model directory {model_dir} does not exist. {HOW_TO_MAKE_ONE}")
+        raise ModelLoadError(f"model directory {model_dir} does not exist. {HOW_TO_MAKE_ONE}", reason="missing")
     if (model_dir / SAVED_MODEL_FILE).is_file() and model_dir.name.isdigit():
         return int(model_dir.name), model_dir
     versions = version_dirs(model_dir)
     if not versions:
         raise ModelLoadError(f"model directory {model_dir} has no version folders (<name>/<integer>/"
-                             f"{SAVED_MODEL_FILE}). {HOW_TO_MAKE_ONE}")
+                             f"{SAVED_MODEL_FILE}). {HOW_TO_MAKE_ONE}", reason="missing")
     return versions[-1]
 
 
-def load_model(model_dir: Path, tensorflow_threads: int | None = None) -> LoadedModel:
-    """Check and load the version to serve; ``tensorflow_threads`` sizes TensorFlow's pools (None: its default).
+def pinned_version_dir(model_dir: Path, version: int) -> tuple[int, Path]:
+    """``model_dir/<version>``, which MODEL_VERSION names: it must exist."""
+    path = model_dir / str(version)
+    if not path.is_dir():
+        present = ", ".join(str(number) for number, _ in version_dirs(model_dir)) or "none"
+        raise ModelLoadError(f"MODEL_VERSION={version}, but {path} does not exist (versions there: {present}). "
+                             "Unset MODEL_VERSION to serve the highest version.", reason="missing")
+    return version, path
+
+
+def load_model(model_dir: Path, version: int | None = None, tensorflow_threads: int | None = None) -> LoadedModel:
+    """The version ``model_dir`` names: ``version`` if given, else itself or its highest version."""
+    number, path = resolve_version_dir(model_dir) if version is None else pinned_version_dir(model_dir, version)
+    return load_version(path, number, tensorflow_threads)
+
+
+def load_version(path: Path, version: int, tensorflow_threads: int | None = None) -> LoadedModel:
+    """Check one version folder against the export contract, then load it; ``tensorflow_threads`` sizes
+    TensorFlow's pools (None: its default).
 
     Importing TensorFlow takes seconds, so the file checks come first: a missing or incomplete model
     directory fails at once."""
-    version, path = resolve_version_dir(model_dir)
     if not (path / SAVED_MODEL_FILE).is_file():
-        raise ModelLoadError(f"{path} has no {SAVED_MODEL_FILE}. {HOW_TO_MAKE_ONE}")
+        raise ModelLoadError(f"{path} has no {SAVED_MODEL_FILE}. {HOW_TO_MAKE_ONE}", reason="incomplete")
     metadata_path = path / METADATA_FILE
     try:
         metadata = json.loads(metadata_path.read_text())
     except FileNotFoundError:
         raise ModelLoadError(f"{metadata_path} is missing; the export writes it beside "
-                             f"{SAVED_MODEL_FILE}. {HOW_TO_MAKE_ONE}") from None
+                             f"{SAVED_MODEL_FILE}. {HOW_TO_MAKE_ONE}", reason="incomplete") from None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
-        raise ModelLoadError(f"{metadata_path} is not valid JSON ({error}). Re-export the model.") from None
+        raise ModelLoadError(f"{metadata_path} is not valid JSON ({error}). Re-export the model.",
+                             reason="contract") from None
     if not isinstance(metadata, dict) or metadata.get("class_names") != list(CLASS_NAMES):
         raise ModelLoadError(f"{metadata_path}: class_names must be the ten CIFAR-10 classes in order "
-                             f"{list(CLASS_NAMES)}. Re-export the model.")
+                             f"{list(CLASS_NAMES)}. Re-export the model.", reason="contract")
     check_wire_format(path)
     tf = import_tensorflow()
     if tensorflow_threads is not None:
@@ -121,12 +147,16 @@ def load_model(model_dir: Path, tensorflow_threads: int | None = None) -> Loaded
     try:
         saved = tf.saved_model.load(str(path))
     except Exception as error:  # TensorFlow raises many types for a corrupt file
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise ModelLoadError(f"{path} is not a loadable SavedModel ({first_line}). {HOW_TO_MAKE_ONE}") from None
+        raise ModelLoadError(f"{path} is not a loadable SavedModel ({first_line(error)}). {HOW_TO_MAKE_ONE}") from None
     signature = saved.signatures[SIGNATURE_NAME]  # present: check_signature_def found its SignatureDef
     name = str(metadata.get("name") or path.parent.name)
     return LoadedModel(name=name, version=version, path=path, metadata=metadata, signature=signature,
                        saved_model=saved)
+
+
+def first_line(error: Exception) -> str:
+    """TensorFlow's errors run to pages: their first line, shortened, is what a log line can carry."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def check_wire_format(path: Path) -> None:
@@ -157,7 +187,8 @@ def check_signature_def(path: Path) -> None:
     signatures = [meta.signature_def[SIGNATURE_NAME] for meta in saved_model.meta_graphs
                   if SIGNATURE_NAME in meta.signature_def]
     if not signatures:
-        raise ModelLoadError(f"{path} has no '{SIGNATURE_NAME}' signature. Re-export with `python -m training`.")
+        raise ModelLoadError(f"{path} has no '{SIGNATURE_NAME}' signature. Re-export with `python -m training`.",
+                             reason="contract")
     signature = signatures[0]
 
     def matches(tensors: Any, name: str, dtype: int, shape: list[int]) -> bool:
@@ -170,4 +201,23 @@ def check_signature_def(path: Path) -> None:
             and matches(signature.inputs, INPUT_NAME, types_pb2.DT_UINT8, [-1, IMAGE_SIZE, IMAGE_SIZE, 3])
             and matches(signature.outputs, OUTPUT_NAME, types_pb2.DT_FLOAT, [-1, NUM_CLASSES])):
         raise ModelLoadError(f"{path}: signature '{SIGNATURE_NAME}' does not match the contract ({expected}). "
-                             "Re-export with `python -m training`.")
+                             "Re-export with `python -m training`.", reason="contract")
+
+
+def check_answers(model: LoadedModel, batch_sizes: Iterable[int]) -> None:
+    """Run ``model`` on a batch of each size (which also warms it up): every row must be ten finite
+    probabilities summing to 1. A graph can load and keep the signature yet answer NaN or garbage."""
+    rng = np.random.default_rng(0)
+    for size in batch_sizes:
+        images = rng.integers(0, 256, (size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        try:
+            probabilities = np.asarray(model.predict(images))
+        except Exception as error:  # TensorFlow raises many types for a graph that cannot run
+            raise ModelLoadError(f"{model.path} failed on a batch of {size} ({first_line(error)}). "
+                                 "Re-export the model.", reason="bad_output") from None
+        if (probabilities.shape != (size, NUM_CLASSES) or not np.all(np.isfinite(probabilities))
+                or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)):
+            raise ModelLoadError(f"{model.path} does not answer probabilities: on a batch of {size} it gave shape "
+                                 f"{probabilities.shape}, row sums {np.round(probabilities.sum(axis=-1)[:3], 4)}"
+                                 f"... (want ({size}, {NUM_CLASSES}), each summing to 1). Re-export the model.",
+                                 reason="bad_output")

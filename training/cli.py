@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["promote"]:
+        from training import promote
+
+        return promote.main(argv[1:])
     args = build_parser().parse_args(argv)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
                         ("--threads", args.threads), ("--val-size", args.val_size)):
