@@ -2,7 +2,9 @@
 
 One worker task owns the model. It takes every image already queued (up to
 ``max_batch_size``) and runs them as one batch in a dedicated inference thread, so the
-event loop never blocks. While that call runs, new requests queue up and form the next
+event loop never blocks. The model is asked for once per batch (``current_model``), so a
+batch runs whole on one model even if a newer one is swapped in meanwhile, and every
+answer carries the model that computed it. While that call runs, new requests queue up and form the next
 batch: under load batches grow by themselves, and an idle server answers a lone request
 at once, with no delay (TensorFlow Serving's and Triton's greedy batching). A positive
 ``max_delay_s`` additionally waits that long for stragglers when a batch is not full.
@@ -17,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -25,6 +28,23 @@ logger = logging.getLogger("app.batching")
 
 class QueueFullError(RuntimeError):
     """More images are waiting for the model than the configured bound."""
+
+
+class BatchModel(Protocol):
+    """What the batcher runs: ``predict`` maps uint8 ``(n, 32, 32, 3)`` to float32 ``(n, 10)``."""
+
+    name: str
+    version: int
+
+    def predict(self, images: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's rows of a batch, and the model that computed them."""
+
+    probabilities: np.ndarray
+    model: BatchModel
 
 
 @dataclass
@@ -36,13 +56,13 @@ class _Pending:
 class MicroBatcher:
     def __init__(
         self,
-        predict: Callable[[np.ndarray], np.ndarray],
+        current_model: Callable[[], BatchModel],
         max_batch_size: int,
         max_delay_s: float,
         max_queue_images: int,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        self._predict = predict
+        self._current_model = current_model
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_images = max_queue_images
@@ -79,7 +99,7 @@ class MicroBatcher:
             raise QueueFullError(f"{self._queued_images} images are waiting for the model (limit "
                                  f"{self.max_queue_images})")
 
-    async def predict(self, images: np.ndarray) -> np.ndarray:
+    async def predict(self, images: np.ndarray) -> Answer:
         """Probabilities for ``images`` (uint8 ``(k, 32, 32, 3)``), computed in some shared batch."""
         count = len(images)
         self.ensure_room(count)
@@ -102,8 +122,9 @@ class MicroBatcher:
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
+        model = self._current_model()  # read once: the whole batch runs on, and reports, this model
         try:
-            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, images)
+            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, model.predict, images)
         except Exception as error:  # handed to every waiting request
             for pending in batch:
                 if not pending.future.done():
@@ -113,7 +134,7 @@ class MicroBatcher:
         for pending in batch:
             stop = start + len(pending.images)
             if not pending.future.done():  # the client may have gone away meanwhile
-                pending.future.set_result(probabilities[start:stop])
+                pending.future.set_result(Answer(probabilities[start:stop], model))
             start = stop
         if self._on_batch is not None:
             try:

@@ -18,10 +18,11 @@ from app.batching import MicroBatcher
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors, SecurityHeadersMiddleware
-from app.model import load_model
+from app.model import ModelLoadError
+from app.model_watcher import ModelWatcher, start_serving
 from app.pages import router as pages_router
 from app.routes import router
-from app.service import ClassifierService
+from app.service import ClassifierService, warm_up_sizes
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("app")
@@ -33,23 +34,30 @@ to a square, resized to 32x32 and answered with the ten softmax probabilities.""
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_level)
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        model = load_model(settings.model_dir, tensorflow_threads=settings.inference_threads)
-        logger.info("loaded model %s version %s from %s", model.name, model.version, model.path)
-        batcher = MicroBatcher(model.predict, settings.max_batch_size, settings.max_batch_delay_ms / 1000.0,
-                               settings.max_queue_images, on_batch=metrics.observe_batch)
+        served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
+                                        warm_up_sizes(settings), metrics, settings.inference_threads)
+        first = served.current
+        logger.info("loaded model %s version %s from %s", first.name, first.version, first.path)
+        del first  # a swap must leave no reference to the model it replaces: its memory is released
+        batcher = MicroBatcher(lambda: served.current, settings.max_batch_size,
+                               settings.max_batch_delay_ms / 1000.0, settings.max_queue_images,
+                               on_batch=metrics.observe_batch)
         decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
-        service = ClassifierService(settings, model, batcher, metrics, decoder)
+        service = ClassifierService(settings, served, batcher, metrics, decoder)
         app.state.service = service
         batcher.start()
-        warm_up = asyncio.create_task(_warm_up(service))
+        warm_up = asyncio.create_task(_warm_up_then_follow(service, watcher))
         try:
             yield
         finally:
             warm_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm_up
             await batcher.stop()
             decoder.shutdown(wait=True)
 
@@ -70,10 +78,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _warm_up(service: ClassifierService) -> None:
-    await asyncio.get_running_loop().run_in_executor(None, service.warm_up)
+def configure_logging(level: str) -> None:
+    """The service's own log lines (model loaded, swapped, skipped) in uvicorn's format and at its level;
+    without a handler Python would print only warnings, bare."""
+    from uvicorn.logging import DefaultFormatter
+
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s", use_colors=False))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())
+
+
+async def _warm_up_then_follow(service: ClassifierService, watcher: ModelWatcher | None) -> None:
+    """Warm the first model up, then (if it may) follow the model folder until shutdown cancels this."""
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, service.warm_up)
+    except ModelLoadError as error:  # it loaded but answers nonsense: never report ready with it
+        logger.error("%s", error)
+        return
     service.ready.set()
     logger.info("model warmed up; ready")
+    if watcher is not None:
+        await watcher.run()
 
 
 app = create_app()

@@ -1,6 +1,6 @@
 """Prometheus metrics, one registry per app instance (so tests can build several apps)."""
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -20,6 +20,13 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.rejected = Counter("cifar10_rejected_images", "Uploads refused before the model, by reason.",
                                 ["reason"], registry=self.registry)
+        self.model_version = Gauge("cifar10_model_version", "Version of the model answering now.",
+                                   registry=self.registry)
+        self.model_swaps = Counter("cifar10_model_swaps", "Times a newer model version replaced the served one.",
+                                   registry=self.registry)
+        self.model_versions_rejected = Counter(
+            "cifar10_model_versions_rejected", "Model versions skipped instead of served, by reason "
+            "(incomplete, unloadable, contract, bad_output).", ["reason"], registry=self.registry)
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

@@ -88,8 +88,9 @@ async def readyz(service: Service) -> JSONResponse:
 @router.get("/metadata", response_model=Metadata, tags=["model"], summary="The model's metadata and serving limits")
 async def metadata(service: Service) -> Metadata:
     settings = service.settings
+    model = service.served.current
     return Metadata(
-        model={**service.model.metadata, "version": service.model.version},
+        model={**model.metadata, "version": model.version},
         serving=ServingLimits(
             max_upload_bytes=settings.max_upload_bytes,
             max_image_pixels=settings.max_image_pixels,

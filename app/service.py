@@ -11,11 +11,12 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from app.batching import MicroBatcher
-from app.contract import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from app.batching import Answer, BatchModel, MicroBatcher
+from app.contract import CLASS_NAMES, NUM_CLASSES
 from app.errors import NotReadyError, TooManyFilesError, image_error_status
 from app.metrics import Metrics
-from app.model import LoadedModel
+from app.model import check_answers
+from app.model_watcher import ServedModel
 from app.preprocessing import ImageError, image_bytes_to_array, open_image
 from app.schemas import BatchPrediction, ClassProbability, FileError, FilePrediction, ModelInfo, Prediction
 from app.settings import Settings
@@ -32,7 +33,7 @@ class Upload(Protocol):
 @dataclass
 class ClassifierService:
     settings: Settings
-    model: LoadedModel
+    served: ServedModel
     batcher: MicroBatcher
     metrics: Metrics
     decoder: ThreadPoolExecutor
@@ -41,8 +42,8 @@ class ClassifierService:
     async def predict(self, data: bytes, preview: bool = False) -> Prediction:
         """One upload -> its prediction. An unusable image raises ImageError, which app.errors maps."""
         image = await self.decode(data)
-        probabilities = await self.classify(image[np.newaxis])
-        prediction = self.to_prediction(probabilities[0], image if preview else None)
+        answer = await self.classify(image[np.newaxis])
+        prediction = self.to_prediction(answer.probabilities[0], answer.model, image if preview else None)
         self.metrics.predicted.labels(prediction.label).inc()
         return prediction
 
@@ -54,13 +55,16 @@ class ClassifierService:
             raise TooManyFilesError(len(uploads), self.settings.max_batch_files)
         decoded = [await self._decode_or_refuse(upload) for upload in uploads]
         good = [item for item in decoded if isinstance(item, np.ndarray)]
-        probabilities = iter(await self.classify(np.stack(good)) if good else [])
+        if not good:
+            return BatchPrediction(results=decoded)
+        answer = await self.classify(np.stack(good))  # one request to the batcher: one model answers all
+        probabilities = iter(answer.probabilities)
         results: list[FilePrediction | FileError] = []
         for upload, item in zip(uploads, decoded, strict=True):
             if isinstance(item, FileError):
                 results.append(item)
                 continue
-            prediction = self.to_prediction(next(probabilities), item if preview else None)
+            prediction = self.to_prediction(next(probabilities), answer.model, item if preview else None)
             self.metrics.predicted.labels(prediction.label).inc()
             results.append(FilePrediction(**prediction.model_dump(), filename=upload.filename))
         return BatchPrediction(results=results)
@@ -83,19 +87,18 @@ class ClassifierService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.decoder, image_bytes_to_array, data, self.settings.max_image_pixels)
 
-    async def classify(self, images: np.ndarray) -> np.ndarray:
+    async def classify(self, images: np.ndarray) -> Answer:
         if not self.ready.is_set():
             raise NotReadyError()
         return await self.batcher.predict(images)
 
     def warm_up(self) -> None:
-        """One batch of the largest size through the signature, so the first client pays nothing."""
-        blank = np.zeros((self.settings.max_batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        for size in sorted({1, self.settings.max_batch_size}):
-            self.model.predict(blank[:size])
+        """A batch of each warm-up size through the signature (checked), so the first client pays nothing."""
+        check_answers(self.served.current, warm_up_sizes(self.settings))
 
-    def to_prediction(self, probabilities: np.ndarray, image: np.ndarray | None = None) -> Prediction:
-        """Formats one probability vector (and the image the model saw, for ?preview) as the answer."""
+    def to_prediction(self, probabilities: np.ndarray, model: BatchModel,
+                      image: np.ndarray | None = None) -> Prediction:
+        """``model`` is the one that computed ``probabilities``: the answer names its version."""
         values = [float(p) for p in probabilities[:NUM_CLASSES]]
         order = sorted(range(NUM_CLASSES), key=lambda i: values[i], reverse=True)
         best = order[0]
@@ -104,9 +107,14 @@ class ClassifierService:
             confidence=values[best],
             probabilities=dict(zip(CLASS_NAMES, values, strict=True)),
             top=[ClassProbability(label=CLASS_NAMES[i], probability=values[i]) for i in order],
-            model=ModelInfo(name=self.model.name, version=self.model.version),
+            model=ModelInfo(name=model.name, version=model.version),
             preview=png_data_url(image) if image is not None else None,
         )
+
+
+def warm_up_sizes(settings: Settings) -> list[int]:
+    """The batch sizes a model runs once before it serves: the smallest and the largest the batcher forms."""
+    return sorted({1, settings.max_batch_size})
 
 
 # Decoding a CIFAR-sized upload (32x32 JPEG, ~1 KB) takes ~0.07 ms and reading its header ~0.02 ms:

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline for reading a request body.")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")
+    model_poll_seconds: float = Field(
+        30.0, ge=0.0, description="How often MODEL_DIR is checked for a higher version to swap in; 0 = never.",
+    )
+    model_version: int | None = Field(
+        None, ge=1, description="Serve exactly this version of MODEL_DIR and never swap; unset = the highest.",
+    )
 
 
 @lru_cache

@@ -26,7 +26,10 @@ def image(tag: int, count: int = 1) -> np.ndarray:
 class StandIn:
     """Records each call's batch size; optionally blocks until released, to let a queue build up."""
 
-    def __init__(self, delay_s: float = 0.0, blocking: bool = False) -> None:
+    name = "stand-in"
+
+    def __init__(self, delay_s: float = 0.0, blocking: bool = False, version: int = 1) -> None:
+        self.version = version
         self.calls: list[int] = []
         self.delay_s = delay_s
         self.release = threading.Event()
@@ -34,7 +37,7 @@ class StandIn:
         if not blocking:
             self.release.set()
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray) -> np.ndarray:
         self.calls.append(len(images))
         self.entered.set()
         self.release.wait(10)
@@ -48,7 +51,7 @@ def run(test: Callable[[], object]) -> object:
 
 async def started(model: StandIn, **kwargs: float) -> MicroBatcher:
     options = {"max_batch_size": 64, "max_delay_s": 0.0, "max_queue_images": 512, **kwargs}
-    batcher = MicroBatcher(model, int(options["max_batch_size"]), options["max_delay_s"],
+    batcher = MicroBatcher(lambda: model, int(options["max_batch_size"]), options["max_delay_s"],
                            int(options["max_queue_images"]))
     batcher.start()
     return batcher
@@ -73,9 +76,10 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_row() -> No
         results = await asyncio.gather(first, *rest)
         await batcher.stop()
         assert model.calls == [1, 39]
-        for tag, rows in enumerate(results):
-            assert rows.shape == (1, 10)
-            assert np.all(rows == tag)
+        for tag, answer in enumerate(results):
+            assert answer.probabilities.shape == (1, 10)
+            assert np.all(answer.probabilities == tag)
+            assert answer.model is model
 
     run(scenario)
 
@@ -90,7 +94,7 @@ def test_a_stream_of_requests_is_served_in_far_fewer_calls() -> None:
             await asyncio.sleep(0.002)
         results = await asyncio.gather(*tasks)
         await batcher.stop()
-        assert [int(rows[0, 0]) for rows in results] == list(range(40))
+        assert [int(answer.probabilities[0, 0]) for answer in results] == list(range(40))
         assert sum(model.calls) == 40
         assert len(model.calls) <= 20
 
@@ -110,8 +114,8 @@ def test_multi_image_requests_get_their_rows_in_order() -> None:
         answers = await asyncio.gather(first, *rest)
         await batcher.stop()
         assert model.calls == [1, 5]
-        assert answers[1][:, 0].tolist() == [7, 9]
-        assert answers[2][:, 0].tolist() == [3, 3, 3]
+        assert answers[1].probabilities[:, 0].tolist() == [7, 9]
+        assert answers[2].probabilities[:, 0].tolist() == [3, 3, 3]
 
     run(scenario)
 
@@ -166,7 +170,7 @@ def test_a_full_queue_refuses_at_once_and_frees_up_after_the_batch() -> None:
         model.release.set()
         await asyncio.gather(running, *queued)
         assert batcher.queued_images == 0
-        assert (await batcher.predict(image(5)))[0, 0] == 5
+        assert (await batcher.predict(image(5))).probabilities[0, 0] == 5
         await batcher.stop()
 
     run(scenario)
@@ -184,7 +188,7 @@ def test_requests_whose_client_left_are_not_computed() -> None:
         gone.cancel()
         model.release.set()
         await running
-        assert (await kept)[0, 0] == 2
+        assert (await kept).probabilities[0, 0] == 2
         await batcher.stop()
         assert model.calls == [1, 1]
         assert batcher.queued_images == 0
@@ -196,10 +200,15 @@ def test_a_model_error_reaches_every_request_of_its_batch_and_the_worker_goes_on
     async def scenario() -> None:
         failures = iter([True])
 
-        def flaky(images: np.ndarray) -> np.ndarray:
-            if next(failures, False):
-                raise RuntimeError("model broke")
-            return np.zeros((len(images), 10), dtype=np.float32)
+        class Flaky:
+            name, version = "flaky", 1
+
+            def predict(self, images: np.ndarray) -> np.ndarray:
+                if next(failures, False):
+                    raise RuntimeError("model broke")
+                return np.zeros((len(images), 10), dtype=np.float32)
+
+        flaky = Flaky()
 
         seen: list[int] = []
 
@@ -207,15 +216,37 @@ def test_a_model_error_reaches_every_request_of_its_batch_and_the_worker_goes_on
             seen.append(size)
             raise ValueError("metrics broke")
 
-        batcher = MicroBatcher(flaky, 64, 0.0, 512, on_batch=broken_callback)
+        batcher = MicroBatcher(lambda: flaky, 64, 0.0, 512, on_batch=broken_callback)
         batcher.start()
         with pytest.raises(RuntimeError, match="model broke"):
             await batcher.predict(image(0))
         # The callback fails on every batch; answers still arrive.
         for _ in range(2):
-            assert (await batcher.predict(image(1))).shape == (1, 10)
+            assert (await batcher.predict(image(1))).probabilities.shape == (1, 10)
         await batcher.stop()
         assert seen == [1, 1]
+
+    run(scenario)
+
+
+def test_a_swap_lets_the_running_batch_finish_on_the_old_model_and_sends_the_rest_to_the_new() -> None:
+    async def scenario() -> None:
+        old, new = StandIn(blocking=True, version=1), StandIn(version=2)
+        serving = [old]
+        batcher = MicroBatcher(lambda: serving[0], 64, 0.0, 512)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_entered(old)
+        queued = [asyncio.ensure_future(batcher.predict(image(tag))) for tag in (1, 2)]
+        await asyncio.sleep(0)
+        serving[0] = new  # swapped while the old model computes a batch and two requests wait
+        old.release.set()
+        first, *rest = await asyncio.gather(running, *queued)
+        later = await batcher.predict(image(3))
+        await batcher.stop()
+        assert first.model is old and first.probabilities[0, 0] == 0
+        assert [answer.model.version for answer in [*rest, later]] == [2, 2, 2]
+        assert old.calls == [1] and new.calls == [2, 1]
 
     run(scenario)
 
