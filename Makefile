@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 DATA ?= ../shared/data/cifar10-train-jpeg.tar.gz
 
-.PHONY: install serve test lint train train-seed bench-train bench-serve clean
+.PHONY: install serve test lint train train-tutorial train-seed bench-train bench-serve clean
 
 install: $(STAMP)
 
@@ -26,11 +26,13 @@ test: $(STAMP)  ## lint and run the test suite
 train: $(STAMP)  ## train the shipped model (airbench recipe) on the shared JPEG training set
 	$(BIN)/python -m training --data $(DATA) --quiet
 
-train-seed: $(STAMP)  ## the tutorial's model, trained the tutorial's way, for comparison
-	$(BIN)/python -m training --data $(DATA) --arch seed-rgb --epochs 3 --out models/seed-rgb --quiet
+train-tutorial: $(STAMP)  ## the tutorial's model, trained the tutorial's way, for comparison
+	$(BIN)/python -m training --data $(DATA) --recipe tutorial-rgb --epochs 3 --out models/tutorial-rgb --quiet
 
-bench-train: $(STAMP)  ## training and inference images/s of an architecture (ARCH=airbench)
-	$(BIN)/python bench/train_speed.py --arch $(or $(ARCH),airbench)
+train-seed: train-tutorial  ## former name of train-tutorial, for one release
+
+bench-train: $(STAMP)  ## training and inference images/s of a recipe's network (RECIPE=airbench; ARCH= still works)
+	$(BIN)/python bench/train_speed.py --recipe $(or $(RECIPE),$(ARCH),airbench)
 
 bench-serve: $(STAMP)  ## the service under load against its in-process ceiling and a naive app (~6 min; needs wrk)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)

@@ -42,8 +42,9 @@ VARIABLES_INDEX = "variables/variables.index"
 VERSION_FILES = (SAVED_MODEL_FILE, VARIABLES_INDEX, METADATA_FILE)
 
 
-def input_contract() -> dict[str, object]:
-    """The signature as it is written into metadata.json and served at /metadata."""
+def export_contract() -> dict[str, object]:
+    """The whole contract (signature name, its input and output, class names), as metadata.json records it
+    under ``input_contract`` and /metadata serves it."""
     return {
         "signature": SIGNATURE_NAME,
         "inputs": {INPUT_NAME: {"dtype": INPUT_DTYPE, "shape": list(INPUT_SHAPE), "color": "RGB"}},

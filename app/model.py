@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from app.contract import (
+    CHANNELS,
     CLASS_NAMES,
     IMAGE_SIZE,
     INPUT_NAME,
@@ -177,7 +178,7 @@ def check_signature_def(path: Path) -> None:
     from tensorflow.core.framework import types_pb2
     from tensorflow.core.protobuf import saved_model_pb2
 
-    expected = (f"{INPUT_NAME}: uint8 [None, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] -> "
+    expected = (f"{INPUT_NAME}: uint8 [None, {IMAGE_SIZE}, {IMAGE_SIZE}, {CHANNELS}] -> "
                 f"{OUTPUT_NAME}: float32 [None, {NUM_CLASSES}]")
     saved_model = saved_model_pb2.SavedModel()
     try:
@@ -198,7 +199,7 @@ def check_signature_def(path: Path) -> None:
 
     # One input, as the service feeds only the images; further outputs would be harmless.
     if not (len(signature.inputs) == 1
-            and matches(signature.inputs, INPUT_NAME, types_pb2.DT_UINT8, [-1, IMAGE_SIZE, IMAGE_SIZE, 3])
+            and matches(signature.inputs, INPUT_NAME, types_pb2.DT_UINT8, [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
             and matches(signature.outputs, OUTPUT_NAME, types_pb2.DT_FLOAT, [-1, NUM_CLASSES])):
         raise ModelLoadError(f"{path}: signature '{SIGNATURE_NAME}' does not match the contract ({expected}). "
                              "Re-export with `python -m training`.", reason="contract")

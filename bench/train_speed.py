@@ -1,6 +1,6 @@
-"""Training and inference speed of one architecture, measured side by side in one run.
+"""Training and inference speed of one recipe's network, measured side by side in one run.
 
-    python bench/train_speed.py --arch airbench [--threads 2] [--steps 6]
+    python bench/train_speed.py --recipe airbench [--threads 2] [--steps 6]
 
 Training: images/s of the recipe's own optimiser, batch size and precision on random data.
 Inference: images/s of the exported SavedModel signature at batch 1 and 256 for each
@@ -23,9 +23,10 @@ import tensorflow as tf
 
 from app.contract import INPUT_NAME
 from app.cpus import available_cpus
+from app.model import set_tensorflow_threads
 from training import export
+from training.cli import add_recipe_option
 from training.recipes import RECIPES
-from training.train import configure_tensorflow
 
 TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
 
@@ -43,8 +44,8 @@ def conv_dense_macs(model: keras.Model) -> int:
     return int(total)
 
 
-def train_images_per_second(arch: str, steps: int) -> float:
-    recipe = RECIPES[arch]
+def train_images_per_second(recipe_name: str, steps: int) -> float:
+    recipe = RECIPES[recipe_name]
     keras.config.set_dtype_policy("mixed_bfloat16" if recipe.mixed_bfloat16 else "float32")
     model = recipe.build()
     model.compile(optimizer=recipe.make_optimizer(1000),
@@ -74,21 +75,21 @@ def inference_images_per_second(signature, batch: int, seconds: float = 3.0) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=sorted(RECIPES), default="airbench")
+    add_recipe_option(parser, "the recipe whose network, optimiser and batch size are timed")
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--steps", type=int, default=6, help="training steps timed")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    configure_tensorflow(args.threads)
+    set_tensorflow_threads(args.threads)
 
-    recipe = RECIPES[args.arch]
-    train_rate = train_images_per_second(args.arch, args.steps)
+    recipe = RECIPES[args.recipe]
+    train_rate = train_images_per_second(args.recipe, args.steps)
     keras.config.set_dtype_policy("float32")
     model = recipe.build()
     if recipe.data_init:
         recipe.data_init(model, np.random.default_rng(2).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8), 0)
     figures: dict[str, object] = {
-        "arch": args.arch, "threads": args.threads, "params": int(model.count_params()),
+        "recipe": args.recipe, "threads": args.threads, "params": int(model.count_params()),
         "train_batch_size": recipe.batch_size, "train_images_per_second": round(train_rate, 1),
         "epoch_seconds_45k": round(45000 / train_rate, 1), "recipe_tta": recipe.tta,
     }

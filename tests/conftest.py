@@ -28,12 +28,12 @@ def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, shapes_dataset: Path) -> Path:
-    """``models/shapes`` holding version 1, exported by ``training.train`` (seed-rgb, a few epochs)."""
+    """``models/shapes`` holding version 1, exported by ``training.train`` (tutorial-rgb, a few epochs)."""
     from training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("models")
     out = root / "shapes"
-    train(TrainConfig(arch="seed-rgb", data=shapes_dataset, out=out, epochs=4, batch_size=32, seed=0,
+    train(TrainConfig(recipe="tutorial-rgb", data=shapes_dataset, out=out, epochs=4, batch_size=32, seed=0,
                       val_size=None, threads=TEST_THREADS, cache_dir=None, run_dir=root / "run", resume=False,
                       verbose=0))
     return out

@@ -9,7 +9,7 @@ import pytest
 
 from app.contract import METADATA_FILE
 from tests.synthetic import write_image_folder
-from training.cli import main
+from training.cli import build_parser, config_from_args, main
 from training.recipes import RECIPES
 
 
@@ -21,8 +21,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_help_explains_every_option() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for option in ("--data", "--arch", "--epochs", "--batch-size", "--seed", "--out", "--resume", "--threads",
-                   "--val-size", "--cache-dir", "--run-dir", *RECIPES):
+    for option in ("--data", "--recipe", "--arch", "--epochs", "--batch-size", "--seed", "--out", "--resume",
+                   "--threads", "--val-size", "--cache-dir", "--run-dir", *RECIPES):
         assert option in result.stdout
 
 
@@ -41,6 +41,30 @@ def test_bad_data_is_one_line_naming_the_file_and_exit_1(tmp_path: Path, bad: st
     assert not (tmp_path / "models" / "x").exists() or not any((tmp_path / "models" / "x").iterdir())
 
 
+@pytest.mark.parametrize(("argv", "recipe"), [
+    ([], "airbench"),
+    (["--recipe", "tutorial-rgb"], "tutorial-rgb"),
+    (["--recipe", "seed-rgb"], "tutorial-rgb"),  # former names, accepted for one release
+    (["--recipe", "seed-gray"], "tutorial-gray"),
+    (["--arch", "seed-gray"], "tutorial-gray"),  # --arch: the former name of --recipe
+    (["--arch", "airbench"], "airbench"),
+])
+def test_recipe_and_its_former_names(argv: list[str], recipe: str, capsys: pytest.CaptureFixture) -> None:
+    config = config_from_args(build_parser().parse_args([*argv, "--seed", "3"]))
+    assert config.recipe == recipe
+    assert config.run_dir == Path("runs") / f"{recipe}-seed3"
+    notes = capsys.readouterr().err
+    for former in ("--arch", "seed-rgb", "seed-gray"):
+        assert (former in notes) == (former in argv), notes
+
+
+def test_an_unknown_recipe_is_refused_with_the_choices(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--recipe", "resnet"])
+    assert exit_info.value.code == 2
+    assert "tutorial-rgb" in capsys.readouterr().err
+
+
 def test_non_positive_numbers_are_refused(capsys: pytest.CaptureFixture) -> None:
     assert main(["--epochs", "0"]) == 2
     assert "--epochs must be a positive integer" in capsys.readouterr().err
@@ -48,7 +72,7 @@ def test_non_positive_numbers_are_refused(capsys: pytest.CaptureFixture) -> None
 
 def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", train_per_class=10)
-    common = ["--data", str(data), "--arch", "seed-rgb", "--out", str(tmp_path / "models" / "shapes"),
+    common = ["--data", str(data), "--recipe", "tutorial-rgb", "--out", str(tmp_path / "models" / "shapes"),
               "--run-dir", str(tmp_path / "run"), "--no-cache", "--threads", "2", "--quiet"]
     first = run_cli(*common, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-2000:]

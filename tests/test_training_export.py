@@ -1,6 +1,7 @@
 """Training end to end on synthetic shapes, and the export contract every architecture keeps."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -12,7 +13,7 @@ from app.contract import CLASS_NAMES, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SI
 from tests.synthetic import shape_arrays
 from training import calibration, export
 from training.architectures import airbench_cnn, init_whitening
-from training.recipes import RECIPES, BiasScaledSGD
+from training.recipes import AIRBENCH_NETWORK, AIRBENCH_WHITENING_EPSILON, RECIPES, BiasScaledSGD
 
 
 def load_signature(model_root: Path):
@@ -48,7 +49,7 @@ def test_metadata_and_reports(trained_model_dir: Path) -> None:
     version_dir = version_dirs(trained_model_dir)[-1][1]
     metadata = json.loads((version_dir / METADATA_FILE).read_text())
     assert metadata["class_names"] == list(CLASS_NAMES)
-    assert metadata["architecture"] == "seed-rgb"
+    assert metadata["architecture"] == "tutorial-rgb"
     assert metadata["epochs"] == 4 and metadata["epochs_completed"] == 4 and metadata["batch_size"] == 32
     assert metadata["val_images"] == 40 and metadata["train_images"] == 360
     assert 0.0 <= metadata["val_accuracy"] <= 1.0
@@ -78,9 +79,9 @@ def test_served_probabilities_apply_the_fitted_temperature(trained_model_dir: Pa
     np.testing.assert_allclose(calibration.softmax(logits, metadata["temperature"]), served, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", sorted(RECIPES))
-def test_every_architecture_trains_a_step_and_exports_the_same_contract(arch: str, tmp_path: Path) -> None:
-    recipe = RECIPES[arch]
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_trains_a_step_and_exports_the_same_contract(name: str, tmp_path: Path) -> None:
+    recipe = RECIPES[name]
     images, labels = shape_arrays(per_class=4, seed=1)
     keras.config.set_dtype_policy("float32")
     model = recipe.build()
@@ -101,7 +102,7 @@ def test_every_architecture_trains_a_step_and_exports_the_same_contract(arch: st
 
 
 def test_gray_model_ignores_colour_but_not_brightness() -> None:
-    model = RECIPES["seed-gray"].build()
+    model = RECIPES["tutorial-gray"].build()
     gray_value = np.full((1, 32, 32, 3), 0.299 * 200 + 0.587 * 10 + 0.114 * 50, dtype="float32")
     colour = np.zeros((1, 32, 32, 3), dtype="float32")
     colour[..., 0], colour[..., 1], colour[..., 2] = 200, 10, 50
@@ -111,7 +112,7 @@ def test_gray_model_ignores_colour_but_not_brightness() -> None:
 def test_whitening_decorrelates_patches() -> None:
     images, _ = shape_arrays(per_class=10, seed=2)
     model = RECIPES["airbench"].build()
-    init_whitening(model, images)
+    init_whitening(model, images, AIRBENCH_WHITENING_EPSILON)
     kernel = model.get_layer("whiten").get_weights()[0]
     assert kernel.shape == (2, 2, 3, 24)
     np.testing.assert_allclose(kernel[..., :12], -kernel[..., 12:])
@@ -145,7 +146,7 @@ def test_temperature_fit_recovers_a_known_temperature() -> None:
 
 
 def test_tta_modes_average_the_views_they_name() -> None:
-    model = RECIPES["seed-rgb"].build()
+    model = RECIPES["tutorial-rgb"].build()
     images, _ = shape_arrays(per_class=1, seed=4)
     plain = export.logits_with_tta(model, images, "none")
     mirrored = model.predict(images[:, :, ::-1].astype("float32"), verbose=0)
@@ -160,7 +161,7 @@ def test_lookahead_keeps_the_average_not_the_latest_step() -> None:
     from training.recipes import Lookahead, LookaheadSchedule
 
     images, labels = shape_arrays(per_class=4, seed=6)
-    model = RECIPES["seed-rgb"].build()
+    model = RECIPES["tutorial-rgb"].build()
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     after_first_step: list[np.ndarray] = []
 
@@ -183,7 +184,7 @@ def test_bias_scaled_sgd_moves_batchnorm_shifts_that_many_times_further() -> Non
     steps = []
     for optimizer in (keras.optimizers.SGD(0.01), BiasScaledSGD(64.0, learning_rate=0.01)):
         keras.utils.set_random_seed(0)
-        model = airbench_cnn(widths=(8, 8, 8))
+        model = airbench_cnn(replace(AIRBENCH_NETWORK, widths=(8, 8, 8)))
         model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(from_logits=True))
         before = [v.numpy().copy() for v in model.trainable_variables]
         model.train_on_batch(images, targets)

@@ -1,8 +1,11 @@
 """Model functions. Every model takes RGB pixels as float32 in [0, 255] and returns logits.
 
 Softmax, temperature and test-time augmentation are added by the export head
-(``training.export``), so all architectures share one contract.
+(``training.export``), so all architectures share one contract. The sizes and constants of
+each network are its recipe's, in ``training.recipes``; here they are parameters.
 """
+
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -20,23 +23,34 @@ def _inputs() -> keras.KerasTensor:
     return keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, CHANNELS), dtype="float32", name="pixels")
 
 
-def seed_cnn(gray: bool = False) -> keras.Model:
-    """The tutorial's CNN: Conv 32 3x3 -> MaxPool -> Dropout -> Dense 1024 -> Dropout -> Dense 10."""
+@dataclass(frozen=True)
+class TutorialNetwork:
+    """The tutorial's CNN: Conv -> MaxPool 2 -> Dropout -> Dense -> Dropout -> Dense 10."""
+
+    conv_filters: int
+    kernel_size: int
+    conv_dropout: float
+    dense_units: int
+    dense_dropout: float
+    gray: bool  # convert the RGB input to luma inside the model
+
+
+def tutorial_cnn(network: TutorialNetwork) -> keras.Model:
     inputs = _inputs()
     x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
-    if gray:
+    if network.gray:
         # A frozen 1x1 convolution is RGB -> luma: the gray model still accepts RGB input.
         to_gray = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="rgb_to_gray")
         x = to_gray(x)
         to_gray.set_weights([np.asarray(LUMA_WEIGHTS, dtype="float32").reshape(1, 1, 3, 1)])
-    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    x = keras.layers.Conv2D(network.conv_filters, network.kernel_size, activation="relu")(x)
     x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Dropout(0.25)(x)
+    x = keras.layers.Dropout(network.conv_dropout)(x)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(1024, activation="relu")(x)
-    x = keras.layers.Dropout(0.5)(x)
+    x = keras.layers.Dense(network.dense_units, activation="relu")(x)
+    x = keras.layers.Dropout(network.dense_dropout)(x)
     logits = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
-    return keras.Model(inputs, logits, name="seed_gray" if gray else "seed_rgb")
+    return keras.Model(inputs, logits, name="tutorial_gray" if network.gray else "tutorial_rgb")
 
 
 # PyTorch's default init, uniform(+-1/sqrt(fan_in)): with BatchNorm after every conv the
@@ -61,49 +75,51 @@ class PartialDirac(keras.initializers.Initializer):
         return keras.ops.convert_to_tensor(kernel, dtype=dtype)
 
 
-def _conv_bn_gelu(x: keras.KerasTensor, width: int, bn_momentum: float, pool: bool) -> keras.KerasTensor:
+@dataclass(frozen=True)
+class AirbenchNetwork:
+    """Keller Jordan's airbench94 network: a whitening stem and three conv groups of two convs each."""
+
+    widths: tuple[int, int, int]  # channels of the three conv groups
+    whiten_width: int  # filters of the 2x2 whitening stem (its eigenvectors, each used with both signs)
+    bn_momentum: float  # Keras' momentum: the weight of the running average, 1 - PyTorch's
+    bn_epsilon: float
+    logit_scale: float  # the logits are multiplied by this before the loss
+
+
+def _conv_bn_gelu(x: keras.KerasTensor, width: int, network: AirbenchNetwork, pool: bool) -> keras.KerasTensor:
     x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=PartialDirac())(x)
     if pool:
         x = keras.layers.MaxPooling2D(2)(x)
     # No learned scale: GELU follows, and a free scale only slows the optimiser down (airbench).
-    # airbench's epsilon: with 1e-5 the logits of a fresh net differ from airbench's by 1e-4.
-    x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-12, scale=False)(x)
+    x = keras.layers.BatchNormalization(momentum=network.bn_momentum, epsilon=network.bn_epsilon, scale=False)(x)
     return keras.layers.Activation("gelu")(x)
 
 
-def airbench_cnn(
-    widths: tuple[int, int, int] = (64, 256, 256),
-    whiten_width: int = 24,
-    bn_momentum: float = 0.4,
-    logit_scale: float = 1.0 / 9.0,
-) -> keras.Model:
-    """Keller Jordan's airbench94 network: a whitening stem and three conv groups.
-
-    The 2x2 stem's kernel is frozen and set from the data by :func:`init_whitening`; its bias learns.
-    """
+def airbench_cnn(network: AirbenchNetwork) -> keras.Model:
+    """The 2x2 stem's kernel is frozen and set from the data by :func:`init_whitening`; its bias learns."""
     inputs = _inputs()
     # The stem stays float32 under mixed precision: whitening amplifies the smallest pixel
     # differences up to 45x, which bfloat16's 8-bit mantissa would round away. It is 1% of the work.
     x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32")(inputs)
     x = keras.layers.Normalization(mean=CIFAR10_MEAN, variance=np.square(CIFAR10_STD), dtype="float32")(x)
-    whiten = keras.layers.Conv2D(whiten_width, 2, padding="valid", name="whiten", dtype="float32")
+    whiten = keras.layers.Conv2D(network.whiten_width, 2, padding="valid", name="whiten", dtype="float32")
     x = keras.layers.Activation("gelu", dtype="float32")(whiten(x))
     whiten.kernel.trainable = False
-    for width in widths:
-        x = _conv_bn_gelu(x, width, bn_momentum, pool=True)
-        x = _conv_bn_gelu(x, width, bn_momentum, pool=False)
+    for width in network.widths:
+        x = _conv_bn_gelu(x, width, network, pool=True)
+        x = _conv_bn_gelu(x, width, network, pool=False)
     x = keras.layers.MaxPooling2D(3)(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(NUM_CLASSES, use_bias=False, kernel_initializer=_torch_default_init())(x)
     # float32 logits whatever the training precision: the loss and the softmax need the resolution.
-    logits = keras.layers.Rescaling(logit_scale, name="logits", dtype="float32")(x)
+    logits = keras.layers.Rescaling(network.logit_scale, name="logits", dtype="float32")(x)
     return keras.Model(inputs, logits, name="airbench")
 
 
-def init_whitening(model: keras.Model, images: np.ndarray, eps: float = 5e-4) -> None:
+def init_whitening(model: keras.Model, images: np.ndarray, eps: float) -> None:
     """Set the frozen ``whiten`` stem to the ZCA-style eigenbasis of 2x2 patches of ``images``.
 
-    Each eigenvector is scaled by 1/sqrt(eigenvalue) and used twice, positive and negated,
+    Each eigenvector is scaled by 1/sqrt(eigenvalue + ``eps``) and used twice, positive and negated,
     so the GELU after it keeps both signs (airbench's init_whitening_conv).
     """
     whiten = model.get_layer("whiten")

@@ -3,15 +3,52 @@
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from app.cpus import available_cpus
 from training.data import DatasetError, default_cache_dir
-from training.recipes import DEFAULT_ARCH, RECIPES
+from training.recipes import DEFAULT_RECIPE, RECIPE_ALIASES, RECIPES, recipe_name
+
+if TYPE_CHECKING:
+    from training.train import TrainConfig
+
+
+class RenamedOption(argparse.Action):
+    """A former option name, still accepted for one release: stores the value and names the new option."""
+
+    def __init__(self, *args: Any, new_name: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.new_name = new_name
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"note: {option_string} is now {self.new_name}; the old name will go in a later release",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def current_recipe_name(name: str) -> str:
+    """argparse type of --recipe: a former recipe name becomes the current one, with a note."""
+    if name in RECIPE_ALIASES:
+        print(f"note: recipe {name} is now called {RECIPE_ALIASES[name]}", file=sys.stderr)
+    try:
+        return recipe_name(name)
+    except KeyError:
+        return name  # argparse's choices check names the valid recipes
+
+
+def add_recipe_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--recipe NAME`` (also under its former name ``--arch``), taking former recipe names too."""
+    former_names = ", ".join(f"{old} for {new}" for old, new in RECIPE_ALIASES.items())
+    parser.add_argument("--recipe", type=current_recipe_name, choices=list(RECIPES), default=DEFAULT_RECIPE,
+                        help=f"{help_text}. Former names still accepted: {former_names}")
+    parser.add_argument("--arch", dest="recipe", type=current_recipe_name, choices=list(RECIPES),
+                        action=RenamedOption, new_name="--recipe", help="former name of --recipe")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    arch_help = "; ".join(f"{name}: {recipe.description} (default {recipe.epochs} epochs, batch "
-                          f"{recipe.batch_size})" for name, recipe in RECIPES.items())
+    recipe_help = "; ".join(f"{name}: {recipe.description} (default {recipe.epochs} epochs, batch "
+                            f"{recipe.batch_size})" for name, recipe in RECIPES.items())
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Train a CIFAR-10 classifier and export it as a versioned TensorFlow SavedModel "
@@ -22,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ImageFolder dataset: a directory or .tar.gz/.tgz/.tar/.zip archive holding "
                         "train/<class>/* and optionally test/<class>/*. Default: download CIFAR-10 "
                         "with keras.datasets.cifar10 (train and test splits).")
-    parser.add_argument("--arch", choices=sorted(RECIPES), default=DEFAULT_ARCH, help=arch_help)
+    add_recipe_option(parser, recipe_help)
     parser.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
@@ -38,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true",
                         help="decode the dataset without reading or writing the cache")
     parser.add_argument("--run-dir", type=Path, default=None,
-                        help="checkpoints and the per-epoch log (default: runs/<arch>-seed<seed>)")
+                        help="checkpoints and the per-epoch log (default: runs/<recipe>-seed<seed>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the last epoch checkpoint in --run-dir instead of starting over")
     parser.add_argument("--quiet", action="store_true", help="no per-step progress bar, one line per epoch")
@@ -57,22 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"error: {flag} must be a positive integer, got {value}", file=sys.stderr)
             return 2
-    from training.train import TrainConfig, train
+    from training.train import train
 
-    config = TrainConfig(
-        arch=args.arch,
-        data=args.data,
-        out=args.out,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        val_size=args.val_size,
-        threads=args.threads,
-        cache_dir=None if args.no_cache else args.cache_dir,
-        run_dir=args.run_dir or Path("runs") / f"{args.arch}-seed{args.seed}",
-        resume=args.resume,
-        verbose=2 if args.quiet else 1,
-    )
+    config = config_from_args(args)
     try:
         train(config)
     except DatasetError as error:
@@ -83,3 +107,22 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     return 0
+
+
+def config_from_args(args: argparse.Namespace) -> "TrainConfig":
+    from training.train import TrainConfig
+
+    return TrainConfig(
+        recipe=args.recipe,
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        val_size=args.val_size,
+        threads=args.threads,
+        cache_dir=None if args.no_cache else args.cache_dir,
+        run_dir=args.run_dir or Path("runs") / f"{args.recipe}-seed{args.seed}",
+        resume=args.resume,
+        verbose=2 if args.quiet else 1,
+    )

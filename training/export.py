@@ -14,13 +14,18 @@ import tensorflow as tf
 from app.contract import (
     IMAGE_SIZE,
     INPUT_NAME,
+    INPUT_SHAPE,
     METADATA_FILE,
+    NUM_CLASSES,
     OUTPUT_NAME,
     SIGNATURE_NAME,
     next_version,
 )
 
 TTA_MODES = ("none", "flip", "flip-translate")
+# Images per call when a whole split is run through a model after training (validation, test,
+# temperature fitting): large enough to keep the cores busy, small enough for the six TTA views' memory.
+EVALUATION_BATCH_SIZE = 500
 
 
 def tta_logits(model: keras.Model, pixels: tf.Tensor, tta: str) -> tf.Tensor:
@@ -49,7 +54,7 @@ def tta_logits(model: keras.Model, pixels: tf.Tensor, tta: str) -> tf.Tensor:
 
 def serving_function(model: keras.Model, tta: str, temperature: float) -> Callable:
     """uint8 RGB images -> softmax probabilities, with TTA and temperature inside the graph."""
-    spec = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name=INPUT_NAME)
+    spec = tf.TensorSpec(INPUT_SHAPE, tf.uint8, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -59,9 +64,10 @@ def serving_function(model: keras.Model, tta: str, temperature: float) -> Callab
     return serve
 
 
-def logits_with_tta(model: keras.Model, images: np.ndarray, tta: str, batch_size: int = 500) -> np.ndarray:
+def logits_with_tta(model: keras.Model, images: np.ndarray, tta: str,
+                    batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
     """The logits the exported graph softmaxes, for fitting its temperature: the same views, uncalibrated."""
-    spec = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)
+    spec = tf.TensorSpec(INPUT_SHAPE, tf.uint8)
     compute = tf.function(lambda batch: tta_logits(model, tf.cast(batch, tf.float32), tta), input_signature=[spec])
     outputs = [compute(tf.constant(images[start : start + batch_size])).numpy()
                for start in range(0, len(images), batch_size)]
@@ -108,10 +114,11 @@ def load_signature(version_dir: Path) -> Callable[..., dict[str, tf.Tensor]]:
     return tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_NAME]
 
 
-def predict_saved_model(signature: Callable, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+def predict_saved_model(signature: Callable, images: np.ndarray,
+                        batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
     """Probabilities from the exported signature, exactly as the service will get them."""
     outputs = [
         signature(**{INPUT_NAME: tf.constant(images[start : start + batch_size])})[OUTPUT_NAME].numpy()
         for start in range(0, len(images), batch_size)
     ]
-    return np.concatenate(outputs) if outputs else np.zeros((0, 10), dtype="float32")
+    return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), dtype="float32")

@@ -1,5 +1,7 @@
 """Training recipes: every hyperparameter of every architecture, each named once, here.
 
+A recipe is a network and the way to train it: ``python -m training --recipe NAME`` picks one.
+
 ``airbench`` is the default and the shipped model: Keller Jordan's airbench94 recipe
 (arXiv:2404.00498) carried over to Keras. Its PyTorch hyperparameters are written for a
 summed loss and coupled weight decay; the constants below are the same update in Keras'
@@ -7,12 +9,12 @@ mean-loss, decoupled-decay terms, with the arithmetic shown.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 import numpy as np
 
-from training.architectures import airbench_cnn, init_whitening, seed_cnn
+from training.architectures import AirbenchNetwork, TutorialNetwork, airbench_cnn, init_whitening, tutorial_cnn
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,13 @@ class Lookahead(keras.callbacks.Callback):
             self.model.set_weights(self.average)
 
 
-# --- seed-rgb / seed-gray: the tutorial, unchanged ----------------------------------------------
-SEED_EPOCHS = 3
-SEED_BATCH_SIZE = 32
-SEED_ADAM_LR = 1e-3
+# --- tutorial-rgb / tutorial-gray: the tutorial's model, trained the tutorial's way ------------------
+TUTORIAL_EPOCHS = 3
+TUTORIAL_BATCH_SIZE = 32
+TUTORIAL_ADAM_LR = 1e-3
+TUTORIAL_RGB_NETWORK = TutorialNetwork(conv_filters=32, kernel_size=3, conv_dropout=0.25, dense_units=1024,
+                                       dense_dropout=0.5, gray=False)
+TUTORIAL_GRAY_NETWORK = replace(TUTORIAL_RGB_NETWORK, gray=True)
 
 # --- airbench -----------------------------------------------------------------------------------
 # airbench94 needs 10 epochs on the original arrays; on 45k JPEG images the 10-epoch recipe
@@ -138,10 +143,18 @@ AIRBENCH_CUTOUT_PIXELS = 8
 AIRBENCH_WHITENING_IMAGES = 5000
 AIRBENCH_LOOKAHEAD = LookaheadSchedule(decay_base=0.95, decay_pow=3.0, every_steps=5)
 AIRBENCH_TTA = "flip-translate"  # airbench's TTA level 2: 6 views, 3x the inference of flip alone
+AIRBENCH_WHITENING_EPSILON = 5e-4  # added to each eigenvalue before its 1/sqrt
+AIRBENCH_NETWORK = AirbenchNetwork(
+    widths=(64, 256, 256),
+    whiten_width=24,  # 2 x the 12 eigenvectors of a 2x2x3 patch, each used with both signs
+    bn_momentum=0.4,  # airbench's PyTorch momentum 0.6, as Keras counts it
+    bn_epsilon=1e-12,  # airbench's: with 1e-5 the logits of a fresh net differ from airbench's by 1e-4
+    logit_scale=1.0 / 9.0,
+)
 
 
 def _adam(total_steps: int) -> keras.optimizers.Optimizer:
-    return keras.optimizers.Adam(SEED_ADAM_LR)
+    return keras.optimizers.Adam(TUTORIAL_ADAM_LR)
 
 
 def _airbench_sgd(total_steps: int) -> keras.optimizers.Optimizer:
@@ -155,14 +168,29 @@ def _airbench_whitening(model: keras.Model, images: np.ndarray, seed: int) -> No
     # A random sample: the first images of a class-ordered folder would all be airplanes.
     count = min(AIRBENCH_WHITENING_IMAGES, len(images))
     sample = np.random.default_rng(seed).choice(len(images), count, replace=False)
-    init_whitening(model, images[np.sort(sample)])
+    init_whitening(model, images[np.sort(sample)], AIRBENCH_WHITENING_EPSILON)
+
+
+def _tutorial_recipe(network: TutorialNetwork) -> Recipe:
+    n = network
+    colour = "grayscale (converted inside the model from RGB input)" if n.gray else "RGB"
+    return Recipe(
+        description=f"the tutorial's CNN on {colour}: Conv {n.conv_filters} {n.kernel_size}x{n.kernel_size}, "
+        f"MaxPool, Dropout {n.conv_dropout:g}, Dense {n.dense_units}, Dropout {n.dense_dropout:g}, Dense 10; "
+        f"Adam {TUTORIAL_ADAM_LR:g}, batch {TUTORIAL_BATCH_SIZE}, no augmentation",
+        build=lambda: tutorial_cnn(network),
+        epochs=TUTORIAL_EPOCHS,
+        batch_size=TUTORIAL_BATCH_SIZE,
+        make_optimizer=_adam,
+    )
 
 
 RECIPES: dict[str, Recipe] = {
     "airbench": Recipe(
-        description="airbench94 CNN (whitened 2x2 stem, conv groups 64/256/256, BatchNorm, GELU): "
+        description="airbench94 CNN (whitened 2x2 stem, conv groups "
+        f"{'/'.join(map(str, AIRBENCH_NETWORK.widths))}, BatchNorm, GELU): "
         "Nesterov SGD with warm-up and linear decay, label smoothing, flip, translate, cutout; flip-translate TTA",
-        build=airbench_cnn,
+        build=lambda: airbench_cnn(AIRBENCH_NETWORK),
         epochs=AIRBENCH_EPOCHS,
         batch_size=AIRBENCH_BATCH_SIZE,
         make_optimizer=_airbench_sgd,
@@ -175,20 +203,17 @@ RECIPES: dict[str, Recipe] = {
         data_init=_airbench_whitening,
         lookahead=AIRBENCH_LOOKAHEAD,
     ),
-    "seed-rgb": Recipe(
-        description="the tutorial's CNN on RGB: Conv 32 3x3, MaxPool, Dropout .25, Dense 1024, "
-        "Dropout .5, Dense 10; Adam 1e-3, batch 32, no augmentation",
-        build=lambda: seed_cnn(gray=False),
-        epochs=SEED_EPOCHS,
-        batch_size=SEED_BATCH_SIZE,
-        make_optimizer=_adam,
-    ),
-    "seed-gray": Recipe(
-        description="the tutorial's CNN on grayscale (converted inside the model from RGB input)",
-        build=lambda: seed_cnn(gray=True),
-        epochs=SEED_EPOCHS,
-        batch_size=SEED_BATCH_SIZE,
-        make_optimizer=_adam,
-    ),
+    "tutorial-rgb": _tutorial_recipe(TUTORIAL_RGB_NETWORK),
+    "tutorial-gray": _tutorial_recipe(TUTORIAL_GRAY_NETWORK),
 }
-DEFAULT_ARCH = "airbench"
+DEFAULT_RECIPE = "airbench"
+# Former names, still accepted for one release: "seed" read like the random seed (runs/seed-rgb-seed0).
+RECIPE_ALIASES: dict[str, str] = {"seed-rgb": "tutorial-rgb", "seed-gray": "tutorial-gray"}
+
+
+def recipe_name(name: str) -> str:
+    """The current name of recipe ``name``, which may be a former name (a KeyError if it is neither)."""
+    current = RECIPE_ALIASES.get(name, name)
+    if current not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return current

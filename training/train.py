@@ -1,4 +1,7 @@
-"""The training run, top to bottom: data, model, fit, calibrate, export, report."""
+"""The training run, top to bottom: data, fit, calibrate, export, evaluate, report, metadata.
+
+:func:`train` reads as that list; each stage is the function of the same name below it.
+"""
 
 import datetime as dt
 import json
@@ -12,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, NUM_CLASSES, input_contract
+from app.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, NUM_CLASSES, export_contract
+from app.model import set_tensorflow_threads
 from training import calibration, export, reports
 from training.architectures import CIFAR10_MEAN
 from training.data import (
@@ -25,12 +29,12 @@ from training.data import (
     load_keras_cifar10,
     stratified_split,
 )
-from training.recipes import RECIPES, Lookahead, Recipe
+from training.recipes import RECIPES, Lookahead, Recipe, recipe_name
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str
+    recipe: str  # a name in training.recipes.RECIPES (or a former name, RECIPE_ALIASES)
     data: Path | None  # None: keras.datasets.cifar10
     out: Path  # models/<name>: the version directory is created inside
     epochs: int | None  # None: the recipe's
@@ -44,10 +48,72 @@ class TrainConfig:
     verbose: int = 1
 
 
-def configure_tensorflow(threads: int) -> None:
-    """Size TensorFlow's pools to the CPUs we may use: oversubscribed pools thrash on small machines."""
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+@dataclass(frozen=True)
+class Splits:
+    dataset: Dataset  # where the images came from, its class names and its test split, if any
+    train: Split
+    val: Split
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: keras.Model  # as trained (bfloat16 arithmetic under a mixed recipe)
+    history: dict[str, list[float]]  # per epoch, from the run's history.csv (resumed epochs included)
+    epochs: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    model: keras.Model  # the trained weights in a float32 copy: what is exported
+    temperature: float
+    ece_before: float  # validation ECE of the uncalibrated softmax
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Figures of the exported SavedModel, called as the service calls it."""
+
+    val_probabilities: np.ndarray
+    val_accuracy: float
+    test_accuracy: float | None  # None without a test split
+    val_ece: float
+
+
+def train(config: TrainConfig) -> Path:
+    """Train, calibrate and export one model; returns the published version directory."""
+    set_tensorflow_threads(config.threads)
+    recipe = RECIPES[recipe_name(config.recipe)]
+    keras.utils.set_random_seed(config.seed)
+    splits = load_splits(config)
+    fitted = fit(config, recipe, splits)
+    calibrated = calibrate(recipe, fitted.model, splits.val)
+    with export.staged_version_dir(config.out) as (staging, publish):
+        export.write_saved_model(calibrated.model, staging, recipe.tta, calibrated.temperature)
+        evaluation = evaluate(staging, splits)
+        reports.write_report(staging / reports.REPORT_DIR, fitted.history, splits.val.images, splits.val.labels,
+                             evaluation.val_probabilities, splits.dataset.class_names, fitted.model, config.seed)
+        metadata = describe_run(config, recipe, splits, fitted, calibrated, evaluation)
+        export.write_metadata(staging, metadata)
+        version_dir = publish()
+    print(json.dumps({"model": str(version_dir), "val_accuracy": metadata["val_accuracy"],
+                      "test_accuracy": metadata["test_accuracy"], "val_ece": metadata["val_ece"],
+                      "train_seconds": metadata["train_seconds"]}), flush=True)
+    print(f"wrote {version_dir} ({METADATA_FILE}, {reports.REPORT_DIR}/)", flush=True)
+    return version_dir
+
+
+def load_splits(config: TrainConfig) -> Splits:
+    """The dataset, and its train part split into train and a stratified validation set."""
+    dataset = load_dataset(config)
+    if dataset.class_names != CLASS_NAMES and len(dataset.class_names) != NUM_CLASSES:
+        raise DatasetError(f"{dataset.source}: found {len(dataset.class_names)} classes "
+                           f"{list(dataset.class_names)}; the export contract needs {NUM_CLASSES}.")
+    val_size = config.val_size or default_val_size(len(dataset.train.labels))
+    train_split, val_split = stratified_split(dataset.train, val_size, config.seed)
+    print(f"data: {dataset.source} ({len(train_split.labels)} train, {len(val_split.labels)} validation"
+          f"{f', {len(dataset.test.labels)} test' if dataset.test else ''})", flush=True)
+    return Splits(dataset, train_split, val_split)
 
 
 def load_dataset(config: TrainConfig) -> Dataset:
@@ -91,28 +157,15 @@ def make_pipeline(split: Split, recipe: Recipe, batch_size: int, training: bool,
     return dataset.map(to_model_input).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def train(config: TrainConfig) -> Path:
-    """Train, calibrate and export one model; returns the published version directory."""
-    configure_tensorflow(config.threads)
-    recipe = RECIPES[config.arch]
+def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
+    """The recipe's model trained on the train split, checkpointed each epoch in ``config.run_dir``."""
     epochs = config.epochs or recipe.epochs
     batch_size = config.batch_size or recipe.batch_size
-    keras.utils.set_random_seed(config.seed)
-
-    dataset = load_dataset(config)
-    if dataset.class_names != CLASS_NAMES and len(dataset.class_names) != NUM_CLASSES:
-        raise DatasetError(f"{dataset.source}: found {len(dataset.class_names)} classes "
-                           f"{list(dataset.class_names)}; the export contract needs {NUM_CLASSES}.")
-    val_size = config.val_size or default_val_size(len(dataset.train.labels))
-    train_split, val_split = stratified_split(dataset.train, val_size, config.seed)
-    print(f"data: {dataset.source} ({len(train_split.labels)} train, {len(val_split.labels)} validation"
-          f"{f', {len(dataset.test.labels)} test' if dataset.test else ''})", flush=True)
-
     keras.config.set_dtype_policy("mixed_bfloat16" if recipe.mixed_bfloat16 else "float32")
     model = recipe.build()
     if recipe.data_init is not None:
-        recipe.data_init(model, train_split.images, config.seed)
-    steps_per_epoch = int(np.ceil(len(train_split.labels) / batch_size))
+        recipe.data_init(model, splits.train.images, config.seed)
+    steps_per_epoch = int(np.ceil(len(splits.train.labels) / batch_size))
     model.compile(
         optimizer=recipe.make_optimizer(steps_per_epoch * epochs),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
@@ -126,8 +179,9 @@ def train(config: TrainConfig) -> Path:
         history_csv.unlink(missing_ok=True)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     model.fit(
-        make_pipeline(train_split, recipe, batch_size, training=True, seed=config.seed),
-        validation_data=make_pipeline(val_split, recipe, 500, training=False, seed=config.seed),
+        make_pipeline(splits.train, recipe, batch_size, training=True, seed=config.seed),
+        validation_data=make_pipeline(splits.val, recipe, export.EVALUATION_BATCH_SIZE, training=False,
+                                      seed=config.seed),
         epochs=epochs,
         shuffle=False,  # the pipeline shuffles, reproducibly from the seed
         verbose=config.verbose,
@@ -135,75 +189,74 @@ def train(config: TrainConfig) -> Path:
             # Lookahead first: it puts the averaged weights in place before the epoch's checkpoint.
             *([Lookahead(recipe.lookahead, steps_per_epoch * epochs)] if recipe.lookahead else []),
             keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
-            EpochTimer(len(train_split.labels)),  # adds its figures to the logs before CSVLogger writes them
+            EpochTimer(len(splits.train.labels)),  # adds its figures to the logs before CSVLogger writes them
             keras.callbacks.CSVLogger(str(history_csv), append=True),
         ],
     )
-    history = reports.read_history(history_csv)
+    return Fitted(model, reports.read_history(history_csv), epochs, batch_size)
 
+
+def calibrate(recipe: Recipe, trained: keras.Model, val_split: Split) -> Calibrated:
+    """A float32 copy of the trained model and the softmax temperature fitted on validation NLL."""
     # Serving runs in float32 on any CPU; only the training arithmetic was bfloat16.
     keras.config.set_dtype_policy("float32")
     serving_model = recipe.build()
-    serving_model.set_weights(model.get_weights())
-
+    serving_model.set_weights(trained.get_weights())
     val_logits = export.logits_with_tta(serving_model, val_split.images, recipe.tta)
     temperature = calibration.fit_temperature(val_logits, val_split.labels)
     ece_before = calibration.expected_calibration_error(calibration.softmax(val_logits), val_split.labels)
+    return Calibrated(serving_model, temperature, ece_before)
 
-    with export.staged_version_dir(config.out) as (staging, publish):
-        export.write_saved_model(serving_model, staging, recipe.tta, temperature)
-        signature = export.load_signature(staging)
-        val_probabilities = export.predict_saved_model(signature, val_split.images)
-        val_predicted = val_probabilities.argmax(axis=1)
-        val_accuracy = float(np.mean(val_predicted == val_split.labels))
-        test_accuracy = None
-        if dataset.test is not None:
-            test_probabilities = export.predict_saved_model(signature, dataset.test.images)
-            test_accuracy = float(np.mean(test_probabilities.argmax(axis=1) == dataset.test.labels))
-        ece_after = calibration.expected_calibration_error(val_probabilities, val_split.labels)
 
-        reports.write_report(staging / reports.REPORT_DIR, history, val_split.images, val_split.labels,
-                             val_probabilities, dataset.class_names, model, config.seed)
+def evaluate(version_dir: Path, splits: Splits) -> Evaluation:
+    """Accuracy and calibration of the SavedModel just written, through its serving signature."""
+    signature = export.load_signature(version_dir)
+    val_probabilities = export.predict_saved_model(signature, splits.val.images)
+    val_accuracy = float(np.mean(val_probabilities.argmax(axis=1) == splits.val.labels))
+    test_accuracy = None
+    if splits.dataset.test is not None:
+        test_probabilities = export.predict_saved_model(signature, splits.dataset.test.images)
+        test_accuracy = float(np.mean(test_probabilities.argmax(axis=1) == splits.dataset.test.labels))
+    val_ece = calibration.expected_calibration_error(val_probabilities, splits.val.labels)
+    return Evaluation(val_probabilities, val_accuracy, test_accuracy, val_ece)
 
-        metadata = {
-            "name": config.out.name,
-            "class_names": list(dataset.class_names),
-            "input_contract": input_contract(),
-            "architecture": config.arch,
-            "description": recipe.description,
-            "params": int(serving_model.count_params()),
-            "epochs": epochs,
-            "epochs_completed": len(history.get("epoch", [])),
-            "batch_size": batch_size,
-            "seed": config.seed,
-            "train_images": len(train_split.labels),
-            "val_images": len(val_split.labels),
-            "val_accuracy": round(val_accuracy, 4),
-            "test_accuracy": None if test_accuracy is None else round(test_accuracy, 4),
-            "tta": recipe.tta,
-            "temperature": round(temperature, 4),
-            "val_ece_before_temperature": round(ece_before, 4),
-            "val_ece": round(ece_after, 4),
-            "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
-            "seconds_per_epoch": [round(s, 1) for s in history.get("epoch_seconds", [])],
-            "train_images_per_second": round(float(np.mean(history["images_per_second"])), 1)
-            if history.get("images_per_second") else None,
-            "history": {k: [round(v, 4) for v in vs] for k, vs in history.items() if k != "epoch"},
-            "data": {"source": dataset.source if dataset.source == KERAS_SOURCE else Path(dataset.source).name,
-                     "sha256": dataset.sha256},
-            "tensorflow_version": tf.__version__,
-            "keras_version": keras.__version__,
-            "git_commit": git_commit(),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "threads": config.threads,
-        }
-        export.write_metadata(staging, metadata)
-        version_dir = publish()
-    print(json.dumps({"model": str(version_dir), "val_accuracy": metadata["val_accuracy"],
-                      "test_accuracy": metadata["test_accuracy"], "val_ece": metadata["val_ece"],
-                      "train_seconds": metadata["train_seconds"]}), flush=True)
-    print(f"wrote {version_dir} ({METADATA_FILE}, {reports.REPORT_DIR}/)", flush=True)
-    return version_dir
+
+def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fitted, calibrated: Calibrated,
+                 evaluation: Evaluation) -> dict[str, object]:
+    """metadata.json: what was trained, how, on what, and how well (README, "The export contract")."""
+    history, dataset = fitted.history, splits.dataset
+    return {
+        "name": config.out.name,
+        "class_names": list(dataset.class_names),
+        "input_contract": export_contract(),
+        "architecture": recipe_name(config.recipe),  # the recipe's name (the key predates recipes)
+        "description": recipe.description,
+        "params": int(calibrated.model.count_params()),
+        "epochs": fitted.epochs,
+        "epochs_completed": len(history.get("epoch", [])),
+        "batch_size": fitted.batch_size,
+        "seed": config.seed,
+        "train_images": len(splits.train.labels),
+        "val_images": len(splits.val.labels),
+        "val_accuracy": round(evaluation.val_accuracy, 4),
+        "test_accuracy": None if evaluation.test_accuracy is None else round(evaluation.test_accuracy, 4),
+        "tta": recipe.tta,
+        "temperature": round(calibrated.temperature, 4),
+        "val_ece_before_temperature": round(calibrated.ece_before, 4),
+        "val_ece": round(evaluation.val_ece, 4),
+        "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
+        "seconds_per_epoch": [round(s, 1) for s in history.get("epoch_seconds", [])],
+        "train_images_per_second": round(float(np.mean(history["images_per_second"])), 1)
+        if history.get("images_per_second") else None,
+        "history": {k: [round(v, 4) for v in vs] for k, vs in history.items() if k != "epoch"},
+        "data": {"source": dataset.source if dataset.source == KERAS_SOURCE else Path(dataset.source).name,
+                 "sha256": dataset.sha256},
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "git_commit": git_commit(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "threads": config.threads,
+    }
 
 
 def git_commit() -> str | None:
