@@ -16,7 +16,7 @@ import numpy as np
 from app.contract import METADATA_FILE
 from training import export, reports
 from training.data import DatasetError, default_cache_dir, load_image_folder, stratified_split
-from training.recipes import RECIPES
+from training.recipes import RECIPES, recipe_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,8 @@ def regenerate(version_dir: Path, data: Path, cache_dir: Path | None) -> float:
         raise DatasetError(f"{version_dir}: validation accuracy re-measured as {accuracy:.4f}, metadata.json "
                            f"says {metadata['val_accuracy']}: this is not the split the model was measured on.")
     history = metadata["history"]
-    model = RECIPES[metadata["architecture"]].build()  # only its layers are drawn: no weights needed
+    # Only its layers are drawn: no weights needed. Models trained before the rename record former names.
+    model = RECIPES[recipe_name(metadata["architecture"])].build()
     reports.write_report(version_dir / reports.REPORT_DIR, history, val_split.images, val_split.labels, probabilities,
                          metadata["class_names"], model, metadata["seed"])
     return accuracy
