@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from app.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, SAVED_MODEL_FILE, input_contract
+from app.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, SAVED_MODEL_FILE, export_contract
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE * 3
 
@@ -51,7 +51,7 @@ class NotProbabilities(tf.Module):
 
 
 def metadata(val_accuracy: float, **extra: object) -> dict[str, object]:
-    return {"name": "cifar10", "class_names": list(CLASS_NAMES), "input_contract": input_contract(),
+    return {"name": "cifar10", "class_names": list(CLASS_NAMES), "input_contract": export_contract(),
             "architecture": "tiny-test", "val_accuracy": val_accuracy, "data": {"sha256": "0" * 64}, **extra}
 
 

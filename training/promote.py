@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.contract import CLASS_NAMES, METADATA_FILE, input_contract, missing_files, next_version, version_dirs
+from app.contract import CLASS_NAMES, METADATA_FILE, export_contract, missing_files, next_version, version_dirs
 from app.model import ModelLoadError, check_answers, load_version
 from training.publish import publish_next_version, staging_dir
 
@@ -59,8 +59,8 @@ def read_metadata(export_dir: Path) -> dict[str, Any]:
     problems = []
     if metadata.get("class_names") != list(CLASS_NAMES):
         problems.append(f"class_names must be the ten CIFAR-10 classes in order {list(CLASS_NAMES)}")
-    if metadata.get("input_contract") != input_contract():
-        problems.append(f"input_contract must be {json.dumps(input_contract())}")
+    if metadata.get("input_contract") != export_contract():
+        problems.append(f"input_contract must be {json.dumps(export_contract())}")
     accuracy = metadata.get("val_accuracy")
     if not isinstance(accuracy, int | float) or isinstance(accuracy, bool) or not 0.0 <= accuracy <= 1.0:
         problems.append("val_accuracy must be a number from 0 to 1 (the validation accuracy of the export)")
