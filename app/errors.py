@@ -5,12 +5,14 @@ route runs (headers or declared body too large) answers with :func:`send_refusal
 """
 
 import logging
+import typing
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import QueueFullError
@@ -49,7 +51,8 @@ class DuplicateFileError(ValueError):
 # FastAPI lets an HTTPException through its form parsing but turns any other exception into a 400.
 class BodyTooLargeError(StarletteHTTPException):
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"The request body is over the limit of {max_bytes:,} bytes. Send a smaller image.")
+        super().__init__(413, f"The request body is over the limit of {size_in_words(max_bytes)}. Send a smaller "
+                         "image: scale it down or save it as JPEG (the model sees 32x32 pixels).")
 
 
 class BodyTimeoutError(StarletteHTTPException):
@@ -60,8 +63,37 @@ class BodyTimeoutError(StarletteHTTPException):
 
 class HeadersTooLargeError(StarletteHTTPException):
     def __init__(self, header_bytes: int, max_bytes: int) -> None:
-        super().__init__(431, f"The request headers are {header_bytes:,} bytes, over the limit of "
-                         f"{max_bytes:,}. Send fewer or shorter headers (cookies included).")
+        super().__init__(431, f"The request headers are {size_in_words(header_bytes)}, over the limit of "
+                         f"{size_in_words(max_bytes)}. Send fewer or shorter headers (cookies included).")
+
+
+def size_in_words(size: int) -> str:
+    """``10 MB (10,485,760 bytes)``: the round figure a person reads, and the exact one (MB = 1024 x 1024)."""
+    if size >= 1024 * 1024:
+        rounded = f"{size / (1024 * 1024):.1f}".removesuffix(".0") + " MB"
+    elif size >= 1024:
+        rounded = f"{size / 1024:.1f}".removesuffix(".0") + " KB"
+    else:
+        return f"{size:,} bytes"
+    return f"{rounded} ({size:,} bytes)"
+
+
+def method_hint(request: Request) -> str | None:
+    """For a 405: which method the route takes and, on an upload route, its multipart fields (from the route)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return None
+    allowed = " or ".join(sorted(route.methods))
+    refused = f"{request.method} is not allowed on {route.path}"
+    if not route.dependant.body_params:
+        return f"{refused}; it answers {allowed}."
+    fields = []
+    for param in route.dependant.body_params:
+        repeated = typing.get_origin(param.field_info.annotation) is list
+        fields.append(f"'{param.alias}'" + (" (one part per image)" if repeated else ""))
+    example = route.dependant.body_params[0].alias
+    return (f"{refused}. Send {allowed} with multipart/form-data, the image in the form field "
+            f"{' and '.join(fields)}, as in: curl -F {example}=@cat.jpg <this server>{route.path}")
 
 
 def image_error_status(error: ImageError) -> int:
@@ -122,6 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         detail = error.detail if isinstance(error.detail, str) else "The request could not be processed."
+        if error.status_code == 405:
+            detail = method_hint(request) or detail
         if error.status_code == 400 and request.headers.get("content-type", "").startswith("multipart/"):
             # Starlette's multipart parser says what broke but not what a valid upload looks like.
             detail = f"{detail.rstrip('.')}. {MULTIPART_HINT}"

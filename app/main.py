@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api_docs import router as docs_router
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
+from app.logs import page_urls, quiet_tensorflow, seconds_since_start, tensorflow_notices_hidden
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors, SecurityHeadersMiddleware
 from app.model import ModelLoadError
@@ -39,11 +40,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
-                                        warm_up_sizes(settings), metrics, settings.inference_threads)
+        quiet_tensorflow(settings.log_level)
+        with tensorflow_notices_hidden(settings.log_level):
+            served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
+                                            warm_up_sizes(settings), metrics, settings.inference_threads)
         first = served.current
-        logger.info("loaded model %s version %s from %s", first.name, first.version, first.path)
+        logger.info("serving model %s version %s (%s) from %s", first.name, first.version,
+                    _accuracy_in_words(first.metadata), first.path)
         del first  # a swap must leave no reference to the model it replaces: its memory is released
+        page, docs = page_urls(settings.host, settings.port)
+        logger.info("web page: %s  API docs: %s", page, docs)
         batcher = MicroBatcher(lambda: served.current, settings.max_batch_size,
                                settings.max_batch_delay_ms / 1000.0, settings.max_queue_images,
                                on_batch=metrics.observe_batch)
@@ -99,9 +105,17 @@ async def _warm_up_then_follow(service: ClassifierService, watcher: ModelWatcher
         logger.error("%s", error)
         return
     service.ready.set()
-    logger.info("model warmed up; ready")
+    logger.info("ready: model warmed up, %.1f s after start", seconds_since_start())
     if watcher is not None:
         await watcher.run()
+
+
+def _accuracy_in_words(metadata: dict) -> str:
+    accuracy = metadata.get("val_accuracy")
+    if not isinstance(accuracy, int | float):
+        return "no validation accuracy recorded"
+    images = metadata.get("val_images")
+    return f"validation accuracy {accuracy:.2%}" + (f" on {images:,} images" if isinstance(images, int) else "")
 
 
 app = create_app()

@@ -41,7 +41,22 @@ DEFAULT_MAX_PIXELS = 40_000_000  # the service's MAX_IMAGE_PIXELS default and th
 REDUCE_GAP = 3  # box-average only down to this many times the model size, so Lanczos still does the last step
 STRIP_ROWS = 256  # rows converted at once while reducing a large image
 LANCZOS_SUPPORT = 2.5  # Pillow's Lanczos support (3) less half a pixel, in output pixels
-# Files people upload by mistake that Pillow cannot open: named in a 415 rather than called undecodable.
+# The rule between 400 and 415: 415 for anything that is not an image format we take, 400 for empty,
+# truncated or undecodable data of a format we take. Pillow cannot open either kind, so the first bytes
+# decide: a file that starts like one of ours is broken (400), any other is another format (415).
+# The web page (app/static/page.js) refuses the same files by the same bytes before sending them.
+FORMAT_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (  # name, ((offset, bytes), ...)
+    ("JPEG", ((0, b"\xff\xd8\xff"),)),
+    ("PNG", ((0, b"\x89PNG\r\n\x1a\n"),)),
+    ("GIF", ((0, b"GIF8"),)),
+    ("WEBP", ((0, b"RIFF"), (8, b"WEBP"))),
+    ("BMP", ((0, b"BM"),)),
+    ("TIFF", ((0, b"II*\x00"),)),
+    ("TIFF", ((0, b"MM\x00*"),)),
+    ("TIFF", ((0, b"II+\x00"),)),  # BigTIFF
+    ("TIFF", ((0, b"MM\x00+"),)),
+)
+# Files people upload by mistake that Pillow cannot open: named in their 415.
 # Matched on the first bytes (after leading whitespace for the text formats), never on the file name.
 DOCUMENT_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"%PDF-", "PDF"),
@@ -80,12 +95,14 @@ class UndecodableImageError(ImageError):
 
 class UnsupportedFormatError(ImageError):
     def __init__(self, image_format: str | None) -> None:
-        name = image_format or "unknown"
         allowed = ", ".join(sorted(ALLOWED_FORMATS))
-        super().__init__(
-            "unsupported",
-            f"Image format {name} is not supported. Send one of: {allowed}.",
-        )
+        if image_format is None:
+            message = (f"The file is not an image in a format the service takes: its first bytes are not those "
+                       f"of {ACCEPTED_FORMATS_TEXT}, whatever its name. Convert it to one of these and send it "
+                       "again.")
+        else:
+            message = f"Image format {image_format} is not supported. Send one of: {allowed}."
+        super().__init__("unsupported", message)
 
 
 class TooManyPixelsError(ImageError):
@@ -108,11 +125,13 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=None)
     except UnidentifiedImageError:
-        document = sniff_document(data)
-        if document is not None:
-            raise UnsupportedFormatError(document) from None
-        raise UndecodableImageError("not a recognised image format") from None
+        claimed = sniff_format(data)
+        if claimed is not None:
+            raise UndecodableImageError(f"it starts like a {claimed} file, but its data is broken") from None
+        raise UnsupportedFormatError(sniff_document(data)) from None
     except (OSError, ValueError, SyntaxError) as error:
+        if sniff_format(data) is None:  # a plugin for some other format took it and failed: not ours
+            raise UnsupportedFormatError(sniff_document(data)) from None
         raise UndecodableImageError(_short(error)) from None
     except Image.DecompressionBombError:
         # Pillow's own guard fires first for sizes far beyond any sane limit.
@@ -123,6 +142,14 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     if width * height > max_pixels:
         raise TooManyPixelsError(max_pixels, width, height)
     return image
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format ``data`` starts like, if any (whether or not the rest is valid)."""
+    for name, parts in FORMAT_SIGNATURES:
+        if all(data[offset:offset + len(part)] == part for offset, part in parts):
+            return name
+    return None
 
 
 def sniff_document(data: bytes) -> str | None:

@@ -7,8 +7,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.contract import IMAGE_SIZE
-from app.errors import DuplicateFileError
-from app.preprocessing import ACCEPTED_FORMATS, ACCEPTED_FORMATS_TEXT, ALLOWED_FORMATS, ALLOWED_MEDIA_TYPES
+from app.errors import BodyTooLargeError, DuplicateFileError
+from app.preprocessing import (
+    ACCEPTED_FORMATS,
+    ACCEPTED_FORMATS_TEXT,
+    ALLOWED_FORMATS,
+    ALLOWED_MEDIA_TYPES,
+    DEFAULT_MAX_PIXELS,
+    EmptyImageError,
+    TooManyPixelsError,
+    UndecodableImageError,
+    UnsupportedFormatError,
+)
 from app.schemas import (
     BatchPrediction,
     ErrorMessage,
@@ -18,6 +28,7 @@ from app.schemas import (
     ServingLimits,
 )
 from app.service import ClassifierService
+from app.settings import Settings
 
 router = APIRouter()
 
@@ -33,14 +44,31 @@ Preview = Annotated[bool, Query(description="Also return the 32x32 image the mod
 
 def _errors(*statuses: int) -> dict[int | str, dict]:
     descriptions = {
-        400: "Empty or undecodable image, or a malformed multipart body.",
+        400: f"A {ACCEPTED_FORMATS_TEXT} file that is empty, truncated or cannot be decoded, or a malformed "
+             "multipart body.",
         408: "The request body did not arrive within the read deadline.",
         413: "Body over the byte limit, image over the pixel limit, or too many files.",
-        415: f"Image format outside the allow-list ({', '.join(ACCEPTED_FORMATS)}).",
+        415: f"Not an image in a format the service takes ({', '.join(ACCEPTED_FORMATS)}), told by the file's "
+             "first bytes, whatever its name or declared type: a text file, a PDF, an ICO…",
         422: "The form field is missing or repeated, or a query parameter is invalid.",
         503: "Model warming up or queue full; see Retry-After.",
     }
-    return {status: {"model": ErrorMessage, "description": descriptions[status]} for status in statuses}
+    # The very messages the code sends (built by the same classes), so the docs and the code cannot differ.
+    examples = {
+        400: {"empty file": EmptyImageError(),
+              "broken PNG": UndecodableImageError("it starts like a PNG file, but its data is broken")},
+        413: {"body over the limit": BodyTooLargeError(Settings.model_fields["max_upload_bytes"].default),
+              "too many pixels": TooManyPixelsError(DEFAULT_MAX_PIXELS, 9000, 6000)},
+        415: {"text or unknown bytes": UnsupportedFormatError(None), "PDF": UnsupportedFormatError("PDF")},
+    }
+    responses: dict[int | str, dict] = {}
+    for status in statuses:
+        responses[status] = {"model": ErrorMessage, "description": descriptions[status]}
+        if status in examples:
+            responses[status]["content"] = {"application/json": {"examples": {
+                name: {"value": {"detail": getattr(error, "message", None) or str(error.detail)}}
+                for name, error in examples[status].items()}}}
+    return responses
 
 
 IMAGE_ERRORS = _errors(400, 408, 413, 415, 422, 503)

@@ -107,8 +107,10 @@ def _white_background(response: httpx.Response) -> None:
 
 CASES = [
     # Not an image at all, whatever the name and media type claim: content is sniffed from the bytes.
+    # The rule: 415 for anything not in a format we take, 400 for empty or broken data of one we take.
     Case("zero_byte_file", lambda: one_file(b""), 400, "file is empty"),
-    Case("text_named_png", lambda: one_file(b"just some text\n" * 20, "cat.png"), 400, "not a recognised image"),
+    Case("text_named_png", lambda: one_file(b"just some text\n" * 20, "cat.png"), 415,
+         "not an image in a format the service takes"),
     Case("html_named_jpeg", lambda: one_file(b"<!DOCTYPE html><html><body>hi</body></html>", "cat.jpg",
                                              "image/jpeg"), 415, "format HTML is not supported"),
     Case("pdf_named_jpeg", lambda: one_file(b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n", "cat.jpg",
@@ -117,8 +119,10 @@ CASES = [
                                            "cat.png", "image/svg+xml"), 415, "format SVG is not supported"),
     Case("ico_is_outside_allow_list", lambda: one_file(files.encode(files.photo(), "ICO"), "cat.png"), 415,
          "format ICO is not supported"),
-    Case("random_bytes", lambda: one_file(bytes(range(256)) * 40, "noise.jpg", "image/jpeg"), 400,
-         "could not be read as an image"),
+    Case("random_bytes", lambda: one_file(bytes(range(256)) * 40, "noise.jpg", "image/jpeg"), 415,
+         "not an image in a format the service takes"),
+    Case("png_signature_then_junk", lambda: one_file(b"\x89PNG\r\n\x1a\n" + bytes(range(256))), 400,
+         "starts like a PNG file, but its data is broken"),
     Case("truncated_png", lambda: one_file(files.good_png()[:120]), 400, "could not be read as an image"),
     Case("truncated_jpeg", lambda: one_file(files.good_jpeg()[:300], "a.jpg", "image/jpeg"), 400,
          "could not be read as an image"),
@@ -132,9 +136,9 @@ CASES = [
          "12000x12000 = 144,000,000 pixels"),
     # Body size: at once from Content-Length, and while streaming when there is none.
     Case("body_over_limit_with_content_length", lambda: sized(*over_limit_multipart()), 413,
-         "over the limit of 10,485,760 bytes"),
+         "over the limit of 10 MB (10,485,760 bytes)"),
     Case("body_over_limit_chunked", lambda: chunked(*over_limit_multipart()), 413,
-         "over the limit of 10,485,760 bytes"),
+         "over the limit of 10 MB (10,485,760 bytes)"),
     # Form fields.
     Case("missing_file_field", lambda: {"data": {"note": "no file here"}}, 422, "missing form field 'file'"),
     Case("wrong_field_name", lambda: {"files": {"image": ("a.png", files.good_png(), "image/png")}}, 422,
@@ -162,14 +166,15 @@ CASES = [
     Case("boundary_unterminated", lambda: {"content": b"--b\r\nContent-Disposition: form-data; name=\"file\"",
                                            "headers": {"content-type": "multipart/form-data; boundary=b"}},
          422, "missing form field 'file'"),
-    Case("wrong_method", lambda: {}, 405, "method not allowed", method="GET"),
+    Case("wrong_method", lambda: {}, 405, "send post with multipart/form-data, the image in the form field 'file'",
+         method="GET"),
     Case("json_content_type", lambda: {"json": {"file": "aGVsbG8="}}, 422, "send the image as multipart/form-data"),
     Case("raw_image_body", lambda: {"content": files.good_png(), "headers": {"content-type": "image/png"}}, 422,
          "send the image as multipart/form-data"),
     Case("invalid_query_parameter", lambda: {**one_file(files.good_png()), "params": {"preview": "maybe"}}, 422,
          "invalid 'preview'"),
     Case("huge_headers", lambda: {**one_file(files.good_png()), "headers": {"x-padding": "a" * 64_000}}, 431,
-         "over the limit of 16,384"),
+         "over the limit of 16 KB (16,384 bytes)"),
     Case("unknown_route", lambda: {}, 404, "not found", path="/predict/../../etc/passwd"),
     # Unusual but valid images: all must succeed.
     Case("animated_gif", lambda: one_file(files.animated_gif(), "a.gif", "image/gif"), 200, "",

@@ -97,7 +97,7 @@ def test_batch_keeps_order_and_isolates_bad_files(client: TestClient, signature)
     assert response.status_code == 200
     results = response.json()["results"]
     assert [r["filename"] for r in results] == ["a.png", "notes.txt", "b.png", "c.png"]
-    assert results[1]["status"] == 400 and "could not be read as an image" in results[1]["detail"]
+    assert results[1]["status"] == 415 and "not an image in a format the service takes" in results[1]["detail"]
     expected = direct(signature, good)
     for result, row in zip([results[0], results[2], results[3]], expected, strict=True):
         np.testing.assert_allclose(list(result["probabilities"].values()), row, atol=1e-6)
@@ -114,7 +114,7 @@ def test_batch_refuses_more_files_than_allowed(client: TestClient) -> None:
     ("upload", "status", "words"),
     [
         (b"", 400, "empty"),
-        (b"just some text\n", 400, "could not be read as an image"),
+        (b"just some text\n", 415, "not an image in a format the service takes"),
         (shapes(1, size=64)[0][:200], 400, "could not be read"),
     ],
     ids=["empty", "text", "truncated-png"],
@@ -174,3 +174,37 @@ def test_concurrent_uploads_each_get_their_own_answer(client: TestClient, traine
         answers = asyncio.run(send_all(server.url))
     for answer, row in zip(answers, expected, strict=True):
         np.testing.assert_allclose(list(answer["probabilities"].values()), row, atol=1e-5)
+
+
+@pytest.mark.parametrize(("method", "path", "field"), [
+    ("GET", "/predict", "'file'"),
+    ("PUT", "/predict", "'file'"),
+    ("GET", "/predict/batch", "'files' (one part per image)"),
+])
+def test_a_wrong_method_on_an_upload_route_says_how_to_call_it(client: TestClient, method: str, path: str,
+                                                              field: str) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    example = field.split("'")[1]
+    assert response.json()["detail"] == (
+        f"{method} is not allowed on {path}. Send POST with multipart/form-data, the image in the form field "
+        f"{field}, as in: curl -F {example}=@cat.jpg <this server>{path}")
+
+
+def test_a_wrong_method_elsewhere_names_the_method_to_use(client: TestClient) -> None:
+    response = client.post("/livez")
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
+    assert response.json()["detail"] == "POST is not allowed on /livez; it answers GET."
+
+
+def test_openapi_examples_follow_the_400_415_rule(client: TestClient) -> None:
+    responses = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
+    sent = {}
+    for upload in (b"just some text\n", b"%PDF-1.7\n", b"", b"\x89PNG\r\n\x1a\n" + bytes(range(64))):
+        answer = client.post("/predict", files={"file": ("upload.png", upload, "image/png")})
+        sent[answer.json()["detail"]] = answer.status_code
+    for status in ("400", "415"):
+        examples = responses[status]["content"]["application/json"]["examples"]
+        documented = {example["value"]["detail"] for example in examples.values()}
+        # Each documented message is one the service really sends, with that status.
+        assert documented <= set(sent) and {sent[detail] for detail in documented} == {int(status)}, (status, sent)

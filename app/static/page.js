@@ -232,7 +232,8 @@
     return limits.maxUploadBytes - PART_OVERHEAD_BYTES;
   }
 
-  // What each accepted format's files start with, whatever their names say (the server sniffs the same way).
+  // What each accepted format's files start with, whatever their names say: the server's rule
+  // (app/preprocessing.py FORMAT_SIGNATURES) for telling a broken image (400) from another format (415).
   const SIGNATURES = {
     JPEG: [[0, [0xff, 0xd8, 0xff]]],
     PNG: [[0, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]]],
@@ -241,14 +242,15 @@
     BMP: [[0, [0x42, 0x4d]]],
     TIFF: [[0, [0x49, 0x49, 0x2a, 0x00]]],
   };
-  const BIG_ENDIAN_TIFF = [0x4d, 0x4d, 0x00, 0x2a];
+  // TIFF's other byte order, and BigTIFF in both.
+  const OTHER_TIFF = [[0x4d, 0x4d, 0x00, 0x2a], [0x49, 0x49, 0x2b, 0x00], [0x4d, 0x4d, 0x00, 0x2b]];
 
   function startsLike(head, offset, bytes) {
     return bytes.every(function (value, index) { return head[offset + index] === value; });
   }
 
   function sniffFormat(head) {
-    if (startsLike(head, 0, BIG_ENDIAN_TIFF)) return "TIFF";
+    if (OTHER_TIFF.some(function (bytes) { return startsLike(head, 0, bytes); })) return "TIFF";
     return Object.keys(SIGNATURES).find(function (format) {
       return SIGNATURES[format].every(function (part) { return startsLike(head, part[0], part[1]); });
     }) || null;

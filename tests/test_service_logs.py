@@ -1,0 +1,89 @@
+"""What an operator reads from ``python -m app``: its own three lines, uvicorn's and the access log, and
+none of TensorFlow's C++ notices unless LOG_LEVEL=debug; a port in use is one line naming PORT."""
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.contract import METADATA_FILE, version_dirs
+from tests.servers import REPO, running_server, server_env
+
+# What TensorFlow's C++ side prints at start-up when nobody quiets it (absl's notice, oneDNN, CPU flags).
+TENSORFLOW_NOTICES = ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "I0000")
+# An empty value is "not set": the service then decides, as for an operator who never heard of the variable.
+UNSET = ""
+
+
+def served_log(trained_model_dir: Path, tmp_path: Path, log_level: str) -> tuple[str, str]:
+    with running_server(trained_model_dir, tmp_path / "server.log", LOG_LEVEL=log_level,
+                        TF_CPP_MIN_LOG_LEVEL=UNSET) as server:
+        assert httpx.get(f"{server.url}/livez").status_code == 200
+        url = server.url
+    return server.log(), url
+
+
+def test_info_log_says_model_addresses_and_ready_and_nothing_of_tensorflow(trained_model_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    log, url = served_log(trained_model_dir, tmp_path, "info")
+    lines = log.splitlines()
+    # Every line is a logging line: no stray C++ output between them.
+    assert all(re.match(r"(INFO|WARNING):  ", line) for line in lines), log
+    assert not [notice for notice in TENSORFLOW_NOTICES if notice in log], log
+
+    version_dir = version_dirs(trained_model_dir)[-1][1]
+    metadata = json.loads((version_dir / METADATA_FILE).read_text())
+    model_lines = [line for line in lines if "serving model" in line]
+    assert model_lines == [f"INFO:     serving model shapes version 1 (validation accuracy "
+                           f"{metadata['val_accuracy']:.2%} on {metadata['val_images']} images) from {version_dir}"]
+    assert [line for line in lines if "web page:" in line] == [f"INFO:     web page: {url}/  API docs: {url}/docs"]
+    ready = [re.fullmatch(r"INFO:     ready: model warmed up, (\d+\.\d) s after start", line) for line in lines]
+    ready = [match for match in ready if match]
+    assert len(ready) == 1, log
+    assert 0.5 < float(ready[0][1]) < 180
+    # uvicorn's access log is still there.
+    assert '"GET /livez HTTP/1.1" 200' in log
+    # In order: the model, where to find it, then ready.
+    order = [next(i for i, line in enumerate(lines) if marker in line)
+             for marker in ("serving model", "web page:", "ready:")]
+    assert order == sorted(order)
+
+
+def test_debug_log_shows_tensorflows_own_notices(trained_model_dir: Path, tmp_path: Path) -> None:
+    log, _ = served_log(trained_model_dir, tmp_path, "debug")
+    assert "oneDNN" in log
+    assert "serving model shapes version 1" in log
+
+
+def test_a_port_in_use_is_one_line_naming_port_and_exit_1(trained_model_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "app"], cwd=REPO, env=server_env(trained_model_dir, port),
+                                capture_output=True, text=True, timeout=60, check=False)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: PORT {port} is already in use on 127.0.0.1 (another server, or an earlier one still running). "
+        f"Stop it, or set PORT to a free port, e.g. PORT={port + 1} make serve."]
+    # Said before the model is loaded: no TensorFlow import, no waiting.
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1"])  # TEST-NET-1: never an address of this machine
+def test_an_address_not_of_this_machine_is_one_line_naming_host(trained_model_dir: Path, host: str) -> None:
+    env = server_env(trained_model_dir, 8000) | {"HOST": host}
+    result = subprocess.run([sys.executable, "-m", "app"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot listen on HOST {host}, PORT 8000") and "Set HOST to" in line
