@@ -21,6 +21,7 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors, SecurityHeadersMiddleware
 from app.model import ModelLoadError
 from app.model_watcher import ModelWatcher, start_serving
+from app.openapi import install_openapi, operation_id
 from app.pages import router as pages_router
 from app.routes import router
 from app.service import ClassifierService, warm_up_sizes
@@ -69,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # docs_url=None: app.api_docs serves /docs from local files instead of FastAPI's CDN-backed page.
     app = FastAPI(title="CIFAR-10 image classifier", description=DESCRIPTION, version="1.0.0", lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, generate_unique_id_function=operation_id)
+    install_openapi(app)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(pages_router)

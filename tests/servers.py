@@ -1,5 +1,6 @@
 """Real uvicorn servers for the tests that are about the server itself (slow clients, chunked bodies,
-SIGTERM, startup faults, RSS): one ``python -m app`` subprocess each, bound to loopback only."""
+SIGTERM, startup faults, RSS): one ``python -m app`` subprocess each, bound to loopback only. And the
+app in process behind Starlette's TestClient, for the tests that need no socket."""
 
 import os
 import signal
@@ -13,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 # Everything startup prints goes to a file: a pipe nobody reads could fill and stall the server.
@@ -86,6 +91,17 @@ def running_server(model_dir: Path, log_path: Path, **env: str) -> Iterator[Serv
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def ready_test_client(settings: Settings) -> Iterator[TestClient]:
+    """The app in process (TestClient runs its lifespan), once its model has warmed up."""
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the app never became ready"
+            time.sleep(0.05)
+        yield client
 
 
 def rss_bytes(pid: int) -> int:

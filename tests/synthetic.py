@@ -55,3 +55,16 @@ def write_image_folder(root: Path, train_per_class: int, test_per_class: int = 0
             for index in range(count):
                 shape_image(label, rng).save(folder / f"{index:04d}{suffix}")
     return root
+
+
+def write_jpegs(folder: Path, count: int, seed: int = 0, size: int = 48) -> list[Path]:
+    """``count`` shape images as JPEG files ``folder/NN-<class>.jpg``, classes in turn."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        label = index % len(CLASS_NAMES)
+        path = folder / f"{index:02d}-{CLASS_NAMES[label]}.jpg"
+        shape_image(label, rng, size=size).save(path, format="JPEG", quality=90)
+        paths.append(path)
+    return paths
