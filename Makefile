@@ -20,7 +20,7 @@ serve: $(STAMP)  ## serve the shipped model on http://127.0.0.1:8000 (docs at /d
 	$(BIN)/python -m app
 
 test: $(STAMP)  ## lint and run the test suite
-	$(BIN)/ruff check app training tests bench
+	$(BIN)/ruff check app training tests bench client
 	$(BIN)/python -m pytest
 
 train: $(STAMP)  ## train the shipped model (airbench recipe) on the shared JPEG training set

@@ -9,6 +9,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app import schemas
+from app.contract import CLASS_NAMES
+from app.main import create_app
+from app.settings import Settings
 from cifar10_client import (
     APIError,
     AsyncClient,
@@ -21,13 +28,6 @@ from cifar10_client import (
 )
 from cifar10_client import models as client_models
 from cifar10_client.models import as_json
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
-
-from app import schemas
-from app.contract import CLASS_NAMES
-from app.main import create_app
-from app.settings import Settings
 from tests.servers import free_port, ready_test_client
 from tests.synthetic import write_jpegs
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cifar10_client import Client
-from cifar10_client.cli import main
 
 from app.contract import CLASS_NAMES
+from cifar10_client import Client
+from cifar10_client.cli import main
 from tests.servers import Server, free_port, running_server
 from tests.synthetic import write_jpegs
 

@@ -30,11 +30,12 @@ def _hidden(name: str) -> bool:
 
 
 def _walk(folder: str) -> list[str]:
+    """Every file below ``folder`` but hidden ones, sorted as paths (as a recursive glob lists them)."""
     found = []
     for root, folders, names in os.walk(folder):
-        folders[:] = sorted(name for name in folders if not _hidden(name))
-        found.extend(os.path.join(root, name) for name in sorted(names) if not _hidden(name))
-    return found
+        folders[:] = [name for name in folders if not _hidden(name)]
+        found.extend(os.path.join(root, name) for name in names if not _hidden(name))
+    return sorted(found)
 
 
 def _is_pattern(argument: str) -> bool:
