@@ -58,7 +58,7 @@ def test_try_it_out_on_predict_shows_the_models_answer_offline(server: str) -> N
                  f"{summaries.nth(i).locator('.opblock-summary-path').inner_text()}" for i in range(summaries.count())]
         assert shown == OPERATIONS
 
-        predict = page.locator("#operations-predict-predict_predict_post")
+        predict = page.locator("#operations-predict-predict")
         predict.locator(".opblock-summary").click()
         predict.get_by_role("button", name="Try it out").click()
         # A file picker, not a text box: the schema says the field is a file.
