@@ -127,9 +127,11 @@ def test_progress_bar_for_many_files(server: Server, tmp_path: Path, capsys: pyt
 def test_health_and_metadata(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "health", "--url", server.url)
     assert (code, out) == (0, f"{server.url}: ready, model shapes version 1\n")
+    with Client(server.url) as client:
+        model = client.metadata().model
     code, out, _ = run(capsys, "metadata", "--url", server.url)
     assert code == 0
-    assert out.startswith("model     shapes version 1 (seed-rgb, ")
+    assert out.startswith(f"model     shapes version 1 ({model['architecture']}, {model['params']:,} parameters)")
     assert "JPEG" in out and "classes   airplane, automobile" in out
     code, out, _ = run(capsys, "metadata", "--url", server.url, "--format", "json")
     assert code == 0
