@@ -1,4 +1,4 @@
-"""The training command as a user runs it: help, errors, resume."""
+"""The training command as a user runs it: help, errors, resume, run folders and their promotion."""
 
 import json
 import subprocess
@@ -7,23 +7,56 @@ from pathlib import Path
 
 import pytest
 
-from app.contract import METADATA_FILE
+from app.contract import METADATA_FILE, SAVED_MODEL_FILE, version_dirs
+from tests.model_versions import write_model
 from tests.synthetic import write_image_folder
+from tests.test_promote import tree_digest
 from training.cli import build_parser, config_from_args, main
 from training.recipes import RECIPES
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, timeout=600,
-                          check=False)
+                          check=False, cwd=cwd)
 
 
 def test_help_explains_every_option() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
     for option in ("--data", "--recipe", "--arch", "--epochs", "--batch-size", "--seed", "--out", "--resume",
-                   "--threads", "--val-size", "--cache-dir", "--run-dir", *RECIPES):
+                   "--threads", "--val-size", "--cache-dir", "--run-dir", "promote", *RECIPES):
         assert option in result.stdout
+
+
+def test_a_run_without_out_writes_a_run_folder_leaves_models_alone_and_prints_its_promotion(tmp_path: Path) -> None:
+    """The README's quick trial, in a checkout of its own: the served model must not change."""
+    data = write_image_folder(tmp_path / "data", train_per_class=10)
+    checkout = tmp_path / "checkout"
+    write_model(checkout / "models" / "cifar10" / "1", val_accuracy=0.0)
+    served = tree_digest(checkout / "models")
+    trained = run_cli("--data", str(data), "--recipe", "tutorial-rgb", "--epochs", "1", "--no-cache", "--threads",
+                      "2", "--quiet", cwd=checkout)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert tree_digest(checkout / "models") == served
+    [run] = (checkout / "runs").iterdir()
+    assert run.name.startswith("tutorial-rgb-20")
+    assert (run / "model" / SAVED_MODEL_FILE).is_file() and (run / "model" / "report").is_dir()
+    assert (run / "history.csv").is_file() and (run / "backup").is_dir()  # the per-epoch log and checkpoints
+    accuracy = json.loads((run / "model" / METADATA_FILE).read_text())["val_accuracy"]
+    assert f"wrote runs/{run.name}/model (metadata.json, report/): validation accuracy {accuracy:.2%}" in trained.stdout
+    promote_line = trained.stdout.splitlines()[-1]
+    assert promote_line == f"to serve it: python -m training promote runs/{run.name}"
+    # The printed command works as printed, from the same folder.
+    promoted = run_cli(*promote_line.split("python -m training ")[1].split(), cwd=checkout)
+    assert promoted.returncode == 0, promoted.stderr[-2000:]
+    assert [v for v, _ in version_dirs(checkout / "models" / "cifar10")] == [1, 2]
+    assert tree_digest(checkout / "models" / "cifar10" / "1") == {
+        name.removeprefix("cifar10/1/"): digest for name, digest in served.items()}
+
+
+def test_resume_needs_the_run_folder() -> None:
+    result = run_cli("--resume")
+    assert result.returncode == 2 and "--run-dir" in result.stderr
 
 
 @pytest.mark.parametrize("bad", ["missing", "not-an-image"])
@@ -52,7 +85,7 @@ def test_bad_data_is_one_line_naming_the_file_and_exit_1(tmp_path: Path, bad: st
 def test_recipe_and_its_former_names(argv: list[str], recipe: str, capsys: pytest.CaptureFixture) -> None:
     config = config_from_args(build_parser().parse_args([*argv, "--seed", "3"]))
     assert config.recipe == recipe
-    assert config.run_dir == Path("runs") / f"{recipe}-seed3"
+    assert config.run_dir.parent == Path("runs") and config.run_dir.name.startswith(f"{recipe}-20")
     notes = capsys.readouterr().err
     for former in ("--arch", "seed-rgb", "seed-gray"):
         assert (former in notes) == (former in argv), notes

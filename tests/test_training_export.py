@@ -13,6 +13,7 @@ from app.contract import CLASS_NAMES, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SI
 from tests.synthetic import shape_arrays
 from training import calibration, export
 from training.architectures import airbench_cnn, init_whitening
+from training.publish import publish_next_version, staging_dir
 from training.recipes import AIRBENCH_NETWORK, AIRBENCH_WHITENING_EPSILON, RECIPES, BiasScaledSGD
 
 
@@ -120,14 +121,14 @@ def test_whitening_decorrelates_patches() -> None:
 
 def test_export_is_atomic(tmp_path: Path) -> None:
     root = tmp_path / "cifar10"
-    with pytest.raises(RuntimeError), export.staged_version_dir(root) as (staging, _publish):
+    with pytest.raises(RuntimeError), staging_dir(root) as staging:
         (staging / "saved_model.pb").write_bytes(b"half")
         raise RuntimeError("training died mid-export")
     assert list(root.iterdir()) == []
-    with export.staged_version_dir(root) as (staging, publish):
+    with staging_dir(root) as staging:
         (staging / "saved_model.pb").write_bytes(b"whole")
         assert version_dirs(root) == []  # invisible until published
-        published = publish()
+        published = publish_next_version(staging, root)
     assert published == root / "1" and (published / "saved_model.pb").read_bytes() == b"whole"
     assert published.stat().st_mode & 0o777 == 0o755
     assert [p.name for p in root.iterdir()] == ["1"]

@@ -1,6 +1,7 @@
 """``python -m training`` / ``cifar10-train``: train a CIFAR-10 model and export a SavedModel."""
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -8,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from app.cpus import available_cpus
 from training.data import DatasetError, default_cache_dir
 from training.recipes import DEFAULT_RECIPE, RECIPE_ALIASES, RECIPES, recipe_name
+
+RUNS_DIR = Path("runs")
 
 if TYPE_CHECKING:
     from training.train import TrainConfig
@@ -51,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{recipe.batch_size})" for name, recipe in RECIPES.items())
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Train a CIFAR-10 classifier and export it as a versioned TensorFlow SavedModel "
-        "(models/<name>/<version>/ with metadata.json and report/).",
+        description="Train a CIFAR-10 classifier into a run folder (runs/<recipe>-<UTC time>/: the SavedModel "
+        "with metadata.json and report/ in model/, checkpoints, history.csv). The served models are never "
+        "touched: `python -m training promote RUN_DIR` checks a run and publishes it as the next version "
+        "of models/cifar10 (see `python -m training promote --help`).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data", type=Path, default=None,
@@ -66,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-size", type=int, default=None,
                         help="validation images held out from train, stratified (default: 5000, or 10%% of "
                         "a smaller dataset)")
-    parser.add_argument("--out", type=Path, default=Path("models/cifar10"),
-                        help="model directory; the export goes to its next integer version inside")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="export straight into this model folder as its next integer version, without "
+                        "promote's checks (default: into the run folder, RUN_DIR/model)")
     parser.add_argument("--threads", type=int, default=available_cpus(),
                         help="TensorFlow intra- and inter-op threads (default: the CPUs this process may use)")
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
@@ -75,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true",
                         help="decode the dataset without reading or writing the cache")
     parser.add_argument("--run-dir", type=Path, default=None,
-                        help="checkpoints and the per-epoch log (default: runs/<recipe>-seed<seed>)")
+                        help="the run folder: checkpoints, history.csv and (without --out) the export "
+                        "(default: a new runs/<recipe>-<UTC time>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the last epoch checkpoint in --run-dir instead of starting over")
+                        help="continue the run in --run-dir from its last epoch checkpoint instead of starting over")
     parser.add_argument("--quiet", action="store_true", help="no per-step progress bar, one line per epoch")
     return parser
 
@@ -94,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"error: {flag} must be a positive integer, got {value}", file=sys.stderr)
             return 2
+    if args.resume and args.run_dir is None:
+        print("error: --resume continues a run: name its folder with --run-dir (the runs/<recipe>-<time> "
+              "folder the interrupted run printed)", file=sys.stderr)
+        return 2
     from training.train import train
 
     config = config_from_args(args)
@@ -103,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: resume with the same options plus --resume (checkpoints in {config.run_dir})",
+        print(f"interrupted: resume with the same options plus --resume --run-dir {config.run_dir}",
               file=sys.stderr)
         return 130
     return 0
@@ -122,7 +133,17 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
         val_size=args.val_size,
         threads=args.threads,
         cache_dir=None if args.no_cache else args.cache_dir,
-        run_dir=args.run_dir or Path("runs") / f"{args.recipe}-seed{args.seed}",
+        run_dir=args.run_dir or new_run_dir(args.recipe),
         resume=args.resume,
         verbose=2 if args.quiet else 1,
     )
+
+
+def new_run_dir(recipe: str) -> Path:
+    """``runs/<recipe>-<UTC time>``, a name no earlier run has (runs/ is git-ignored)."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RUNS_DIR / f"{recipe}-{stamp}"
+    suffix = 2
+    while path.exists():
+        path, suffix = RUNS_DIR / f"{recipe}-{stamp}-{suffix}", suffix + 1
+    return path

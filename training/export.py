@@ -1,10 +1,7 @@
 """Writes a trained Keras model as a SavedModel that keeps the export contract (app.contract)."""
 
 import json
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -19,7 +16,6 @@ from app.contract import (
     NUM_CLASSES,
     OUTPUT_NAME,
     SIGNATURE_NAME,
-    next_version,
 )
 
 TTA_MODES = ("none", "flip", "flip-translate")
@@ -83,31 +79,6 @@ def write_saved_model(model: keras.Model, directory: Path, tta: str, temperature
 
 def write_metadata(directory: Path, metadata: dict[str, object]) -> None:
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-
-
-@contextmanager
-def staged_version_dir(model_root: Path) -> Iterator[tuple[Path, Callable[[], Path]]]:
-    """A hidden staging directory, and a ``publish()`` that renames it to the next version.
-
-    The version directory appears complete or not at all: a failure anywhere before
-    ``publish()`` removes the staging directory, and the rename is atomic on one filesystem.
-    """
-    model_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_root))
-    staging.chmod(0o755)  # mkdtemp makes it private; a served model must be readable by the service's user
-    published: list[Path] = []
-
-    def publish() -> Path:
-        version_dir = model_root / str(next_version(model_root))
-        staging.rename(version_dir)
-        published.append(version_dir)
-        return version_dir
-
-    try:
-        yield staging, publish
-    finally:
-        if not published:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_signature(version_dir: Path) -> Callable[..., dict[str, tf.Tensor]]:

@@ -18,10 +18,8 @@ from typing import Any
 
 from app.contract import CLASS_NAMES, METADATA_FILE, export_contract, missing_files, next_version, version_dirs
 from app.model import ModelLoadError, check_answers, load_version
-from training.publish import publish_next_version, staging_dir
+from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, staging_dir
 
-DEFAULT_TARGET = Path("models/cifar10")
-RUN_EXPORT_DIR = "model"  # where a training run without --out writes its SavedModel, inside the run folder
 # Batch sizes of the trial run: one image, and a batch, since a graph can fail at either.
 TRIAL_BATCHES = (1, 8)
 
@@ -97,7 +95,7 @@ def check_run(export_dir: Path, version: int) -> dict[str, Any]:
     return metadata
 
 
-def promote(run_dir: Path, model_root: Path = DEFAULT_TARGET, force: bool = False) -> Promotion:
+def promote(run_dir: Path, model_root: Path = DEFAULT_MODEL_ROOT, force: bool = False) -> Promotion:
     export_dir = export_dir_of(run_dir)
     metadata = check_run(export_dir, next_version(model_root))
     accuracy = float(metadata["val_accuracy"])
@@ -139,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="the run folder a training run printed (runs/<recipe>-<time>/), or an export folder")
-    parser.add_argument("--to", type=Path, default=DEFAULT_TARGET, dest="model_root",
+    parser.add_argument("--to", type=Path, default=DEFAULT_MODEL_ROOT, dest="model_root",
                         help="the served model folder; the run becomes its next integer version")
     parser.add_argument("--force", action="store_true",
                         help="publish even if its validation accuracy is below the served version's")

@@ -15,6 +15,8 @@ from pathlib import Path
 from app.contract import next_version
 
 STAGING_PREFIX = ".staging-"  # version_dirs() ignores it: only integer names are versions
+DEFAULT_MODEL_ROOT = Path("models/cifar10")  # the served model folder, as the service's MODEL_DIR defaults to
+RUN_EXPORT_DIR = "model"  # a training run without --out exports here, inside its run folder
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from training.data import (
     load_keras_cifar10,
     stratified_split,
 )
+from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, publish_replacing, staging_dir
 from training.recipes import RECIPES, Lookahead, Recipe, recipe_name
 
 
@@ -36,14 +37,14 @@ from training.recipes import RECIPES, Lookahead, Recipe, recipe_name
 class TrainConfig:
     recipe: str  # a name in training.recipes.RECIPES (or a former name, RECIPE_ALIASES)
     data: Path | None  # None: keras.datasets.cifar10
-    out: Path  # models/<name>: the version directory is created inside
+    out: Path | None  # models/<name>: export to its next integer version; None: to run_dir/model, for promote
     epochs: int | None  # None: the recipe's
     batch_size: int | None
     seed: int
     val_size: int | None  # None: 5,000 or 10% of a smaller dataset
     threads: int
     cache_dir: Path | None
-    run_dir: Path  # checkpoints and the epoch log, for --resume
+    run_dir: Path  # checkpoints, the epoch log (for --resume) and, without ``out``, the export
     resume: bool
     verbose: int = 1
 
@@ -81,26 +82,32 @@ class Evaluation:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train, calibrate and export one model; returns the published version directory."""
+    """Train, calibrate and export one model; returns the export directory (``run_dir/model``, or the
+    new version in ``out``)."""
     set_tensorflow_threads(config.threads)
     recipe = RECIPES[recipe_name(config.recipe)]
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
     fitted = fit(config, recipe, splits)
     calibrated = calibrate(recipe, fitted.model, splits.val)
-    with export.staged_version_dir(config.out) as (staging, publish):
+    with staging_dir(config.out or config.run_dir) as staging:
         export.write_saved_model(calibrated.model, staging, recipe.tta, calibrated.temperature)
         evaluation = evaluate(staging, splits)
         reports.write_report(staging / reports.REPORT_DIR, fitted.history, splits.val.images, splits.val.labels,
                              evaluation.val_probabilities, splits.dataset.class_names, fitted.model, config.seed)
         metadata = describe_run(config, recipe, splits, fitted, calibrated, evaluation)
         export.write_metadata(staging, metadata)
-        version_dir = publish()
-    print(json.dumps({"model": str(version_dir), "val_accuracy": metadata["val_accuracy"],
+        # An experiment never lands in the served folder by itself: promote checks and publishes it.
+        export_dir = (publish_next_version(staging, config.out) if config.out
+                      else publish_replacing(staging, config.run_dir / RUN_EXPORT_DIR))
+    print(json.dumps({"model": str(export_dir), "val_accuracy": metadata["val_accuracy"],
                       "test_accuracy": metadata["test_accuracy"], "val_ece": metadata["val_ece"],
                       "train_seconds": metadata["train_seconds"]}), flush=True)
-    print(f"wrote {version_dir} ({METADATA_FILE}, {reports.REPORT_DIR}/)", flush=True)
-    return version_dir
+    print(f"wrote {export_dir} ({METADATA_FILE}, {reports.REPORT_DIR}/): validation accuracy "
+          f"{metadata['val_accuracy']:.2%}", flush=True)
+    if config.out is None:
+        print(f"to serve it: python -m training promote {config.run_dir}", flush=True)
+    return export_dir
 
 
 def load_splits(config: TrainConfig) -> Splits:
@@ -226,7 +233,7 @@ def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fi
     """metadata.json: what was trained, how, on what, and how well (README, "The export contract")."""
     history, dataset = fitted.history, splits.dataset
     return {
-        "name": config.out.name,
+        "name": (config.out or DEFAULT_MODEL_ROOT).name,
         "class_names": list(dataset.class_names),
         "input_contract": export_contract(),
         "architecture": recipe_name(config.recipe),  # the recipe's name (the key predates recipes)
