@@ -112,8 +112,8 @@ def test_a_missing_file_is_an_error_naming_it(client: Client, tmp_path: Path) ->
         client.predict(tmp_path / "nothing.jpg")
 
 
-def test_predict_many_keeps_order_and_reports_each_failure(client: Client, images: list[Path],
-                                                           tmp_path: Path) -> None:
+def test_predict_many_keeps_order_and_reports_each_failure(client: Client, app_client: TestClient,
+                                                           images: list[Path], tmp_path: Path) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image")
     sources = [*images[:3], broken, tmp_path / "missing.jpg", *images[3:]]
@@ -124,7 +124,10 @@ def test_predict_many_keeps_order_and_reports_each_failure(client: Client, image
     assert [result.source for result in results] == [str(source) for source in sources]
     assert sorted(finished) == list(range(len(sources)))
     assert [result.ok for result in results] == [True, True, True, False, False, True, True, True]
-    assert isinstance(results[3].error, APIError) and results[3].error.status == 400
+    refused = app_client.post("/predict", files={"file": ("broken.jpg", broken.read_bytes())})
+    assert isinstance(results[3].error, APIError)
+    assert (results[3].error.status, results[3].error.detail) == (refused.status_code, refused.json()["detail"])
+    assert 400 <= refused.status_code < 500
     assert isinstance(results[4].error, UnreadableFile)
     for source, result in zip(sources, results, strict=True):
         if result.ok:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.contract import CLASS_NAMES
-from cifar10_client import Client
+from cifar10_client import APIError, Client
 from cifar10_client.cli import main
 from tests.servers import Server, free_port, running_server
 from tests.synthetic import write_jpegs
@@ -87,8 +87,9 @@ def test_per_file_errors_do_not_stop_the_rest(server: Server, photos: Path, tmp_
     assert code == 1
     rows = {row[0]: row[1:] for row in table_rows(out)}
     assert rows[str(tmp_path / "missing.jpg")] == ["ERROR", "no such file or folder"]
-    assert rows[str(broken)][0] == "ERROR"
-    assert rows[str(broken)][1].startswith("400 The file could not be read as an image")
+    with Client(server.url) as client, pytest.raises(APIError) as refused:
+        client.predict(broken)
+    assert rows[str(broken)] == ["ERROR", f"{refused.value.status} {refused.value.detail}"]
     assert rows[str(first)][0] in CLASS_NAMES and rows[str(second)][0] in CLASS_NAMES
     assert "4 file(s): 2 classified, 2 failed" in err
 
