@@ -1,7 +1,8 @@
 """The FastAPI application: ``uvicorn app.main:app``.
 
 Startup loads the SavedModel in the lifespan (a bad model stops the process with one line),
-then warms it up in the background: /livez answers at once, /readyz turns 200 when warm.
+then warms it up in the background: /livez answers at once, /readyz turns 200 when warm, and 503
+again from SIGTERM on, through the shutdown grace (app/shutdown.py).
 """
 
 import asyncio
@@ -26,6 +27,7 @@ from app.pages import router as pages_router
 from app.routes import router
 from app.service import ClassifierService, warm_up_sizes
 from app.settings import Settings, get_settings
+from app.shutdown import hold_sigterm
 
 logger = logging.getLogger("app")
 
@@ -59,9 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = service
         batcher.start()
         warm_up = asyncio.create_task(_warm_up_then_follow(service, watcher))
+        release_sigterm = hold_sigterm(settings.shutdown_grace_s, on_sigterm=service.stopping.set)
         try:
             yield
         finally:
+            release_sigterm()
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up

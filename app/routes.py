@@ -106,9 +106,12 @@ async def livez() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health, "description": "Warming up."}},
-            tags=["health"], summary="The model is loaded and warmed up")
+@router.get("/readyz", response_model=Health,
+            responses={503: {"model": Health, "description": "Warming up, or stopping (SIGTERM received)."}},
+            tags=["health"], summary="The model is loaded and warmed up, and the service is not stopping")
 async def readyz(service: Service) -> JSONResponse:
+    if service.stopping.is_set():
+        return JSONResponse({"status": "stopping"}, status_code=503)
     ready = service.ready.is_set()
     return JSONResponse({"status": "ok" if ready else "warming up"}, status_code=200 if ready else 503)
 

@@ -38,6 +38,8 @@ class ClassifierService:
     metrics: Metrics
     decoder: ThreadPoolExecutor
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set on SIGTERM (app.shutdown): /readyz answers 503 from then on, while requests are still served.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def predict(self, data: bytes, preview: bool = False) -> Prediction:
         """One upload -> its prediction. An unusable image raises ImageError, which app.errors maps."""

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     )
     max_queue_images: int = Field(512, ge=1, description="Images waiting for the model before 503 Retry-After.")
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline for reading a request body.")
+    shutdown_grace_s: float = Field(
+        5.0, ge=0.0, le=300.0,
+        description="After SIGTERM, seconds /readyz answers 503 while requests are still served, before the "
+                    "server stops accepting and drains; 0 = drain at once.",
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")
     model_poll_seconds: float = Field(

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # End-to-end check of the container deployment, from nothing, the way operators run it:
 # install and start a Docker engine if there is none, build the image, `docker compose up` with
-# replicas behind nginx, wait for health, classify an image, check the container's hardening,
-# stop it gracefully, tear everything down, and print a summary.
+# replicas behind nginx (and Prometheus, profile `metrics`), wait for health, classify an image,
+# check the container's hardening and that Prometheus scrapes every replica, then faults under load:
+# with CONNECTIONS clients posting through the proxy's published loopback port (scripts/fault_load.py),
+# kill one replica, stop one, scale down, scale up; any failed request, or any request slower than
+# SLOW_S, fails the run. Last, stop it gracefully, tear everything down, and print a summary with the
+# per-fault table.
 #
 # usage: sudo scripts/docker-smoke.sh [--model DIR] [--replicas N] [--keep]
 #   --model DIR    serve this model folder (<DIR>/<version>/saved_model.pb) instead of models/cifar10
-#   --replicas N   classifier containers behind the proxy (default 2, so load balancing is checked)
+#   --replicas N   classifier containers behind the proxy (default 2, at least 2: the faults take one away)
 #   --keep         leave the stack running at the end
 #
 # Where no image registry can be reached (the development machines), the base images are
-# stand-ins built here from Debian packages: python3 for the Dockerfile's BASE_IMAGE and Debian's
-# nginx for the proxy. Set BASE_IMAGE and NGINX_IMAGE to use real ones (python:3.11-slim, nginx).
-# Set EXTRA_CA to a CA bundle the build should trust (default: the host's bundle, which holds the
-# CA of this network's TLS-intercepting proxy), or to an empty string for none.
+# stand-ins built here from Debian packages: python3 (bookworm) for the Dockerfile's BASE_IMAGE,
+# nginx from Debian unstable for the proxy (the config needs 1.27.3 or newer), Debian's prometheus.
+# Set BASE_IMAGE, NGINX_IMAGE and PROMETHEUS_IMAGE to use real ones (python:3.11-slim, nginx,
+# prom/prometheus). Set EXTRA_CA to a CA bundle the build should trust (default: the host's bundle,
+# which holds the CA of this network's TLS-intercepting proxy), or to an empty string for none.
+# On a shared machine run it under `flock` with the other benchmarks; the Docker daemon it starts
+# does not hold the lock.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,8 +28,13 @@ WORK=${SMOKE_WORK:-/var/tmp/cifar10-docker-smoke}
 PROJECT=cifar10smoke
 IMAGE_TAG=cifar10-service:smoke
 STANDIN_BASE=cifar10-standin-python:bookworm
-STANDIN_NGINX=cifar10-standin-nginx:bookworm
+STANDIN_NGINX=cifar10-standin-nginx:sid
+STANDIN_PROMETHEUS=cifar10-standin-prometheus:bookworm
 PORT=${SMOKE_PORT:-18000}
+PROMETHEUS_PORT=${SMOKE_PROMETHEUS_PORT:-19090}
+CONNECTIONS=${SMOKE_CONNECTIONS:-16}  # concurrent requests during the faults
+SLOW_S=2                              # no request may take longer, during any fault
+CALM_S=3                              # seconds of load before each fault, and after it settled
 EXTRA_CA=${EXTRA_CA-/etc/ssl/certs/ca-certificates.crt}
 MODEL_SRC=$ROOT/models/cifar10
 REPLICAS=2
@@ -48,6 +60,7 @@ model_version=$(find "$MODEL_SRC" -mindepth 2 -maxdepth 2 -name saved_model.pb 2
 [ -n "$model_version" ] || die "no model to serve: $MODEL_SRC has no <version>/saved_model.pb.
 Train one (\`make train\` writes models/cifar10/<next version>) or pass --model DIR."
 echo "model: $MODEL_SRC version $model_version"
+[ "$REPLICAS" -ge 2 ] || die "--replicas must be at least 2: the faults take one away"
 [ "$(id -u)" = 0 ] || die "run as root: it installs and starts a Docker engine if needed"
 mkdir -p "$WORK"
 
@@ -59,40 +72,60 @@ if ! command -v dockerd >/dev/null || ! { docker compose version || command -v d
 fi
 if ! docker info >/dev/null 2>&1; then
     # No init system here: run the daemon in the background; it outlives this script on purpose
-    # (images stay cached for the next run).
-    nohup dockerd >"$WORK/dockerd.log" 2>&1 &
+    # (images stay cached for the next run). It must not inherit any other open file: run under
+    # `flock bench.lock`, the daemon would otherwise hold the lock for as long as it lives.
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+        done
+        exec nohup dockerd
+    ) >"$WORK/dockerd.log" 2>&1 &
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
     docker info >/dev/null 2>&1 || die "dockerd did not start; see $WORK/dockerd.log"
 fi
 if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
 echo "engine $(docker version -f '{{.Server.Version}}'), compose: ${COMPOSE[*]} $("${COMPOSE[@]}" version --short)"
-compose() { "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"; }
+compose() { "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/docker-compose.yml" --profile metrics "$@"; }
 
 # --- base images ------------------------------------------------------------------------------
+debootstrap_image() {  # NAME SUITE PACKAGES CMD: a minimal Debian root filesystem as an image, once
+    docker image inspect "$1" >/dev/null 2>&1 && return 0
+    step "stand-in image $1 from Debian packages (debootstrap $2: $3)"
+    command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
+    rootfs=$WORK/rootfs
+    rm -rf "$rootfs"
+    debootstrap --variant=minbase --include="$3" "$2" "$rootfs" http://deb.debian.org/debian \
+        >"$WORK/debootstrap.log" || { tail -n 20 "$WORK/debootstrap.log"; die "debootstrap $2 failed"; }
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | docker import -c "CMD $4" - "$1" >/dev/null
+    rm -rf "$rootfs"
+}
 if [ -z "${BASE_IMAGE:-}" ]; then
     BASE_IMAGE=$STANDIN_BASE
-    if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        step "stand-in base image from Debian packages (debootstrap)"
-        command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
-        rootfs=$WORK/rootfs
-        rm -rf "$rootfs"
-        debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-            bookworm "$rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log"
-        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-        tar -C "$rootfs" -c . | docker import -c 'CMD ["python3"]' - "$BASE_IMAGE" >/dev/null
-        rm -rf "$rootfs"
-    fi
+    debootstrap_image "$BASE_IMAGE" bookworm python3,python3-venv,python3-pip,ca-certificates '["python3"]'
 fi
 if [ -z "${NGINX_IMAGE:-}" ]; then
+    # deploy/nginx.conf needs nginx 1.27.3 or newer (`resolve` on an upstream server): bookworm's
+    # 1.22 and trixie's 1.26 are too old, so this stand-in is Debian unstable with its nginx.
     NGINX_IMAGE=$STANDIN_NGINX
-    if ! docker image inspect "$NGINX_IMAGE" >/dev/null 2>&1; then
-        step "stand-in nginx image from Debian packages"
-        printf 'FROM %s\nRUN apt-get update && apt-get install -y --no-install-recommends nginx && rm -rf /var/lib/apt/lists/*\n' \
-            "$BASE_IMAGE" | DOCKER_BUILDKIT=0 docker build --network host -t "$NGINX_IMAGE" - >"$WORK/nginx-build.log" 2>&1 \
-            || { tail -n 20 "$WORK/nginx-build.log"; die "building the stand-in nginx image failed"; }
+    debootstrap_image "$NGINX_IMAGE" sid nginx '["nginx", "-g", "daemon off;"]'
+fi
+if [ -z "${PROMETHEUS_IMAGE:-}" ]; then
+    # Laid out as the official prom/prometheus image is (the binary as entrypoint, user nobody, data
+    # in /prometheus); docker-compose.yml passes the flags.
+    PROMETHEUS_IMAGE=$STANDIN_PROMETHEUS
+    if ! docker image inspect "$PROMETHEUS_IMAGE" >/dev/null 2>&1; then
+        step "stand-in Prometheus image from Debian packages"
+        printf '%s\n' "FROM $BASE_IMAGE" \
+            'RUN apt-get update && apt-get install -y --no-install-recommends prometheus \' \
+            ' && rm -rf /var/lib/apt/lists/* && mkdir /prometheus && chown nobody:nogroup /prometheus' \
+            'USER nobody' 'WORKDIR /prometheus' 'ENTRYPOINT ["/usr/bin/prometheus"]' \
+            | DOCKER_BUILDKIT=0 docker build --network host -t "$PROMETHEUS_IMAGE" - >"$WORK/prometheus-build.log" 2>&1 \
+            || { tail -n 20 "$WORK/prometheus-build.log"; die "building the stand-in Prometheus image failed"; }
     fi
 fi
-echo "base: $BASE_IMAGE, proxy: $NGINX_IMAGE"
+echo "base: $BASE_IMAGE, proxy: $NGINX_IMAGE, metrics: $PROMETHEUS_IMAGE"
 
 # --- the image --------------------------------------------------------------------------------
 step "docker build"
@@ -111,6 +144,10 @@ build_seconds=$(( $(now) - build_start ))
 image_bytes=$(docker image inspect -f '{{.Size}}' "$IMAGE_TAG")
 base_bytes=$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE")
 echo "built $IMAGE_TAG in ${build_seconds}s: $(mb "$image_bytes") MB ($(mb "$base_bytes") MB of it the base)"
+layers=$(docker history --no-trunc --human=false --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE_TAG" | sort -rn \
+    | head -n 3 | awk -F '\t' '{ n = split($2, word, " "); what = $2 == "" ? "the base" : word[n]
+                                 printf "%s%d MB %s", (NR > 1 ? ", " : ""), $1 / 1e6, what }')
+echo "largest layers: $layers"
 
 # The extra CA was for the build stage only.
 docker run --rm --entrypoint /bin/sh "$IMAGE_TAG" -c \
@@ -135,7 +172,8 @@ cleanup() {
 trap cleanup EXIT
 
 step "docker compose up ($REPLICAS classifier replicas, 1 CPU each, behind nginx on :$PORT)"
-export IMAGE=$IMAGE_TAG NGINX_IMAGE REPLICAS PUBLISH_PORT=$PORT CPUS=1
+MEMORY_LIMIT=$(sed -n 's/^ *memory: \${MEMORY:-\(.*\)}$/\1/p' "$ROOT/docker-compose.yml")
+export IMAGE=$IMAGE_TAG NGINX_IMAGE PROMETHEUS_IMAGE REPLICAS PUBLISH_PORT=$PORT PROMETHEUS_PORT CPUS=1
 compose down --volumes --remove-orphans >/dev/null 2>&1 || true
 up_start=$(now)
 # `--scale` as well as deploy.replicas: older Compose releases ignore the latter outside Swarm.
@@ -219,8 +257,131 @@ for proc in pathlib.Path("/proc").glob("[0-9]*"):
 [ "$threads" = "1 1" ] || die "INFERENCE_THREADS/DECODE_THREADS are '$threads', want '1 1' under a 1-CPU limit"
 echo "uid 10001, read-only root with writable /tmp, threads '$threads' from the 1-CPU limit (host has $(nproc))"
 
+# --- Prometheus: every replica scraped on its own address ----------------------------------------
+step "Prometheus (profile metrics) on 127.0.0.1:$PROMETHEUS_PORT"
+replicas_scraped() {  # how many replicas Prometheus scraped successfully last time
+    curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/query" \
+        --data-urlencode 'query=count(up{job="cifar10-classifier"} == 1)' 2>/dev/null \
+        | python3 -c 'import json, sys; r = json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)' \
+        2>/dev/null || echo 0
+}
+wait_for() {  # SECONDS WHAT COMMAND...: poll COMMAND every second until it succeeds
+    local limit=$1 what=$2
+    shift 2
+    for _ in $(seq "$limit"); do "$@" && return 0; sleep 1; done
+    die "$what: not within ${limit}s"
+}
+scraped_is() { [ "$(replicas_scraped)" = "$1" ]; }
+wait_for 90 "Prometheus scraping $REPLICAS replicas" scraped_is "$REPLICAS"
+echo "Prometheus scrapes $REPLICAS/$REPLICAS replicas, each on its own address (DNS service discovery)"
+
+# --- faults under load ------------------------------------------------------------------------
+# Load through the proxy on the published loopback port while one replica is killed, one is stopped,
+# the service is scaled down and then up again. Every request must succeed, and none may take
+# longer than SLOW_S: status counts alone hid stalls of 35-60 s before the proxy was fixed.
+step "faults under load: $CONNECTIONS connections through nginx on 127.0.0.1:$PORT"
+# "running/healthy", "running/starting", "exited" (an exited container keeps its last health status: ignore it)
+state_of() {
+    docker inspect -f '{{.State.Status}}{{if and .State.Running .State.Health}}/{{.State.Health.Status}}{{end}}' "$1" \
+        2>/dev/null || echo gone
+}
+healthy_replicas() {
+    local id n=0
+    mapfile -t all < <(compose ps -q classifier)
+    for id in "${all[@]}"; do [ "$(state_of "$id")" = running/healthy ] && n=$((n + 1)); done
+    echo "$n"
+}
+healthy_is() { [ "$(healthy_replicas)" = "$1" ]; }
+exited_or_healthy() { case "$(state_of "$1")" in exited|running/healthy) return 0 ;; *) return 1 ;; esac; }
+containers_are() { [ "$(compose ps -q classifier | wc -l)" = "$1" ]; }
+faults=()
+fault_notes=()
+load_start() {  # FAULT: start the load, let it run steadily, then mark the fault's start
+    python3 "$ROOT/scripts/fault_load.py" --url "http://127.0.0.1:$PORT/predict" --image "$WORK/sample.jpg" \
+        --connections "$CONNECTIONS" --timeout 30 --summary "$WORK/fault-$1.json" &
+    load_pid=$!
+    sleep "$CALM_S"
+    kill -USR1 "$load_pid"
+    faults+=("$1")
+    fault_start=$(now)
+}
+load_stop() {  # NOTE: keep the load on a while after the fault settled, stop it, wait for its summary
+    fault_notes+=("$1, settled after $(( $(now) - fault_start ))s")
+    sleep "$CALM_S"
+    kill -TERM "$load_pid"
+    wait "$load_pid" || die "the load generator failed"
+}
+faults_start=$(now)
+mapfile -t ids < <(compose ps -q classifier)
+victim=${ids[0]}
+
+# SIGKILL: no drain at all; what it had in flight is cut, and its address stops answering.
+load_start kill
+docker kill "$victim" >/dev/null
+sleep 2
+# Docker's restart policy may bring it back (then wait until healthy) or leave it exited.
+wait_for 180 "the killed replica settling" exited_or_healthy "$victim"
+load_stop "docker kill, then $(state_of "$victim")"
+if [ "$(state_of "$victim")" = exited ]; then docker start "$victim" >/dev/null; fi
+wait_for 180 "$REPLICAS replicas healthy again" healthy_is "$REPLICAS"
+
+# SIGTERM: /readyz 503 while still serving through the grace period, then drain and exit.
+load_start stop
+docker stop "$victim" >/dev/null
+load_stop "docker stop, exit code $(docker inspect -f '{{.State.ExitCode}}' "$victim")"
+docker start "$victim" >/dev/null
+wait_for 180 "$REPLICAS replicas healthy again" healthy_is "$REPLICAS"
+
+load_start scale-down
+compose up -d --no-deps --no-recreate --scale "classifier=$(( REPLICAS - 1 ))" classifier >>"$WORK/up.log" 2>&1
+wait_for 60 "scaling down to $(( REPLICAS - 1 ))" containers_are $(( REPLICAS - 1 ))
+load_stop "--scale classifier=$(( REPLICAS - 1 ))"
+
+load_start scale-up
+compose up -d --no-deps --no-recreate --scale "classifier=$REPLICAS" classifier >>"$WORK/up.log" 2>&1
+wait_for 180 "scaling up to $REPLICAS healthy replicas" healthy_is "$REPLICAS"
+load_stop "--scale classifier=$REPLICAS, new replica healthy"
+faults_seconds=$(( $(now) - faults_start ))
+# The new replica took requests through the proxy with no reload: nginx re-resolved the name.
+mapfile -t ids < <(compose ps -q classifier)
+for id in "${ids[@]}"; do
+    address=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$id")
+    compose logs proxy | grep -q "upstream=$address:8000 upstream_status=200" \
+        || die "replica $address never answered through the proxy after scaling up"
+done
+
+fault_table=$(python3 - "$WORK" "$SLOW_S" "${faults[@]}" -- "${fault_notes[@]}" <<'EOF'
+import json
+import sys
+
+work, slow_s, rest = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+names, notes = rest[:rest.index("--")], rest[rest.index("--") + 1:]
+print(f"{'fault':<11}{'requests':>9}{'failed':>7}{'p50':>8}{'p99':>8}{'slowest':>9}  {'began':>7}  "
+      f">{slow_s:g}s  what happened")
+bad = []
+for name, note in zip(names, notes, strict=True):
+    s = json.load(open(f"{work}/fault-{name}.json"))
+    print(f"{name:<11}{s['requests']:>9}{s['failed']:>7}{s['p50_s']:>7.2f}s{s['p99_s']:>7.2f}s"
+          f"{s['slowest_s']:>8.2f}s  {s['slowest_started_s']:>+6.1f}s  {s['over_2s']:>3}  {note}")
+    if s["failed"] or s["slowest_s"] > slow_s or not s["requests"]:
+        bad.append(f"{name}: {s['failed']} failed {s['failures']}, slowest {s['slowest_s']} s")
+print("(began: when the slowest request started, in seconds from the fault)")
+for line in bad:
+    print(f"FAILED {line}")
+EOF
+)
+echo "$fault_table"
+case "$fault_table" in *FAILED*) die "faults under load: a request failed or took longer than ${SLOW_S}s" ;; esac
+wait_for 60 "Prometheus following the scaling" scraped_is "$REPLICAS"
+echo "Prometheus scrapes $REPLICAS/$REPLICAS replicas after the faults (the new one included)"
+mapfile -t ids < <(compose ps -q classifier)
+# What each replica holds after serving the faults' load (docker stats: its cgroup, page cache excluded).
+memory=$(docker stats --no-stream --format '{{.MemUsage}}' "${ids[@]}" | sed 's| / .*||' | paste -sd ' ')
+echo "memory per replica: $memory"
+
 # --- graceful stop: SIGTERM must reach uvicorn ------------------------------------------------
 step "docker compose stop"
+mapfile -t ids < <(compose ps -q classifier)  # the faults replaced one
 stop_start=$(now)
 compose stop classifier >/dev/null 2>&1
 stop_seconds=$(( $(now) - stop_start ))
@@ -233,9 +394,14 @@ if [ "$KEEP" = 1 ]; then compose start classifier >/dev/null 2>&1; fi
 step "summary"
 cat <<EOF
 image          $IMAGE_TAG on $BASE_IMAGE: $(mb "$image_bytes") MB ($(mb "$base_bytes") MB base), built in ${build_seconds}s
+layers         $layers
 time to healthy ${healthy_seconds}s from \`compose up\` to $REPLICAS/$REPLICAS replicas healthy and nginx ready
 prediction     $prediction
 load balancing $answering/$REPLICAS replicas answered through nginx
+memory         $memory per replica (docker stats after the faults' load; limit $MEMORY_LIMIT)
+metrics        Prometheus scraped every replica on its own address, before and after the faults
+faults         $CONNECTIONS connections through nginx, in ${faults_seconds}s (restoring replicas included):
+$fault_table
 shutdown       SIGTERM -> exit 0 from all $REPLICAS replicas in ${stop_seconds}s
 docker-smoke: OK
 EOF

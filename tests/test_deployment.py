@@ -15,9 +15,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 
+from app.__main__ import GRACEFUL_SHUTDOWN_S
 from app.routes import router
 from app.settings import Settings
 
@@ -135,7 +137,8 @@ def test_one_port_everywhere() -> None:
     nginx = (ROOT / "deploy" / "nginx.conf").read_text()
     listen = re.search(r"^\s*listen (\d+);", nginx, re.MULTILINE)
     assert listen and services["proxy"]["ports"] == ["${PUBLISH_PORT:-8000}:" + listen.group(1)]
-    assert f"http://classifier:{port};" in nginx
+    assert re.search(rf"^\s*server classifier:{port} resolve ", nginx, re.MULTILINE)
+    assert "proxy_pass http://classifier;" in nginx
     assert "./deploy/nginx.conf:/etc/nginx/cifar10.conf:ro" in services["proxy"]["volumes"]
     assert "/etc/nginx/cifar10.conf" in services["proxy"]["command"]
 
@@ -382,10 +385,29 @@ def test_entrypoint_execs_the_command(tmp_path: Path) -> None:
 
 # --- Kubernetes ----------------------------------------------------------------------------------
 
-def test_kubernetes_manifest_matches_the_app_and_the_image() -> None:
+def kubernetes_documents() -> dict[str, dict]:
     documents = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
-    deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
-    service = next(doc for doc in documents if doc["kind"] == "Service")
+    by_kind = {document["kind"]: document for document in documents}
+    assert len(by_kind) == len(documents), "one document of each kind"
+    return by_kind
+
+
+def test_kubernetes_manifest_passes_strict_schema_validation() -> None:
+    documents = kubernetes_documents()
+    assert set(documents) == {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    version = kubernetes_validate.latest_version()
+    for document in documents.values():
+        kubernetes_validate.validate(document, version, strict=True)
+    # Strict means a misspelt field fails (a lenient schema check would let it through unnoticed).
+    misspelt = documents["PodDisruptionBudget"]
+    misspelt["spec"]["maxUnavailabel"] = misspelt["spec"].pop("maxUnavailable")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, version, strict=True)
+
+
+def test_kubernetes_manifest_matches_the_app_and_the_image() -> None:
+    documents = kubernetes_documents()
+    deployment, service = documents["Deployment"], documents["Service"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["ports"] == [{"name": "http", "containerPort": Settings.model_fields["port"].default}]
@@ -401,6 +423,68 @@ def test_kubernetes_manifest_matches_the_app_and_the_image() -> None:
     assert container["resources"]["requests"] and container["resources"]["limits"]["cpu"]
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def test_kubernetes_scaling_keeps_the_wanted_ready_pods() -> None:
+    documents = kubernetes_documents()
+    deployment, budget, autoscaler = (documents[kind] for kind in
+                                      ("Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"))
+    spec = deployment["spec"]
+    # Rollouts add a ready pod before removing one.
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    # The autoscaler owns the replica count; a count in the Deployment would reset it on each apply.
+    assert "replicas" not in spec
+    assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": deployment["apiVersion"], "kind": "Deployment",
+                                                    "name": deployment["metadata"]["name"]}
+    assert autoscaler["spec"]["minReplicas"] >= 2
+    (metric,) = autoscaler["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    # CPU utilization is measured against the request: without one the autoscaler does nothing.
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"]
+    # Drains take one pod at a time, and never block (a minAvailable equal to the pods would).
+    assert budget["spec"]["selector"] == spec["selector"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == Settings.model_fields["port"].default
+    assert annotations["prometheus.io/path"] in ROUTES
+
+
+def test_stop_deadlines_leave_time_for_the_grace_and_the_drain() -> None:
+    grace_s = Settings.model_fields["shutdown_grace_s"].default
+    # Compose: SIGTERM, the service's own grace, uvicorn's drain, and only then SIGKILL.
+    classifier = compose()["services"]["classifier"]
+    stop_s = int(re.fullmatch(r"(\d+)s", classifier["stop_grace_period"]).group(1))
+    assert stop_s > grace_s + GRACEFUL_SHUTDOWN_S
+    # Kubernetes: the preStop sleep is the grace (a terminating pod leaves the endpoints at once, the
+    # sleep covers the routers catching up), so the service adds none of its own; then the drain.
+    pod = kubernetes_documents()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", f"{grace_s:g}"]
+    assert {"name": "SHUTDOWN_GRACE_S", "value": "0"} in container["env"]
+    assert pod["terminationGracePeriodSeconds"] > grace_s + GRACEFUL_SHUTDOWN_S
+
+
+# --- Prometheus ------------------------------------------------------------------------------------
+
+def test_prometheus_profile_scrapes_every_replica_on_its_own_address() -> None:
+    services = compose()["services"]
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["metrics"]
+    mount = "./deploy/prometheus.yml:/etc/prometheus/cifar10.yml:ro"
+    assert mount in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/cifar10.yml" in prometheus["command"]
+    # The web UI has no authentication: loopback only.
+    assert all(port.startswith("127.0.0.1:") for port in prometheus["ports"])
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and "/metrics" in ROUTES
+    (discovery,) = job["dns_sd_configs"]
+    # The service name (one DNS answer per replica) on the service's own port, not the proxy's.
+    assert discovery["names"] == ["classifier"] and "classifier" in services
+    assert discovery["type"] == "A"
+    assert discovery["port"] == Settings.model_fields["port"].default
 
 
 # --- docs/deployment.md --------------------------------------------------------------------------

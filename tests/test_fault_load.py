@@ -1,0 +1,110 @@
+"""scripts/fault_load.py, the smoke test's load generator, against a real local HTTP server: it must
+record every request's own latency and count every failure, or the fault checks would pass blind."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port
+
+LOAD = Path(__file__).resolve().parent.parent / "scripts" / "fault_load.py"
+SLOW_S = 2.5
+
+
+class Replica(BaseHTTPRequestHandler):
+    """Answers by path: /ok at once, /slow every 4th request after SLOW_S, /busy 503, /drop hangs up."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as nginx answers
+    requests = 0
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with Replica.lock:
+            Replica.requests += 1
+            number = Replica.requests
+        if self.path == "/drop":
+            self.close_connection = True
+            return
+        if self.path == "/slow" and number % 4 == 0:
+            time.sleep(SLOW_S)
+        body = b'{"label": "ship"}'
+        self.send_response(503 if self.path == "/busy" else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def replica() -> Iterator[str]:
+    Replica.requests = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Replica)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def run_load(url: str, tmp_path: Path, duration_s: float = 1.5, connections: int = 4) -> dict:
+    image = tmp_path / "image.jpg"
+    image.write_bytes(b"\xff\xd8\xff" + bytes(2000))
+    summary = tmp_path / "summary.json"
+    subprocess.run([sys.executable, str(LOAD), "--url", url, "--image", str(image), "--connections", str(connections),
+                    "--duration", str(duration_s), "--timeout", "10", "--summary", str(summary)],
+                   check=True, timeout=60)
+    return json.loads(summary.read_text())
+
+
+def test_a_healthy_server_gives_only_successes_and_fast_latencies(replica: str, tmp_path: Path) -> None:
+    summary = run_load(f"{replica}/ok", tmp_path)
+    assert summary["requests"] > 20 and summary["ok"] == summary["requests"] == Replica.requests
+    assert summary["failed"] == 0 and summary["failures"] == {}
+    assert summary["slowest_s"] < 1.0 and summary["over_2s"] == 0
+
+
+def test_one_slow_request_shows_in_the_slowest_even_when_every_status_is_200(replica: str, tmp_path: Path) -> None:
+    summary = run_load(f"{replica}/slow", tmp_path)
+    assert summary["failed"] == 0
+    # Requests still in flight when the load stops are waited for, so the slow ones count in full.
+    assert summary["requests"] == Replica.requests
+    assert SLOW_S <= summary["slowest_s"] < SLOW_S + 1.0
+    assert summary["over_2s"] >= 1 and summary["slowest_status"] == 200
+    assert summary["p50_s"] < 0.5
+
+
+def test_error_answers_hang_ups_and_refused_connections_are_failures(replica: str, tmp_path: Path) -> None:
+    busy = run_load(f"{replica}/busy", tmp_path)
+    assert busy["failed"] == busy["requests"] > 0 and busy["failures"] == {"HTTP 503": busy["requests"]}
+    dropped = run_load(f"{replica}/drop", tmp_path)
+    assert dropped["failed"] == dropped["requests"] > 0 and set(dropped["failures"]) == {"ConnectionError"}
+    refused = run_load(f"http://127.0.0.1:{free_port()}/predict", tmp_path, duration_s=0.5)
+    assert refused["failed"] == refused["requests"] > 0 and set(refused["failures"]) == {"ConnectionRefusedError"}
+
+
+def test_sigusr1_marks_the_fault_and_sigterm_stops_the_load(replica: str, tmp_path: Path) -> None:
+    image = tmp_path / "image.jpg"
+    image.write_bytes(bytes(100))
+    summary_path = tmp_path / "summary.json"
+    process = subprocess.Popen([sys.executable, str(LOAD), "--url", f"{replica}/slow", "--image", str(image),
+                                "--connections", "2", "--summary", str(summary_path)])
+    time.sleep(1.0)
+    process.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=SLOW_S + 10) == 0
+    summary = json.loads(summary_path.read_text())
+    assert 0.5 < summary["fault_after_s"] < summary["seconds"]
+    assert summary["requests"] == Replica.requests > 0 and summary["failed"] == 0
