@@ -3,6 +3,7 @@
 from pydantic import BaseModel, Field
 
 from app.contract import CLASS_NAMES
+from app.preprocessing import UnsupportedFormatError
 
 
 class ClassProbability(BaseModel):
@@ -36,7 +37,7 @@ class FilePrediction(Prediction):
 class FileError(BaseModel):
     filename: str | None = Field(None, description="The uploaded file's name, as the client sent it.")
     status: int = Field(description="The HTTP status this file alone would have had.", examples=[415])
-    detail: str = Field(examples=["Image format PDF is not supported. Send one of: BMP, GIF, JPEG, PNG, TIFF, WEBP."])
+    detail: str = Field(examples=[UnsupportedFormatError("PDF").message])
 
 
 class BatchPrediction(BaseModel):
