@@ -1,6 +1,7 @@
 """The training command as a user runs it: help, errors, resume, run folders and their promotion."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,18 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_help_explains_every_option() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
+    assert result.stderr == ""  # no TensorFlow notices after (or before) the help
+    options = re.split(r"\n  (?=-)", result.stdout.split("options:")[1])
+    for option in options:
+        text = " ".join(option.split())
+        assert text.count("(default") <= 1, text  # each default said once
+        assert "(default: None)" not in text and "(default: False)" not in text, text
+    recipes = " ".join(next(option for option in options if option.startswith("--recipe")).split())
+    starts = [recipes.index(f" {name}: ") for name in RECIPES] + [recipes.index("Former names")]
+    for recipe, start, end in zip(RECIPES.values(), starts, starts[1:], strict=False):
+        described = recipes[start:end]
+        assert described.count(f"batch {recipe.batch_size}") == 1, described
+        assert f"{recipe.epochs} epochs" in described
     for option in ("--data", "--recipe", "--arch", "--epochs", "--batch-size", "--seed", "--out", "--resume",
                    "--threads", "--val-size", "--cache-dir", "--run-dir", "promote", *RECIPES):
         assert option in result.stdout
@@ -122,3 +135,19 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
     reexported = json.loads((tmp_path / "models" / "shapes" / "3" / METADATA_FILE).read_text())
     assert reexported["val_accuracy"] == metadata["val_accuracy"]
     assert reexported["history"] == metadata["history"]
+
+
+def test_progress_says_what_happens_on_lines_of_their_own(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", train_per_class=10)
+    result = run_cli("--data", str(data), "--recipe", "tutorial-rgb", "--epochs", "2", "--no-cache", "--threads", "2",
+                     "--out", str(tmp_path / "models" / "shapes"), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not [notice for notice in ("oneDNN", "absl", "cpu_feature_guard") if notice in result.stderr], result.stderr
+    lines = result.stdout.splitlines()
+    # Decoding says how many images and how far it got, then how long it took.
+    assert "decoding 100 train images from data" in lines
+    assert "decoding 100 train images from data: 50 (50%)" in lines
+    assert any(re.fullmatch(r"decoded 100 train images from data in \d+\.\d s", line) for line in lines)
+    # Each epoch's timing is a line of its own, not glued to the end of the progress bar.
+    for epoch in (1, 2):
+        assert sum(bool(re.fullmatch(rf"epoch {epoch}: \d+\.\d s, \d+ images/s", line)) for line in lines) == 1, lines

@@ -106,7 +106,7 @@ def test_default_val_size() -> None:
     [
         ("missing", "no such file or directory"),
         ("no-train", "no train/<class>/<image> files"),
-        ("not-an-image", "could not be read as an image"),
+        ("not-an-image", "is not an image in a format the service takes"),
         ("empty-class", "has no images"),
         ("truncated-archive", "unreadable archive"),
         ("wrong-suffix", "not a directory or a .tar.gz"),

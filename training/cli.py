@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.cpus import available_cpus
 from training.data import DatasetError, default_cache_dir
-from training.recipes import DEFAULT_RECIPE, RECIPE_ALIASES, RECIPES, recipe_name
+from training.recipes import DEFAULT_RECIPE, RECIPE_ALIASES, RECIPES, Recipe, recipe_name
 
 RUNS_DIR = Path("runs")
 
@@ -49,16 +49,33 @@ def add_recipe_option(parser: argparse.ArgumentParser, help_text: str) -> None:
                         action=RenamedOption, new_name="--recipe", help="former name of --recipe")
 
 
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default once: not when its help already states it, nor when there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        no_default = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or no_default:
+            return text
+        return super()._get_help_string(action)
+
+
+def recipe_defaults(recipe: Recipe) -> str:
+    """Its epochs and batch size, the batch size unless its description already gives it."""
+    batch = f"batch {recipe.batch_size}"
+    return f"{recipe.epochs} epochs" + ("" if batch in recipe.description else f", {batch}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    recipe_help = "; ".join(f"{name}: {recipe.description} (default {recipe.epochs} epochs, batch "
-                            f"{recipe.batch_size})" for name, recipe in RECIPES.items())
+    recipe_help = "; ".join(f"{name}: {recipe.description} ({recipe_defaults(recipe)})"
+                            for name, recipe in RECIPES.items())
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Train a CIFAR-10 classifier into a run folder (runs/<recipe>-<UTC time>/: the SavedModel "
         "with metadata.json and report/ in model/, checkpoints, history.csv). The served models are never "
         "touched: `python -m training promote RUN_DIR` checks a run and publishes it as the next version "
         "of models/cifar10 (see `python -m training promote --help`).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     parser.add_argument("--data", type=Path, default=None,
                         help="ImageFolder dataset: a directory or .tar.gz/.tgz/.tar/.zip archive holding "

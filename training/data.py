@@ -8,11 +8,14 @@ reported figure quietly wrong.
 
 import hashlib
 import os
+import sys
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TextIO
 
 import numpy as np
 
@@ -73,6 +76,7 @@ def load_image_folder(path: Path, cache_dir: Path | None) -> Dataset:
     cache_file = cache_dir / f"imagefolder-v{CACHE_FORMAT}-{digest[:16]}.npz" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         return _read_cache(cache_file, path, digest)
+    print(f"reading {path}", flush=True)
     members, class_folders = _list_members(path)
     dataset = _decode(members, class_folders, path, digest)
     if cache_file is not None:
@@ -188,6 +192,7 @@ def _decode(members: list[_Member], class_folders: set[str], path: Path, digest:
 def _decode_split(members: list[_Member], class_names: tuple[str, ...], path: Path, split: str) -> Split:
     index = {name: i for i, name in enumerate(class_names)}
     images, labels = [], []
+    progress = DecodeProgress(f"{split} images from {path.name}", len(members))
     for member in members:
         if member.class_name not in index:
             raise DatasetError(f"{member.name}: class '{member.class_name}' is not among the train "
@@ -198,11 +203,50 @@ def _decode_split(members: list[_Member], class_names: tuple[str, ...], path: Pa
             raise DatasetError(f"{member.name}: {error.message} Remove or replace this file; "
                                "unreadable files are not skipped.") from None
         labels.append(index[member.class_name])
+        progress.advance()
+    progress.finish()
     counts = np.bincount(labels, minlength=len(class_names))
     empty = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
     if empty:
         raise DatasetError(f"{path}: {split}/{empty[0]}/ has no images. Add images or remove the folder.")
     return Split(np.stack(images), np.asarray(labels, dtype="int64"))
+
+
+class DecodeProgress:
+    """Says how far decoding has got, since 50,000 images take a while: a count updated in place on a
+    terminal (at most a few times a second), a line per quarter otherwise (a log file stays short)."""
+
+    REDRAW_SECONDS = 0.25
+    QUARTERS = 4
+
+    def __init__(self, what: str, total: int, stream: TextIO | None = None) -> None:
+        self.what, self.total, self.done = what, total, 0
+        self.stream = stream or sys.stdout
+        self.interactive = self.stream.isatty()
+        self.started = self.drawn = time.monotonic()
+        self.quarter = 0
+        self._write(f"decoding {total:,} {what}" + ("" if self.interactive else "\n"))
+
+    def advance(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.interactive and now - self.drawn >= self.REDRAW_SECONDS:
+            self.drawn = now
+            self._write(f"\rdecoding {self.total:,} {self.what}: {self.done:,} ({self.done / self.total:.0%})")
+            return
+        quarter = self.done * self.QUARTERS // self.total  # 1, 2, 3 once past 25%, 50%, 75%; finish() says 100%
+        if not self.interactive and self.quarter < quarter < self.QUARTERS:
+            self.quarter = quarter
+            self._write(f"decoding {self.total:,} {self.what}: {self.done:,} ({self.done / self.total:.0%})\n")
+
+    def finish(self) -> None:
+        seconds = time.monotonic() - self.started
+        self._write(("\r" if self.interactive else "") + f"decoded {self.done:,} {self.what} in {seconds:.1f} s"
+                    + (" " * 20 if self.interactive else "") + "\n")
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
 
 
 def _read_cache(cache_file: Path, path: Path, digest: str) -> Dataset:

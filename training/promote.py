@@ -18,6 +18,7 @@ from typing import Any
 
 from app.contract import CLASS_NAMES, METADATA_FILE, export_contract, missing_files, next_version, version_dirs
 from app.model import ModelLoadError, check_answers, load_version
+from training.cli import DefaultsOnceFormatter
 from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, staging_dir
 
 # Batch sizes of the trial run: one image, and a batch, since a graph can fail at either.
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training promote",
         description="Check a finished training run and publish it as the next version of a served model "
         "folder (atomically; an existing version is never changed).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="the run folder a training run printed (runs/<recipe>-<time>/), or an export folder")

@@ -196,6 +196,9 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
             # Lookahead first: it puts the averaged weights in place before the epoch's checkpoint.
             *([Lookahead(recipe.lookahead, steps_per_epoch * epochs)] if recipe.lookahead else []),
             keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+            # Keras would append its progress bar last: here it ends the epoch's bar line before EpochTimer
+            # prints, so the timing gets a line of its own.
+            keras.callbacks.ProgbarLogger(),
             EpochTimer(len(splits.train.labels)),  # adds its figures to the logs before CSVLogger writes them
             keras.callbacks.CSVLogger(str(history_csv), append=True),
         ],
