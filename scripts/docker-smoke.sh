@@ -344,9 +344,10 @@ load_stop "--scale classifier=$REPLICAS, new replica healthy"
 faults_seconds=$(( $(now) - faults_start ))
 # The new replica took requests through the proxy with no reload: nginx re-resolved the name.
 mapfile -t ids < <(compose ps -q classifier)
+compose logs --no-color proxy >"$WORK/proxy.log" 2>&1  # to a file: `| grep -q` would SIGPIPE under pipefail
 for id in "${ids[@]}"; do
     address=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$id")
-    compose logs proxy | grep -q "upstream=$address:8000 upstream_status=200" \
+    grep -q "upstream=$address:8000 upstream_status=200" "$WORK/proxy.log" \
         || die "replica $address never answered through the proxy after scaling up"
 done
 
