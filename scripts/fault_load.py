@@ -132,6 +132,9 @@ def summarize(load: Load, began: float, ended: float) -> dict:
         "slowest_started_s": round(slowest.started - origin, 2) if slowest else None,
         "slowest_status": (slowest.status or slowest.error) if slowest else None,
         "over_2s": sum(outcome.seconds > 2.0 for outcome in outcomes),
+        # The same machine's latency before the fault began: what the fault is to be compared with.
+        "slowest_before_fault_s": round(max((outcome.seconds for outcome in outcomes if outcome.started < origin),
+                                            default=0.0), 3),
     }
 
 

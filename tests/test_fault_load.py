@@ -107,4 +107,5 @@ def test_sigusr1_marks_the_fault_and_sigterm_stops_the_load(replica: str, tmp_pa
     assert process.wait(timeout=SLOW_S + 10) == 0
     summary = json.loads(summary_path.read_text())
     assert 0.5 < summary["fault_after_s"] < summary["seconds"]
+    assert 0 < summary["slowest_before_fault_s"] <= summary["slowest_s"]
     assert summary["requests"] == Replica.requests > 0 and summary["failed"] == 0
