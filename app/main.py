@@ -105,6 +105,8 @@ def configure_logging(level: str) -> None:
 
 async def _warm_up_then_follow(service: ClassifierService, watcher: ModelWatcher | None) -> None:
     """Warm the first model up, then (if it may) follow the model folder until shutdown cancels this."""
+    if watcher is not None:
+        watcher.log_skipped_at_start()
     try:
         await asyncio.get_running_loop().run_in_executor(None, service.warm_up)
     except ModelLoadError as error:  # it loaded but answers nonsense: never report ready with it

@@ -20,7 +20,15 @@ from pathlib import Path
 
 from app.contract import missing_files, version_dirs
 from app.metrics import Metrics
-from app.model import LoadedModel, ModelLoadError, check_answers, load_model, load_version, resolve_version_dir
+from app.model import (
+    LoadedModel,
+    ModelLoadError,
+    check_answers,
+    first_line,
+    load_model,
+    load_version,
+    resolve_version_dir,
+)
 
 logger = logging.getLogger("app.model_watcher")
 
@@ -77,6 +85,7 @@ class ModelWatcher:
         self.warm_up_sizes = tuple(warm_up_sizes)
         self.metrics = metrics
         self._skipped: dict[int, Fingerprint] = {}  # version -> the files it failed with
+        self._unlogged: list[tuple[int, ModelLoadError]] = []  # skipped at start-up, logged once serving
         self._retired: list[weakref.ref] = []  # replaced models, until their memory is gone
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
 
@@ -94,24 +103,44 @@ class ModelWatcher:
                 continue
             self.served = ServedModel(model)
             self.metrics.model_version.set(version)
-            for version, path, error in failed:
-                self.skip(version, path, fingerprint(path), error)
+            for skipped_version, skipped_path, error in failed:
+                self.skip(skipped_version, skipped_path, fingerprint(skipped_path), error, log=False)
+                self._unlogged.append((skipped_version, error))
             return self.served
         raise failed[0][2] if failed else ModelLoadError(f"{self.model_root} has no version folders", "missing")
 
-    def skip(self, version: int, path: Path, files: Fingerprint | None, error: ModelLoadError) -> None:
+    def skip(self, version: int, path: Path, files: Fingerprint | None, error: ModelLoadError,
+             log: bool = True) -> None:
         """Log a version's fault once and remember it, so it is not loaded again until its files change."""
         if files is not None:
             self._skipped[version] = files
         self.metrics.model_versions_rejected.labels(error.reason).inc()
+        if log:
+            self._log_skip(version, error)
+
+    def _log_skip(self, version: int, error: ModelLoadError) -> None:
         logger.warning("skipped model version %d (%s): %s; still serving version %d", version, error.reason, error,
                        self.served.current.version)
 
+    def log_skipped_at_start(self) -> None:
+        """The versions load_first skipped, logged once the server runs: start-up hides what goes to stderr
+        while TensorFlow loads (app.logs.tensorflow_notices_hidden)."""
+        for version, error in self._unlogged:
+            self._log_skip(version, error)
+        self._unlogged.clear()
+
     async def run(self) -> None:
-        """Poll until cancelled (at shutdown)."""
+        """Poll until cancelled (at shutdown); at once if polling is off (MODEL_POLL_SECONDS=0)."""
+        if self.poll_s <= 0:
+            return
         try:
             while True:
-                await asyncio.sleep(await self.poll())
+                try:
+                    delay = await self.poll()
+                except OSError as error:  # the folder or its volume went away: keep serving, look again later
+                    logger.warning("could not look for model versions in %s: %s", self.model_root, error)
+                    delay = self.poll_s
+                await asyncio.sleep(delay)
         finally:
             self._loader.shutdown(wait=False, cancel_futures=True)
 
@@ -144,6 +173,9 @@ class ModelWatcher:
         except ModelLoadError as error:
             self.skip(version, path, files, error)
             return False
+        except Exception as error:  # anything else a broken model can raise: skip it the same way
+            self.skip(version, path, files, ModelLoadError(f"{path} could not be loaded ({first_line(error)})"))
+            return False
         old = self.served.swap(model)
         self.metrics.model_swaps.inc()
         self.metrics.model_version.set(version)
@@ -171,11 +203,12 @@ class ModelWatcher:
 def start_serving(model_dir: Path, pinned_version: int | None, poll_s: float, warm_up_sizes: Iterable[int],
                   metrics: Metrics, tensorflow_threads: int) -> tuple[ServedModel, ModelWatcher | None]:
     """The model to serve first, and the watcher that follows ``model_dir`` (None when nothing may swap:
-    MODEL_VERSION pins one, MODEL_DIR names a version folder itself, or polling is off)."""
+    MODEL_VERSION pins one, or MODEL_DIR names a version folder itself; its run() returns at once when
+    polling is off)."""
     pinned = pinned_version is not None or resolve_version_dir(model_dir)[1] == model_dir
     if pinned:
         served = ServedModel(load_model(model_dir, pinned_version, tensorflow_threads))
         metrics.model_version.set(served.current.version)
         return served, None
     watcher = ModelWatcher(model_dir, poll_s, warm_up_sizes, metrics)
-    return watcher.load_first(tensorflow_threads), watcher if poll_s > 0 else None
+    return watcher.load_first(tensorflow_threads), watcher
