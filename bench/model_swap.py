@@ -112,6 +112,8 @@ async def measure(server: Server, export: Path, model_root: Path, args: argparse
                 await asyncio.sleep(0.01)
             first = min(reply.received for reply in replies if reply.version == version)
             await asyncio.sleep(args.settle)  # steady again, and the old model collected
+            found = re.search(rf"version {version} from .* warmed in ([0-9.]+) s", server.log())
+            loading_s = float(found.group(1)) if found else None
             late = sum(1 for reply in replies if reply.sent > first and reply.version is not None
                        and reply.version < version)
             swaps.append({
@@ -119,6 +121,9 @@ async def measure(server: Server, export: Path, model_root: Path, args: argparse
                 "landing_to_first_answer_s": round(first - landed, 2),
                 "before": window(replies, landed - BASELINE_S, landed),
                 "during": window(replies, landed, first),
+                # the part of it after the poll found the version: loading, checking and warming it up
+                "server_load_check_warm_s": loading_s,
+                "while_loading": window(replies, first - loading_s, first) if loading_s else None,
                 "longest_gap_s": {"before": longest_gap(replies, landed - BASELINE_S, landed),
                                   "during": longest_gap(replies, landed, first)},
                 "old_answers_after_first_new": late,
@@ -131,10 +136,12 @@ async def measure(server: Server, export: Path, model_root: Path, args: argparse
     return {"requests": len(replies), "failed": sum(failures.values()), "failures": dict(failures), "swaps": swaps}
 
 
-def summarize(result: dict, log: str, args: argparse.Namespace) -> dict:
+def summarize(result: dict, args: argparse.Namespace) -> dict:
     swaps = result["swaps"]
-    warmed = [float(s) for s in re.findall(r"loaded, checked and warmed in ([0-9.]+) s", log)]
+    warmed = [s["server_load_check_warm_s"] for s in swaps if s["server_load_check_warm_s"]]
     dips = [1 - s["during"]["requests_per_s"] / s["before"]["requests_per_s"] for s in swaps]
+    loading_dips = [1 - s["while_loading"]["requests_per_s"] / s["before"]["requests_per_s"]
+                    for s in swaps if s["while_loading"]]
     summary = {
         "landing_to_first_answer_s": {"median": float(np.median([s["landing_to_first_answer_s"] for s in swaps])),
                                       "max": max(s["landing_to_first_answer_s"] for s in swaps)},
@@ -143,6 +150,11 @@ def summarize(result: dict, log: str, args: argparse.Namespace) -> dict:
         "throughput_before_rps_median": float(np.median([s["before"]["requests_per_s"] for s in swaps])),
         "throughput_during_rps_median": float(np.median([s["during"]["requests_per_s"] for s in swaps])),
         "throughput_dip_median": round(float(np.median(dips)), 3),
+        "throughput_while_loading_rps_median": float(np.median([s["while_loading"]["requests_per_s"]
+                                                                for s in swaps if s["while_loading"]])),
+        "throughput_dip_while_loading_median": round(float(np.median(loading_dips)), 3) if loading_dips else None,
+        "p99_ms_before_median": float(np.median([s["before"]["p99_ms"] for s in swaps])),
+        "p99_ms_during_median": float(np.median([s["during"]["p99_ms"] for s in swaps])),
         "longest_gap_s_before_max": max(s["longest_gap_s"]["before"] for s in swaps),
         "longest_gap_s_during_max": max(s["longest_gap_s"]["during"] for s in swaps),
         "failed_requests": result["failed"],
@@ -185,7 +197,7 @@ def main() -> None:
         finally:
             server.stop()
         log = server.log()
-    report = summarize(result, log, args)
+    report = summarize(result, args)
     print(json.dumps(report["summary"], indent=2))
     print(f"load average before {args.load_before}, after {report['settings']['load_average_after']}")
     if report["failures"]:
