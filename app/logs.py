@@ -5,7 +5,7 @@ service's own (app.main writes them, through app.main.configure_logging's handle
 served, where the page and the API docs are, and when it is ready.
 TensorFlow's C++ start-up notices (oneDNN, CPU instructions, absl's "before InitializeLog") are
 written straight to the process's stderr descriptor, below Python's logging: they are dropped there
-while TensorFlow loads, and left alone at LOG_LEVEL=debug.
+while TensorFlow is imported, and left alone at LOG_LEVEL=debug (which sets TF_CPP_MIN_LOG_LEVEL=0).
 """
 
 import contextlib
@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 # Where the "ready" line counts from when the kernel's record of the process start cannot be read.
 STARTED = time.monotonic()
-# TensorFlow's own C++ threshold: 2 keeps its INFO and WARNING lines out, errors still show.
+# TensorFlow's own C++ threshold: 2 keeps its INFO and WARNING lines out, errors still show; 0 shows all.
 QUIET_TENSORFLOW_LEVEL = "2"
+SHOW_TENSORFLOW_LEVEL = "0"
 
 
 def seconds_since_start() -> float:
@@ -32,22 +33,21 @@ def seconds_since_start() -> float:
 
 
 def quiet_tensorflow(log_level: str) -> None:
-    """Before TensorFlow is imported: keep its C++ INFO and WARNING lines out unless debugging.
+    """Before TensorFlow is imported: its C++ INFO and WARNING lines only at LOG_LEVEL=debug.
     An operator's own TF_CPP_MIN_LOG_LEVEL wins."""
-    if log_level != "debug" and not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = QUIET_TENSORFLOW_LEVEL
+    if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = SHOW_TENSORFLOW_LEVEL if log_level == "debug" else QUIET_TENSORFLOW_LEVEL
 
 
 @contextlib.contextmanager
-def tensorflow_notices_hidden(log_level: str) -> Iterator[None]:
-    """Drop what C++ code writes to file descriptor 2 inside the block, unless debugging.
+def tensorflow_notices_hidden() -> Iterator[None]:
+    """Around ``import tensorflow``: drop what it writes to file descriptor 2, unless TF_CPP_MIN_LOG_LEVEL=0.
 
     TF_CPP_MIN_LOG_LEVEL does not reach the notices absl prints before its logging is initialised
-    (the oneDNN line, twice), so they are caught at the descriptor. Meant for start-up, before the
-    server answers requests (Python's own stderr writes in the block would go too; the service's
-    start-up errors are raised, and printed after it). At LOG_LEVEL=debug nothing is caught.
+    (oneDNN's, twice, and the CPU-instruction one, all during the import), so they are caught at the
+    descriptor. Only the import: Python's own stderr writes (log lines) in the block would go too.
     """
-    if log_level == "debug":
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == SHOW_TENSORFLOW_LEVEL:
         yield
         return
     saved = os.dup(2)

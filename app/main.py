@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api_docs import router as docs_router
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
-from app.logs import page_urls, quiet_tensorflow, seconds_since_start, tensorflow_notices_hidden
+from app.logs import page_urls, quiet_tensorflow, seconds_since_start
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors, SecurityHeadersMiddleware
 from app.model import ModelLoadError
@@ -43,10 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        quiet_tensorflow(settings.log_level)
-        with tensorflow_notices_hidden(settings.log_level):
-            served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
-                                            warm_up_sizes(settings), metrics, settings.inference_threads)
+        quiet_tensorflow(settings.log_level)  # before loading imports TensorFlow
+        served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
+                                        warm_up_sizes(settings), metrics, settings.inference_threads)
         first = served.current
         logger.info("serving model %s version %s (%s) from %s", first.name, first.version,
                     _accuracy_in_words(first.metadata), first.path)

@@ -27,6 +27,7 @@ from app.contract import (
     SIGNATURE_NAME,
     version_dirs,
 )
+from app.logs import tensorflow_notices_hidden
 
 logger = logging.getLogger("app.model")
 HOW_TO_MAKE_ONE = "Train one with `python -m training` (see README) or set MODEL_DIR to a model directory."
@@ -73,7 +74,8 @@ def import_tensorflow() -> ModuleType:
     """
     if "tensorflow" not in sys.modules:
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
+    with tensorflow_notices_hidden():  # its C++ start-up notices, unless TF_CPP_MIN_LOG_LEVEL=0 (app.logs)
+        import tensorflow as tf
 
     return tf
 

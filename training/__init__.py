@@ -5,12 +5,9 @@ the CPU-instruction one) kept out of the command's output, as the service keeps 
 ``python -m training --help`` prints the help alone. TF_CPP_MIN_LOG_LEVEL=0 shows them.
 """
 
-import os
-
 from app.logs import quiet_tensorflow, tensorflow_notices_hidden
 
-_level = "debug" if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" else "info"
-quiet_tensorflow(_level)
-with tensorflow_notices_hidden(_level):
+quiet_tensorflow("info")
+with tensorflow_notices_hidden():
     import keras  # noqa: F401  (loaded now, quietly; every training module uses it)
     import tensorflow  # noqa: F401
