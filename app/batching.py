@@ -2,14 +2,20 @@
 
 One worker task owns the model. It takes every image already queued (up to
 ``max_batch_size``) and runs them as one batch in a dedicated inference thread, so the
-event loop never blocks. The model is asked for once per batch (``current_model``), so a
-batch runs whole on one model even if a newer one is swapped in meanwhile, and every
-answer carries the model that computed it. While that call runs, new requests queue up and form the next
+event loop never blocks. While that call runs, new requests queue up and form the next
 batch: under load batches grow by themselves, and an idle server answers a lone request
 at once, with no delay (TensorFlow Serving's and Triton's greedy batching). A positive
 ``max_delay_s`` additionally waits that long for stragglers when a batch is not full.
 The queue is bounded in images; past the bound :class:`QueueFullError` is raised at once.
 Requests whose client has gone away (cancelled futures) are dropped from a batch, not computed.
+
+Accuracy levels: a batch runs at one level. The oldest queued request decides it, and every queued
+request at that level joins it (others keep their place for the next batch). A request that named
+no level runs at the model's default, except under load: while more than ``adapt_queue_images``
+images are queued, such requests run at the cheaper ``adapt_level``, which drains the queue several
+times faster; once the queue is back at or under that depth, they get the default again. A request
+that named its level always gets it. The model is asked for once per batch (``current_model``),
+and every answer carries the model and the level that computed it.
 """
 
 import asyncio
@@ -31,25 +37,33 @@ class QueueFullError(RuntimeError):
 
 
 class BatchModel(Protocol):
-    """What the batcher runs: ``predict`` maps uint8 ``(n, 32, 32, 3)`` to float32 ``(n, 10)``."""
+    """What the batcher runs: ``predict`` maps uint8 ``(n, 32, 32, 3)`` to float32 ``(n, 10)`` at a level."""
 
     name: str
     version: int
 
-    def predict(self, images: np.ndarray) -> np.ndarray: ...
+    @property
+    def default_level(self) -> str: ...
+
+    @property
+    def level_names(self) -> tuple[str, ...]: ...
+
+    def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
 class Answer:
-    """One request's rows of a batch, and the model that computed them."""
+    """One request's rows of a batch, and the model and level that computed them."""
 
     probabilities: np.ndarray
     model: BatchModel
+    level: str
 
 
 @dataclass
 class _Pending:
     images: np.ndarray
+    level: str | None  # None: the request named none, so the default or load adaptation decides
     future: asyncio.Future = field(repr=False)
 
 
@@ -60,9 +74,13 @@ class MicroBatcher:
         max_batch_size: int,
         max_delay_s: float,
         max_queue_images: int,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, str], None] | None = None,
+        adapt_queue_images: int = 0,
+        adapt_level: str | None = None,
     ) -> None:
         self._current_model = current_model
+        self.adapt_queue_images = adapt_queue_images
+        self.adapt_level = adapt_level
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_images = max_queue_images
@@ -99,12 +117,13 @@ class MicroBatcher:
             raise QueueFullError(f"{self._queued_images} images are waiting for the model (limit "
                                  f"{self.max_queue_images})")
 
-    async def predict(self, images: np.ndarray) -> Answer:
-        """Probabilities for ``images`` (uint8 ``(k, 32, 32, 3)``), computed in some shared batch."""
+    async def predict(self, images: np.ndarray, level: str | None = None) -> Answer:
+        """Probabilities for ``images`` (uint8 ``(k, 32, 32, 3)``) at ``level`` (None: the default, or the
+        adaptation level under load), computed in some shared batch."""
         count = len(images)
         self.ensure_room(count)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(images, future))
+        self._queue.append(_Pending(images, level, future))
         self._queued_images += count
         self._wakeup.set()
         return await future
@@ -116,15 +135,23 @@ class MicroBatcher:
                 await self._wakeup.wait()
             if self.max_delay_s > 0 and self._queued_images < self.max_batch_size:
                 await self._wait_for_more(self.max_delay_s)
-            batch = self._take_batch()
+            model = self._current_model()  # read once: the whole batch runs on, and reports, this model
+            batch, level = self._take_batch(self._unnamed_level(model))
             if batch:
-                await self._run_batch(batch)
+                await self._run_batch(batch, model, level)
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    def _unnamed_level(self, model: BatchModel) -> str:
+        """The level for requests that named none: the adaptation level while the queue is deep."""
+        deep = self.adapt_queue_images > 0 and self._queued_images > self.adapt_queue_images
+        if deep and self.adapt_level in model.level_names:
+            return self.adapt_level
+        return model.default_level
+
+    async def _run_batch(self, batch: list[_Pending], model: BatchModel, level: str) -> None:
         images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
-        model = self._current_model()  # read once: the whole batch runs on, and reports, this model
         try:
-            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, model.predict, images)
+            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, model.predict, images,
+                                                                             level)
         except Exception as error:  # handed to every waiting request
             for pending in batch:
                 if not pending.future.done():
@@ -134,31 +161,42 @@ class MicroBatcher:
         for pending in batch:
             stop = start + len(pending.images)
             if not pending.future.done():  # the client may have gone away meanwhile
-                pending.future.set_result(Answer(probabilities[start:stop], model))
+                pending.future.set_result(Answer(probabilities[start:stop], model, level))
             start = stop
         if self._on_batch is not None:
             try:
-                self._on_batch(len(images))
+                self._on_batch(len(images), level)
             except Exception:  # a metrics fault must not stop the worker: every later request would hang
                 logger.exception("batch callback failed")
 
-    def _take_batch(self) -> list[_Pending]:
-        """Queued requests, oldest first, up to ``max_batch_size`` images (a lone larger request goes alone)."""
+    def _take_batch(self, unnamed_level: str) -> tuple[list[_Pending], str]:
+        """The oldest queued request's level, and the queued requests at that level, oldest first, up to
+        ``max_batch_size`` images (a lone larger request goes alone). ``unnamed_level`` is the level of
+        requests that named none. Requests at other levels keep their place in the queue."""
         batch: list[_Pending] = []
+        kept: deque[_Pending] = deque()
+        level = unnamed_level
         size = 0
         while self._queue:
-            head = self._queue[0]
+            head = self._queue.popleft()
             if head.future.done():  # cancelled: its client went away, computing it would only delay others
-                self._queue.popleft()
                 self._queued_images -= len(head.images)
                 continue
-            if batch and size + len(head.images) > self.max_batch_size:
+            head_level = head.level or unnamed_level
+            if not batch:
+                level = head_level
+            elif head_level != level:
+                kept.append(head)
+                continue
+            elif size + len(head.images) > self.max_batch_size:
+                kept.append(head)
                 break
-            self._queue.popleft()
             self._queued_images -= len(head.images)
             batch.append(head)
             size += len(head.images)
-        return batch
+        kept.extend(self._queue)
+        self._queue = kept
+        return batch, level
 
     async def _wait_for_more(self, delay_s: float) -> None:
         deadline = asyncio.get_running_loop().time() + delay_s

@@ -8,7 +8,9 @@ CIFAR-10 class order). Scaling, normalisation, test-time augmentation and temper
 live inside the graph, so a client only ever sends raw pixels.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 # CIFAR-10 label order: index i of every probability vector is CLASS_NAMES[i].
 CLASS_NAMES: tuple[str, ...] = (
@@ -34,6 +36,45 @@ OUTPUT_NAME = "probabilities"
 OUTPUT_DTYPE = "float32"
 INPUT_SHAPE: tuple[int | None, ...] = (None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
 OUTPUT_SHAPE: tuple[int | None, ...] = (None, NUM_CLASSES)
+
+# Accuracy levels: the same weights with 1, 2 or 6 test-time views, each a named signature of the
+# SavedModel beside ``serving_default`` (the recipe's default level). A level's views are averaged as
+# logits, then divided by that level's own fitted temperature. The ``<level>_bfloat16`` twins compute
+# the network in bfloat16 (logits and softmax stay float32); the service uses them only at the batch
+# sizes where metadata.json says they are faster and the CPU has bfloat16 instructions.
+@dataclass(frozen=True)
+class Level:
+    name: str
+    views: int
+    tta: str  # the training code's name for its test-time augmentation
+    description: str
+
+
+LEVELS: tuple[Level, ...] = (
+    Level("fast", 1, "none", "the image alone, once through the network"),
+    Level("balanced", 2, "flip", "the image and its mirror image"),
+    Level("accurate", 6, "flip-translate", "the image and its mirror, each also shifted one pixel up-left and "
+          "one pixel down-right"),
+)
+# The names as a type, for settings and the query parameter (OpenAPI lists them); the same names as LEVELS.
+LevelName = Literal["fast", "balanced", "accurate"]
+LEVEL_NAMES: tuple[str, ...] = get_args(LevelName)
+assert LEVEL_NAMES == tuple(level.name for level in LEVELS)
+DEFAULT_LEVEL = "accurate"
+FLOAT32 = "float32"
+BFLOAT16 = "bfloat16"
+PRECISIONS = (FLOAT32, BFLOAT16)
+
+
+def level_for_tta(tta: str) -> str:
+    """The level whose views are the training code's test-time augmentation ``tta``."""
+    return next(level.name for level in LEVELS if level.tta == tta)
+
+
+def level_signature(level: str, precision: str = FLOAT32) -> str:
+    """The signature computing ``level`` at ``precision``: ``accurate``, ``accurate_bfloat16``, ..."""
+    return level if precision == FLOAT32 else f"{level}_{precision}"
+
 
 METADATA_FILE = "metadata.json"
 SAVED_MODEL_FILE = "saved_model.pb"

@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import QueueFullError
+from app.levels import UnknownLevelError
 from app.preprocessing import ImageError
 
 logger = logging.getLogger("app.errors")
@@ -133,6 +134,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TooManyFilesError)
     async def too_many_files(request: Request, error: TooManyFilesError) -> JSONResponse:
         return _json(413, str(error))
+
+    @app.exception_handler(UnknownLevelError)
+    async def unknown_level(request: Request, error: UnknownLevelError) -> JSONResponse:
+        return _json(422, str(error))
 
     @app.exception_handler(DuplicateFileError)
     async def duplicate_file(request: Request, error: DuplicateFileError) -> JSONResponse:

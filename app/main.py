@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api_docs import router as docs_router
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
+from app.levels import LevelSettings, LevelTable
 from app.logs import page_urls, quiet_tensorflow, seconds_since_start
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors, SecurityHeadersMiddleware
@@ -44,17 +45,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         quiet_tensorflow(settings.log_level)  # before loading imports TensorFlow
+        level_settings = LevelSettings(settings.default_level, settings.bfloat16)
         served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
-                                        warm_up_sizes(settings), metrics, settings.inference_threads)
+                                        warm_up_sizes(settings), metrics, settings.inference_threads, level_settings)
         first = served.current
         logger.info("serving model %s version %s (%s) from %s", first.name, first.version,
                     _accuracy_in_words(first.metadata), first.path)
+        logger.info("accuracy levels: %s", levels_in_words(first.levels, settings.adapt_queue_images,
+                                                           settings.adapt_level))
         del first  # a swap must leave no reference to the model it replaces: its memory is released
         page, docs = page_urls(settings.host, settings.port)
         logger.info("web page: %s  API docs: %s", page, docs)
         batcher = MicroBatcher(lambda: served.current, settings.max_batch_size,
                                settings.max_batch_delay_ms / 1000.0, settings.max_queue_images,
-                               on_batch=metrics.observe_batch)
+                               on_batch=metrics.observe_batch, adapt_queue_images=settings.adapt_queue_images,
+                               adapt_level=settings.adapt_level)
         decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         service = ClassifierService(settings, served, batcher, metrics, decoder)
         app.state.service = service
@@ -115,6 +120,15 @@ async def _warm_up_then_follow(service: ClassifierService, watcher: ModelWatcher
     logger.info("ready: model warmed up, %.1f s after start", seconds_since_start())
     if watcher is not None:
         await watcher.run()
+
+
+def levels_in_words(levels: LevelTable, adapt_queue_images: int, adapt_level: str) -> str:
+    """One log line: the levels, the default, load adaptation and where bfloat16 is used."""
+    bfloat16 = "; ".join(f"{name} at batch sizes {', '.join(map(str, sizes))} and up to the next timed one"
+                         for name, sizes in levels.bfloat16_batch_sizes.items() if sizes) or "nowhere"
+    adapt = (f"{adapt_level} above {adapt_queue_images} queued images" if adapt_queue_images and
+             adapt_level in levels.names else "off")
+    return f"{', '.join(levels.names)}; default {levels.default}; adaptation {adapt}; bfloat16 {bfloat16}"
 
 
 def _accuracy_in_words(metadata: dict) -> str:

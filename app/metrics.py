@@ -18,6 +18,8 @@ class Metrics:
         self.images = Counter("cifar10_images_processed", "Images run through the model.", registry=self.registry)
         self.batch_size = Histogram("cifar10_inference_batch_size", "Images per model call.",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
+        self.answers_by_level = Counter("cifar10_answers_by_level", "Images answered, by the accuracy level "
+                                        "that computed them.", ["level"], registry=self.registry)
         self.rejected = Counter("cifar10_rejected_images", "Uploads refused before the model, by reason.",
                                 ["reason"], registry=self.registry)
         self.model_version = Gauge("cifar10_model_version", "Version of the model answering now.",
@@ -28,6 +30,7 @@ class Metrics:
             "cifar10_model_versions_rejected", "Model versions skipped instead of served, by reason "
             "(incomplete, unloadable, contract, bad_output).", ["reason"], registry=self.registry)
 
-    def observe_batch(self, size: int) -> None:
+    def observe_batch(self, size: int, level: str) -> None:
         self.batch_size.observe(size)
         self.images.inc(size)
+        self.answers_by_level.labels(level).inc(size)

@@ -3,6 +3,7 @@
 Serving needs TensorFlow and the SavedModel alone: nothing from ``training`` is imported.
 """
 
+import itertools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from app.contract import (
     SIGNATURE_NAME,
     version_dirs,
 )
+from app.levels import MODEL_LEVELS, LevelSettings, LevelTable, UnknownLevelError, cpu_flags, has_bfloat16, level_table
 from app.logs import tensorflow_notices_hidden
 
 logger = logging.getLogger("app.model")
@@ -55,12 +57,23 @@ class LoadedModel:
     # The object tf.saved_model.load returned: the signature holds only weak references to its
     # variables, so this field is what keeps them alive as long as the model is served.
     saved_model: Any
+    levels: LevelTable  # the accuracy levels it offers, and which signature computes each batch
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """``uint8 (n, 32, 32, 3)`` -> ``float32 (n, 10)`` probabilities, through the signature."""
+    @property
+    def default_level(self) -> str:
+        return self.levels.default
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return self.levels.names
+
+    def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray:
+        """``uint8 (n, 32, 32, 3)`` -> ``float32 (n, 10)`` probabilities at ``level`` (None: the default
+        level), through the signature its table picks for a batch of n."""
         tf = import_tensorflow()
 
-        outputs = self.signature(**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
+        name = self.levels.signature(self.levels.resolve(level), len(images))
+        outputs = self.saved_model.signatures[name](**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
         return outputs[OUTPUT_NAME].numpy()
 
 
@@ -114,15 +127,17 @@ def pinned_version_dir(model_dir: Path, version: int) -> tuple[int, Path]:
     return version, path
 
 
-def load_model(model_dir: Path, version: int | None = None, tensorflow_threads: int | None = None) -> LoadedModel:
+def load_model(model_dir: Path, version: int | None = None, tensorflow_threads: int | None = None,
+               level_settings: LevelSettings = MODEL_LEVELS) -> LoadedModel:
     """The version ``model_dir`` names: ``version`` if given, else itself or its highest version."""
     number, path = resolve_version_dir(model_dir) if version is None else pinned_version_dir(model_dir, version)
-    return load_version(path, number, tensorflow_threads)
+    return load_version(path, number, tensorflow_threads, level_settings)
 
 
-def load_version(path: Path, version: int, tensorflow_threads: int | None = None) -> LoadedModel:
+def load_version(path: Path, version: int, tensorflow_threads: int | None = None,
+                 level_settings: LevelSettings = MODEL_LEVELS) -> LoadedModel:
     """Check one version folder against the export contract, then load it; ``tensorflow_threads`` sizes
-    TensorFlow's pools (None: its default).
+    TensorFlow's pools (None: its default); ``level_settings`` picks the default level and allows bfloat16.
 
     Importing TensorFlow takes seconds, so the file checks come first: a missing or incomplete model
     directory fails at once."""
@@ -140,13 +155,14 @@ def load_version(path: Path, version: int, tensorflow_threads: int | None = None
     if not isinstance(metadata, dict) or metadata.get("class_names") != list(CLASS_NAMES):
         raise ModelLoadError(f"{metadata_path}: class_names must be the ten CIFAR-10 classes in order "
                              f"{list(CLASS_NAMES)}. Re-export the model.", reason="contract")
+    levels = served_levels(path, metadata, level_settings)
     check_wire_format(path)
     tf = import_tensorflow()
     if tensorflow_threads is not None:
         set_tensorflow_threads(tensorflow_threads)
     # The signature is read from saved_model.pb itself: a model off the contract fails in
     # milliseconds instead of after restoring its variables and functions.
-    check_signature_def(path)
+    check_signature_def(path, [SIGNATURE_NAME, *sorted(levels.signatures() - {SIGNATURE_NAME})])
     try:
         saved = tf.saved_model.load(str(path))
     except Exception as error:  # TensorFlow raises many types for a corrupt file
@@ -154,7 +170,18 @@ def load_version(path: Path, version: int, tensorflow_threads: int | None = None
     signature = saved.signatures[SIGNATURE_NAME]  # present: check_signature_def found its SignatureDef
     name = str(metadata.get("name") or path.parent.name)
     return LoadedModel(name=name, version=version, path=path, metadata=metadata, signature=signature,
-                       saved_model=saved)
+                       saved_model=saved, levels=levels)
+
+
+def served_levels(path: Path, metadata: dict[str, Any], settings: LevelSettings) -> LevelTable:
+    """The model's level table under these settings; bfloat16 only on a CPU with bfloat16 instructions."""
+    flags = cpu_flags() if settings.cpu_flags is None else settings.cpu_flags
+    try:
+        return level_table(metadata, settings.allow_bfloat16 and has_bfloat16(flags), settings.default_level)
+    except UnknownLevelError as error:
+        raise ModelLoadError(f"DEFAULT_LEVEL={settings.default_level}: {path} offers {', '.join(error.offered)}. "
+                             "Set DEFAULT_LEVEL to one of them, or unset it for the model's own default.",
+                             reason="contract") from None
 
 
 def first_line(error: Exception) -> str:
@@ -175,8 +202,9 @@ def check_wire_format(path: Path) -> None:
                              f"buffer: {error}). {HOW_TO_MAKE_ONE}") from None
 
 
-def check_signature_def(path: Path) -> None:
-    """The ``serving_default`` SignatureDef in saved_model.pb must be the export contract exactly."""
+def check_signature_def(path: Path, names: list[str] | None = None) -> None:
+    """Each named SignatureDef in saved_model.pb (default: ``serving_default``) must be the export contract
+    exactly: a model with levels is checked for every signature its metadata.json says it serves."""
     from tensorflow.core.framework import types_pb2
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -187,34 +215,34 @@ def check_signature_def(path: Path) -> None:
         saved_model.ParseFromString((path / SAVED_MODEL_FILE).read_bytes())
     except Exception as error:  # DecodeError, or a message with fields of the wrong types
         raise ModelLoadError(f"{path} is not a loadable SavedModel ({error}). {HOW_TO_MAKE_ONE}") from None
-    signatures = [meta.signature_def[SIGNATURE_NAME] for meta in saved_model.meta_graphs
-                  if SIGNATURE_NAME in meta.signature_def]
-    if not signatures:
-        raise ModelLoadError(f"{path} has no '{SIGNATURE_NAME}' signature. Re-export with `python -m training`.",
-                             reason="contract")
-    signature = signatures[0]
 
     def matches(tensors: Any, name: str, dtype: int, shape: list[int]) -> bool:
         info = tensors.get(name)
         return (info is not None and info.dtype == dtype and not info.tensor_shape.unknown_rank
                 and [dim.size for dim in info.tensor_shape.dim] == shape)
 
-    # One input, as the service feeds only the images; further outputs would be harmless.
-    if not (len(signature.inputs) == 1
-            and matches(signature.inputs, INPUT_NAME, types_pb2.DT_UINT8, [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
-            and matches(signature.outputs, OUTPUT_NAME, types_pb2.DT_FLOAT, [-1, NUM_CLASSES])):
-        raise ModelLoadError(f"{path}: signature '{SIGNATURE_NAME}' does not match the contract ({expected}). "
-                             "Re-export with `python -m training`.", reason="contract")
+    for name in names or [SIGNATURE_NAME]:
+        signatures = [meta.signature_def[name] for meta in saved_model.meta_graphs if name in meta.signature_def]
+        if not signatures:
+            raise ModelLoadError(f"{path} has no '{name}' signature. Re-export with `python -m training`.",
+                                 reason="contract")
+        signature = signatures[0]
+        # One input, as the service feeds only the images; further outputs would be harmless.
+        if not (len(signature.inputs) == 1
+                and matches(signature.inputs, INPUT_NAME, types_pb2.DT_UINT8, [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
+                and matches(signature.outputs, OUTPUT_NAME, types_pb2.DT_FLOAT, [-1, NUM_CLASSES])):
+            raise ModelLoadError(f"{path}: signature '{name}' does not match the contract ({expected}). "
+                                 "Re-export with `python -m training`.", reason="contract")
 
 
 def check_answers(model: LoadedModel, batch_sizes: Iterable[int]) -> None:
-    """Run ``model`` on a batch of each size (which also warms it up): every row must be ten finite
-    probabilities summing to 1. A graph can load and keep the signature yet answer NaN or garbage."""
+    """Run ``model`` at every level on a batch of each size (which also warms it up): every row must be ten
+    finite probabilities summing to 1. A graph can load and keep the signature yet answer NaN or garbage."""
     rng = np.random.default_rng(0)
-    for size in batch_sizes:
+    for level, size in itertools.product(model.level_names, batch_sizes):
         images = rng.integers(0, 256, (size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         try:
-            probabilities = np.asarray(model.predict(images))
+            probabilities = np.asarray(model.predict(images, level))
         except Exception as error:  # TensorFlow raises many types for a graph that cannot run
             raise ModelLoadError(f"{model.path} failed on a batch of {size} ({first_line(error)}). "
                                  "Re-export the model.", reason="bad_output") from None

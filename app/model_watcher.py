@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from app.contract import missing_files, version_dirs
+from app.levels import MODEL_LEVELS, LevelSettings
 from app.metrics import Metrics
 from app.model import (
     LoadedModel,
@@ -79,8 +80,10 @@ class ModelWatcher:
 
     served: ServedModel
 
-    def __init__(self, model_root: Path, poll_s: float, warm_up_sizes: Iterable[int], metrics: Metrics) -> None:
+    def __init__(self, model_root: Path, poll_s: float, warm_up_sizes: Iterable[int], metrics: Metrics,
+                 level_settings: LevelSettings = MODEL_LEVELS) -> None:
         self.model_root = model_root
+        self.level_settings = level_settings
         self.poll_s = poll_s
         self.warm_up_sizes = tuple(warm_up_sizes)
         self.metrics = metrics
@@ -97,7 +100,7 @@ class ModelWatcher:
         failed: list[tuple[int, Path, ModelLoadError]] = []
         for version, path in reversed(version_dirs(self.model_root)):
             try:
-                model = load_version(path, version, tensorflow_threads)
+                model = load_version(path, version, tensorflow_threads, self.level_settings)
             except ModelLoadError as error:
                 failed.append((version, path, error))
                 continue
@@ -187,7 +190,7 @@ class ModelWatcher:
         return True
 
     def _load_checked(self, version: int, path: Path) -> LoadedModel:
-        model = load_version(path, version)
+        model = load_version(path, version, level_settings=self.level_settings)
         check_answers(model, self.warm_up_sizes)
         return model
 
@@ -201,14 +204,15 @@ class ModelWatcher:
 
 
 def start_serving(model_dir: Path, pinned_version: int | None, poll_s: float, warm_up_sizes: Iterable[int],
-                  metrics: Metrics, tensorflow_threads: int) -> tuple[ServedModel, ModelWatcher | None]:
+                  metrics: Metrics, tensorflow_threads: int, level_settings: LevelSettings = MODEL_LEVELS,
+                  ) -> tuple[ServedModel, ModelWatcher | None]:
     """The model to serve first, and the watcher that follows ``model_dir`` (None when nothing may swap:
     MODEL_VERSION pins one, or MODEL_DIR names a version folder itself; its run() returns at once when
     polling is off)."""
     pinned = pinned_version is not None or resolve_version_dir(model_dir)[1] == model_dir
     if pinned:
-        served = ServedModel(load_model(model_dir, pinned_version, tensorflow_threads))
+        served = ServedModel(load_model(model_dir, pinned_version, tensorflow_threads, level_settings))
         metrics.model_version.set(served.current.version)
         return served, None
-    watcher = ModelWatcher(model_dir, poll_s, warm_up_sizes, metrics)
+    watcher = ModelWatcher(model_dir, poll_s, warm_up_sizes, metrics, level_settings)
     return watcher.load_first(tensorflow_threads), watcher

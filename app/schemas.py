@@ -14,6 +14,8 @@ class ClassProbability(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(examples=["cifar10"])
     version: int = Field(examples=[1])
+    level: str = Field(description="The accuracy level that computed this answer: the one asked for, else the "
+                       "default, or the cheaper one load adaptation chose.", examples=["accurate"])
 
 
 class Prediction(BaseModel):
@@ -62,10 +64,26 @@ class ServingLimits(BaseModel):
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_images: int
+    adapt_queue_images: int = Field(description="Queued images above which load adaptation answers at "
+                                    "`adapt_level`; 0: off.")
+    adapt_level: str
+
+
+class LevelFigures(BaseModel):
+    name: str = Field(examples=["accurate"])
+    views: int | None = Field(None, description="Test-time views averaged per image.", examples=[6])
+    description: str | None = None
+    val_accuracy: float | None = Field(None, description="Validation accuracy through this level's signature.",
+                                       examples=[0.9174])
+    val_ece: float | None = Field(None, description="Expected calibration error (15 bins) on validation.")
+    images_per_second: dict[str, float] | None = Field(
+        None, description="In-process images/s at batch 1 and 64, measured at export.")
+    default: bool = Field(description="Answers requests that name no level.")
 
 
 class Metadata(BaseModel):
     model: dict[str, object] = Field(
         description="The model's metadata.json as written by the training command, plus the served `version`."
     )
+    levels: list[LevelFigures] = Field(description="The accuracy levels a request may ask for with `?level=`.")
     serving: ServingLimits

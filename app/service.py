@@ -11,14 +11,22 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from app.batching import Answer, BatchModel, MicroBatcher
+from app.batching import Answer, MicroBatcher
 from app.contract import CLASS_NAMES, NUM_CLASSES
 from app.errors import NotReadyError, TooManyFilesError, image_error_status
 from app.metrics import Metrics
 from app.model import check_answers
 from app.model_watcher import ServedModel
 from app.preprocessing import ImageError, image_bytes_to_array, open_image
-from app.schemas import BatchPrediction, ClassProbability, FileError, FilePrediction, ModelInfo, Prediction
+from app.schemas import (
+    BatchPrediction,
+    ClassProbability,
+    FileError,
+    FilePrediction,
+    LevelFigures,
+    ModelInfo,
+    Prediction,
+)
 from app.settings import Settings
 
 
@@ -41,32 +49,36 @@ class ClassifierService:
     # Set on SIGTERM (app.shutdown): /readyz answers 503 from then on, while requests are still served.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def predict(self, data: bytes, preview: bool = False) -> Prediction:
-        """One upload -> its prediction. An unusable image raises ImageError, which app.errors maps."""
+    async def predict(self, data: bytes, preview: bool = False, level: str | None = None) -> Prediction:
+        """One upload -> its prediction at ``level`` (None: the default). An unusable image raises ImageError,
+        an unknown level UnknownLevelError, which app.errors maps."""
+        self.served.current.levels.resolve(level)  # an unknown level is refused before the upload is decoded
         image = await self.decode(data)
-        answer = await self.classify(image[np.newaxis])
-        prediction = self.to_prediction(answer.probabilities[0], answer.model, image if preview else None)
+        answer = await self.classify(image[np.newaxis], level)
+        prediction = self.to_prediction(answer.probabilities[0], answer, image if preview else None)
         self.metrics.predicted.labels(prediction.label).inc()
         return prediction
 
-    async def predict_batch(self, uploads: Sequence[Upload], preview: bool = False) -> BatchPrediction:
+    async def predict_batch(self, uploads: Sequence[Upload], preview: bool = False,
+                            level: str | None = None) -> BatchPrediction:
         """Several uploads -> one entry each, in upload order: a prediction, or that file's own error.
 
-        The files that decode go to the model together, as one request to the batcher."""
+        The files that decode go to the model together, as one request to the batcher, at one level."""
         if len(uploads) > self.settings.max_batch_files:
             raise TooManyFilesError(len(uploads), self.settings.max_batch_files)
+        self.served.current.levels.resolve(level)
         decoded = [await self._decode_or_refuse(upload) for upload in uploads]
         good = [item for item in decoded if isinstance(item, np.ndarray)]
         if not good:
             return BatchPrediction(results=decoded)
-        answer = await self.classify(np.stack(good))  # one request to the batcher: one model answers all
+        answer = await self.classify(np.stack(good), level)  # one request to the batcher: one model answers all
         probabilities = iter(answer.probabilities)
         results: list[FilePrediction | FileError] = []
         for upload, item in zip(uploads, decoded, strict=True):
             if isinstance(item, FileError):
                 results.append(item)
                 continue
-            prediction = self.to_prediction(next(probabilities), answer.model, item if preview else None)
+            prediction = self.to_prediction(next(probabilities), answer, item if preview else None)
             self.metrics.predicted.labels(prediction.label).inc()
             results.append(FilePrediction(**prediction.model_dump(), filename=upload.filename))
         return BatchPrediction(results=results)
@@ -89,18 +101,25 @@ class ClassifierService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.decoder, image_bytes_to_array, data, self.settings.max_image_pixels)
 
-    async def classify(self, images: np.ndarray) -> Answer:
+    async def classify(self, images: np.ndarray, level: str | None = None) -> Answer:
         if not self.ready.is_set():
             raise NotReadyError()
-        return await self.batcher.predict(images)
+        return await self.batcher.predict(images, level)
 
     def warm_up(self) -> None:
         """A batch of each warm-up size through the signature (checked), so the first client pays nothing."""
         check_answers(self.served.current, warm_up_sizes(self.settings))
 
-    def to_prediction(self, probabilities: np.ndarray, model: BatchModel,
-                      image: np.ndarray | None = None) -> Prediction:
-        """``model`` is the one that computed ``probabilities``: the answer names its version."""
+    def level_figures(self) -> list[LevelFigures]:
+        """The levels the served model offers, with the figures its export measured."""
+        levels = self.served.current.levels
+        return [LevelFigures(name=name, default=name == levels.default,
+                             **{key: figures.get(key) for key in LevelFigures.model_fields
+                                if key not in ("name", "default")})
+                for name, figures in levels.figures.items()]
+
+    def to_prediction(self, probabilities: np.ndarray, answer: Answer, image: np.ndarray | None = None) -> Prediction:
+        """``answer`` says which model and level computed ``probabilities``: the answer names both."""
         values = [float(p) for p in probabilities[:NUM_CLASSES]]
         order = sorted(range(NUM_CLASSES), key=lambda i: values[i], reverse=True)
         best = order[0]
@@ -109,7 +128,7 @@ class ClassifierService:
             confidence=values[best],
             probabilities=dict(zip(CLASS_NAMES, values, strict=True)),
             top=[ClassProbability(label=CLASS_NAMES[i], probability=values[i]) for i in order],
-            model=ModelInfo(name=model.name, version=model.version),
+            model=ModelInfo(name=answer.model.name, version=answer.model.version, level=answer.level),
             preview=png_data_url(image) if image is not None else None,
         )
 

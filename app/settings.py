@@ -6,12 +6,17 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.contract import LevelName
 from app.cpus import available_cpus
 from app.preprocessing import DEFAULT_MAX_PIXELS
 
 
 def cpus_per_worker(workers: int) -> int:
     return max(1, available_cpus() // workers)
+
+
+# Decided from bench/serve.py: see docs/serving-performance.md, "Load adaptation".
+ADAPT_QUEUE_IMAGES_DEFAULT = 128
 
 
 class Settings(BaseSettings):
@@ -44,6 +49,22 @@ class Settings(BaseSettings):
         description="Longest wait for more images before a model call; 0 = take what is queued, never wait.",
     )
     max_queue_images: int = Field(512, ge=1, description="Images waiting for the model before 503 Retry-After.")
+    default_level: LevelName | None = Field(
+        None, description="Accuracy level of requests that name none (default: the model's own, metadata.json's "
+        "default_level: accurate for the shipped model).",
+    )
+    adapt_queue_images: int = Field(
+        ADAPT_QUEUE_IMAGES_DEFAULT, ge=0,
+        description="Load adaptation: while more images than this wait for the model, requests that named no "
+        "level are answered at ADAPT_LEVEL; 0 turns it off.",
+    )
+    adapt_level: LevelName = Field(
+        "fast", description="The cheaper level load adaptation answers at.",
+    )
+    bfloat16: bool = Field(
+        True, description="Use the model's bfloat16 signatures at the batch sizes where its export measured them "
+        "faster (only on a CPU with AVX512-BF16 or AMX; elsewhere float32 regardless).",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline for reading a request body.")
     shutdown_grace_s: float = Field(
         5.0, ge=0.0, le=300.0,

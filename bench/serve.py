@@ -3,15 +3,17 @@
     python bench/serve.py [--model-dir models/cifar10] [--seconds 20] [--json docs/bench-serve.json]
 
 Steps, each in its own process so none inherits another's threads or memory:
-1. In-process ceiling: the SavedModel's ``serving_default`` called directly (``app.model``, the
-   service's own call path), images/s at each batch size and single-image latency.
-2. The service (``python -m app``, the settings' defaults unless overridden): time from process
-   start to ``/readyz`` 200, then closed-loop load at each concurrency with ``wrk`` posting real
-   CIFAR-10 JPEGs as multipart uploads (bench/load.lua), then RSS/PSS of every process.
-3. The service with 2 workers (threads divided) at concurrency 1 and 64: the worker trade-off.
-4. The highest concurrency on a service restarted with a small queue bound: back-pressure.
-   A probe thread sends a few requests alongside and times 200s and 503s separately.
-5. The naive app (bench/naive_app.py: ``model.predict`` per request) at concurrency 1 and 64.
+1. In-process ceiling of every accuracy level: ``LoadedModel.predict`` (the service's own call path,
+   bfloat16 where the model chose it), images/s at each batch size, single-image latency, and
+   float32 forced at batch 1 and 64; the same for today's model (``--today``, the version before levels).
+2. Today's model served (``python -m app``; one level, float32): the baseline the targets compare with.
+3. The new model served, each level asked with ``?level=``, adaptation off: time from process start
+   to ``/readyz`` 200, then closed-loop load at each concurrency (1, 64, 256) with ``wrk`` posting
+   real CIFAR-10 JPEGs as multipart uploads (bench/load.lua), then RSS/PSS of every process.
+4. The highest concurrency without a level, load adaptation on (``--adapt-queue``): the unnamed
+   requests that meet a deep queue are answered at the cheaper level.
+5. Optional: 2 workers (``--alt-workers 2``), a small queue bound (``--overload-queue 32``), the naive
+   app (``--skip ''``: bench/naive_app.py, ``model.predict`` per request).
 
 CPU time of the server, of wrk and of everything else is read from /proc around each level, so a
 busy machine shows in the figures instead of silently distorting them. Prints one table and
@@ -41,11 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.contract import CLASS_NAMES  # noqa: E402
+from app.settings import ADAPT_QUEUE_IMAGES_DEFAULT  # noqa: E402
 
 BOUNDARY = "cifar10-bench-boundary-7d1f"
 ARCHIVE = "shared/data/cifar10-train-jpeg.tar.gz"
 DEFAULT_DATA = [ROOT.parent / ARCHIVE, ROOT / ARCHIVE, Path("/work") / ARCHIVE]
-CEILING_BATCHES = (1, 8, 16, 32, 64, 128, 256, 512)
+CEILING_BATCHES = (1, 8, 32, 64, 256)
 TICKS = os.sysconf("SC_CLK_TCK")
 CPUS = len(os.sched_getaffinity(0))
 
@@ -99,35 +102,55 @@ def write_bodies(folder: Path, jpegs: list[bytes]) -> list[bytes]:
 # ---------------------------------------------------------------- in-process ceiling (child process)
 
 def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list[int]) -> dict[str, Any]:
+    """Per level: images/s at each batch size and single-image latency, through ``LoadedModel.predict`` (the
+    service's call path: bfloat16 at the batch sizes the model chose it for, on a CPU that has it), plus the
+    same at batch 1 and 64 with float32 forced, for the precision comparison."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
+    from app.levels import LevelSettings
     from app.model import load_model
 
     model = load_model(model_dir, tensorflow_threads=threads)
+    float32_only = load_model(model_dir, level_settings=LevelSettings(allow_bfloat16=False))
     busy_before, total_before = machine_cpu_seconds()
     own_before = resource.getrusage(resource.RUSAGE_SELF)
     rng = np.random.default_rng(0)
     pool = rng.integers(0, 256, (max(batches), 32, 32, 3), dtype=np.uint8)
-    by_batch = {}
-    for size in batches:
-        images = pool[:size]
+
+    def images_per_s(predict: Any, images: np.ndarray) -> float:
         for _ in range(3):  # first calls trace and allocate
-            model.predict(images)
+            predict(images)
         calls, started = 0, time.perf_counter()
         while calls < 3 or time.perf_counter() - started < seconds:
-            model.predict(images)
+            predict(images)
             calls += 1
-        elapsed = time.perf_counter() - started
-        by_batch[size] = round(size * calls / elapsed, 1)
-    single = []
-    one = pool[:1]
-    deadline = time.perf_counter() + max(seconds, 1.0)
-    while len(single) < 50 or (time.perf_counter() < deadline and len(single) < 2000):
-        started = time.perf_counter()
-        model.predict(one)
-        single.append((time.perf_counter() - started) * 1000)
-    best = max(by_batch, key=lambda k: by_batch[k])
+        return round(len(images) * calls / (time.perf_counter() - started), 1)
+
+    levels = {}
+    for level in model.level_names:
+        def served(images: np.ndarray, level: str = level) -> np.ndarray:
+            return model.predict(images, level)
+
+        by_batch = {size: images_per_s(served, pool[:size]) for size in batches}
+        single = []
+        deadline = time.perf_counter() + max(seconds, 1.0)
+        while len(single) < 50 or (time.perf_counter() < deadline and len(single) < 2000):
+            started = time.perf_counter()
+            served(pool[:1])
+            single.append((time.perf_counter() - started) * 1000)
+        best = max(by_batch, key=lambda k: by_batch[k])
+        levels[level] = {
+            "images_per_s_by_batch": by_batch,
+            "best_batch": best,
+            "images_per_s": by_batch[best],
+            "signature_by_batch": {size: model.levels.signature(level, size) for size in batches},
+            "float32_images_per_s": {size: images_per_s(lambda x, level=level: float32_only.predict(x, level),
+                                                        pool[:size]) for size in (1, 64) if size <= len(pool)},
+            "single_image_ms": {"p50": round(statistics.median(single), 3), "p90": round(_pct(single, 90), 3),
+                                "mean": round(statistics.fmean(single), 3), "calls": len(single)},
+            "val_accuracy": model.levels.figures[level].get("val_accuracy"),
+        }
     busy_after, total_after = machine_cpu_seconds()
     own_after = resource.getrusage(resource.RUSAGE_SELF)
     own = (own_after.ru_utime + own_after.ru_stime) - (own_before.ru_utime + own_before.ru_stime)
@@ -137,16 +160,13 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
         "cpu_share": {"self": round(own / total, 3), "other": round(max(busy_after - busy_before - own, 0) / total, 3)},
         "threads": threads,
         "model": {"name": model.name, "version": model.version, "path": str(model.path)},
-        "images_per_s_by_batch": by_batch,
-        "best_batch": best,
-        "images_per_s": by_batch[best],
-        "single_image_ms": {"p50": round(statistics.median(single), 3), "p90": round(_pct(single, 90), 3),
-                            "mean": round(statistics.fmean(single), 3), "calls": len(single)},
+        "default_level": model.default_level,
+        "levels": levels,
     }
 
 
-def run_ceiling(args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, __file__, "ceiling", "--model-dir", str(args.model_dir), "--threads", str(CPUS),
+def run_ceiling(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
+    command = [sys.executable, __file__, "ceiling", "--model-dir", str(model_dir), "--threads", str(CPUS),
                "--ceiling-seconds", str(args.ceiling_seconds),
                "--ceiling-batches", ",".join(map(str, args.ceiling_batches))]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
@@ -335,12 +355,12 @@ class Probe(threading.Thread):
 
 
 def run_wrk(server: Server, connections: int, seconds: float, body_dir: Path, body_count: int,
-            report: Path, timeout_s: float, probe_body: bytes | None = None) -> dict[str, Any]:
+            report: Path, timeout_s: float, probe_body: bytes | None = None, path: str = "/predict") -> dict[str, Any]:
     env = {**os.environ, "WRK_BODIES_DIR": str(body_dir), "WRK_BODIES": str(body_count),
            "WRK_BOUNDARY": BOUNDARY, "WRK_REPORT": str(report)}
     # One wrk thread is enough for 256 connections on loopback and costs the least CPU.
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout_s:g}s",
-               "-s", str(ROOT / "bench/load.lua"), f"http://127.0.0.1:{server.port}/predict"]
+               "-s", str(ROOT / "bench/load.lua"), f"http://127.0.0.1:{server.port}{path}"]
     pids = server.pids()
     server_before = cpu_seconds(pids)
     busy_before, total_before = machine_cpu_seconds()
@@ -396,10 +416,11 @@ def run_wrk(server: Server, connections: int, seconds: float, body_dir: Path, bo
     return result
 
 
-def warm(server: Server, connections: int, seconds: float, body_dir: Path, body_count: int, report: Path) -> None:
+def warm(server: Server, connections: int, seconds: float, body_dir: Path, body_count: int, report: Path,
+         path: str = "/predict") -> None:
     """A short unrecorded run: connections, pools and TensorFlow's kernels for these batch sizes warm up."""
     if seconds > 0:
-        run_wrk(server, connections, seconds, body_dir, body_count, report, timeout_s=60)
+        run_wrk(server, connections, seconds, body_dir, body_count, report, timeout_s=60, path=path)
 
 
 def drain(port: int, metrics: bool, timeout_s: float = 30) -> None:
@@ -443,13 +464,17 @@ def resolved_settings(env: dict[str, str]) -> dict[str, Any]:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     return {name: getattr(settings, name) for name in
             ("workers", "inference_threads", "decode_threads", "max_batch_size", "max_batch_delay_ms",
-             "max_queue_images", "log_level")}
+             "max_queue_images", "log_level", "default_level", "adapt_queue_images", "adapt_level", "bfloat16")}
 
 
 def bench_service(args: argparse.Namespace, name: str, levels: list[int], extra_env: dict[str, str],
-                  body_dir: Path, bodies: list[bytes], work: Path, probe_at: int | None = None) -> dict[str, Any]:
+                  body_dir: Path, bodies: list[bytes], work: Path, probe_at: int | None = None,
+                  accuracy_levels: tuple[str | None, ...] = (None,), model_dir: Path | None = None) -> dict[str, Any]:
+    """The service at each concurrency in ``levels``, for each accuracy level asked with ``?level=`` (None:
+    no query parameter, so the default level, or load adaptation's choice)."""
     port = args.port
-    env = {"MODEL_DIR": str(args.model_dir), "PORT": str(port), "HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {"MODEL_DIR": str(model_dir or args.model_dir), "PORT": str(port), "HOST": "127.0.0.1",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
     for item in args.env:
         key, _, value = item.partition("=")
         env[key] = value
@@ -462,29 +487,113 @@ def bench_service(args: argparse.Namespace, name: str, levels: list[int], extra_
         result["ready_s"] = round(server.wait_ready(args.ready_timeout), 2)
         check_answers(port, bodies)
         result["levels"] = []
-        for connections in levels:
-            report = work / f"{name}-c{connections}.json"
-            warm(server, connections, args.warmup, body_dir, len(bodies), report)
-            drain(port, metrics=True)
-            before = scrape_batches(port)
-            level = run_wrk(server, connections, args.seconds, body_dir, len(bodies), report, timeout_s=30,
-                            probe_body=bodies[0] if connections == probe_at else None)
-            after = scrape_batches(port)
-            calls = after[1] - before[1]
-            # With several workers /metrics is one worker's: its mean is still that worker's batch size.
-            level["mean_batch"] = round((after[0] - before[0]) / calls, 1) if calls else None
-            level["alive_after"] = server.process.poll() is None and http_request(port, "GET", "/readyz")[0] == 200
-            result["levels"].append(level)
-            drain(port, metrics=True)
-            print(f"  {name} c={connections}: {level['ok_per_s']:.0f} ok/s, p50 {level['latency_ms']['p50']} ms, "
-                  f"p99 {level['latency_ms']['p99']} ms, 503 {level['rejected_503']}, errors {level['errors']}",
-                  file=sys.stderr)
+        for accuracy_level in accuracy_levels:
+            path = "/predict" + (f"?level={accuracy_level}" if accuracy_level else "")
+            for connections in levels:
+                report = work / f"{name}-{accuracy_level or 'default'}-c{connections}.json"
+                warm(server, connections, args.warmup, body_dir, len(bodies), report, path)
+                drain(port, metrics=True)
+                before = scrape_batches(port)
+                answered_before = scrape_answers_by_level(port)
+                level = run_wrk(server, connections, args.seconds, body_dir, len(bodies), report, timeout_s=30,
+                                probe_body=bodies[0] if connections == probe_at else None, path=path)
+                after = scrape_batches(port)
+                answered_after = scrape_answers_by_level(port)
+                calls = after[1] - before[1]
+                level["accuracy_level"] = accuracy_level
+                level["answered_by_level"] = {k: v - answered_before.get(k, 0) for k, v in answered_after.items()
+                                              if v - answered_before.get(k, 0) > 0}
+                # With several workers /metrics is one worker's: its mean is still that worker's batch size.
+                level["mean_batch"] = round((after[0] - before[0]) / calls, 1) if calls else None
+                level["alive_after"] = (server.process.poll() is None
+                                        and http_request(port, "GET", "/readyz")[0] == 200)
+                result["levels"].append(level)
+                drain(port, metrics=True)
+                print(f"  {name} {accuracy_level or 'default'} c={connections}: {level['ok_per_s']:.0f} ok/s, "
+                      f"p50 {level['latency_ms']['p50']} ms, p99 {level['latency_ms']['p99']} ms, "
+                      f"503 {level['rejected_503']}, errors {level['errors']}, answered {level['answered_by_level']}",
+                      file=sys.stderr)
         result["memory_after"] = server.memory()
     finally:
         server.stop()
     # uvicorn's supervisor restarts a worker that misses its health check (5 s); say so if it happened.
     result["worker_restarts"] = server.log_path.read_text(errors="replace").count("] died")
     return result
+
+
+def bench_side_by_side(args: argparse.Namespace, services: list[dict[str, Any]], body_dir: Path,
+                       bodies: list[bytes], work: Path) -> dict[str, dict[str, Any]]:
+    """Several services up at once (started one after another, each on its own port), measured in turns:
+    at each concurrency every service and level once before the next concurrency, so a machine whose load
+    changes during the run weighs on the runs being compared alike. An idle service costs no CPU.
+
+    Each entry of ``services``: key, label, env (settings), model_dir (None: --model-dir) and runs, a list
+    of (concurrency, accuracy level or None)."""
+    started: list[tuple[dict[str, Any], Server, dict[str, Any]]] = []
+    try:
+        for index, spec in enumerate(services):
+            port = args.port + 2 + index
+            env = {"MODEL_DIR": str(spec.get("model_dir") or args.model_dir), "PORT": str(port), "HOST": "127.0.0.1",
+                   "TF_CPP_MIN_LOG_LEVEL": "2", "MODEL_POLL_SECONDS": "0"}
+            for item in args.env:
+                key, _, value = item.partition("=")
+                env[key] = value
+            env.update(spec["env"])
+            server = Server(spec["key"], [sys.executable, "-m", "app"], env, port, "/readyz", work)
+            result: dict[str, Any] = {"name": spec["key"], "label": spec["label"], "settings": resolved_settings(env),
+                                      "env": {k: v for k, v in env.items() if k not in ("HOST", "PORT",
+                                                                                       "TF_CPP_MIN_LOG_LEVEL")},
+                                      "levels": []}
+            started.append((spec, server, result))
+            result["ready_s"] = round(server.wait_ready(args.ready_timeout), 2)
+            check_answers(port, bodies)
+        for connections in sorted({c for spec in services for c, _ in spec["runs"]}):
+            for spec, server, result in started:
+                for accuracy_level in [level for c, level in spec["runs"] if c == connections]:
+                    result["levels"].append(measure_level(args, server, connections, accuracy_level, body_dir,
+                                                          bodies, work))
+        for _, server, result in started:
+            result["memory_after"] = server.memory()
+    finally:
+        for _, server, result in started:
+            server.stop()
+            result["worker_restarts"] = server.log_path.read_text(errors="replace").count("] died")
+    return {spec["key"]: result for spec, _, result in started}
+
+
+def measure_level(args: argparse.Namespace, server: Server, connections: int, accuracy_level: str | None,
+                  body_dir: Path, bodies: list[bytes], work: Path) -> dict[str, Any]:
+    """One wrk run (after an unrecorded warm-up) at ``connections``, asking ``accuracy_level`` (None: no level)."""
+    port = server.port
+    path = "/predict" + (f"?level={accuracy_level}" if accuracy_level else "")
+    report = work / f"{server.name}-{accuracy_level or 'default'}-c{connections}.json"
+    warm(server, connections, args.warmup, body_dir, len(bodies), report, path)
+    drain(port, metrics=True)
+    before, answered_before = scrape_batches(port), scrape_answers_by_level(port)
+    level = run_wrk(server, connections, args.seconds, body_dir, len(bodies), report, timeout_s=30, path=path)
+    after, answered_after = scrape_batches(port), scrape_answers_by_level(port)
+    calls = after[1] - before[1]
+    level["accuracy_level"] = accuracy_level
+    level["answered_by_level"] = {k: v - answered_before.get(k, 0) for k, v in answered_after.items()
+                                  if v - answered_before.get(k, 0) > 0}
+    level["mean_batch"] = round((after[0] - before[0]) / calls, 1) if calls else None
+    level["alive_after"] = server.process.poll() is None and http_request(port, "GET", "/readyz")[0] == 200
+    drain(port, metrics=True)
+    print(f"  {server.name} {accuracy_level or 'default'} c={connections}: {level['ok_per_s']:.0f} ok/s, "
+          f"p50 {level['latency_ms']['p50']} ms, p99 {level['latency_ms']['p99']} ms, 503 {level['rejected_503']}, "
+          f"errors {level['errors']}, other {level['cpu_share']['other']:.0%}, answered {level['answered_by_level']}",
+          file=sys.stderr)
+    return level
+
+
+def scrape_answers_by_level(port: int) -> dict[str, float]:
+    """Images answered so far per accuracy level, from /metrics (absent for a service without levels)."""
+    _, _, content = http_request(port, "GET", "/metrics", timeout=60)
+    answered = {}
+    for line in content.decode().splitlines():
+        if line.startswith("cifar10_answers_by_level_total{"):
+            answered[line.split('level="', 1)[1].split('"', 1)[0]] = float(line.split()[-1])
+    return answered
 
 
 def bench_naive(args: argparse.Namespace, bodies_dir: Path, bodies: list[bytes], work: Path) -> dict[str, Any]:
@@ -528,87 +637,104 @@ def machine_info() -> dict[str, Any]:
             "commit": commit, "wrk": (wrk.stdout or wrk.stderr).splitlines()[0]}
 
 
+def _run(results: dict[str, Any], key: str, concurrency: int, accuracy_level: str | None) -> dict[str, Any] | None:
+    for run in (results.get(key) or {}).get("levels", []):
+        if run["concurrency"] == concurrency and run.get("accuracy_level") == accuracy_level:
+            return run
+    return None
+
+
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 5: met or missed, with the measured figure."""
-    ceiling = results.get("ceiling")
-    service = results["service"]
-    levels = {lvl["concurrency"]: lvl for lvl in service.get("levels", [])}
+    """Each target of issue 16, met or missed, with the measured figures (ratios from this one run)."""
     targets = []
 
     def add(name: str, met: bool, measured: str) -> None:
         targets.append({"target": name, "met": bool(met), "measured": measured})
 
-    if ceiling and 64 in levels:
-        c64 = levels[64]
-        share = c64["ok_per_s"] / ceiling["images_per_s"]
-        add("c=64 throughput >= 70% of the in-process ceiling", share >= 0.7,
-            f"{c64['ok_per_s']:.0f} / {ceiling['images_per_s']:.0f} images/s = {share:.0%}")
-        add("c=64 zero errors", c64["errors"] == 0 and c64["rejected_503"] == 0,
-            f"{c64['errors']} errors, {c64['rejected_503']} x 503")
-        add("c=64 p99 < 250 ms", c64["latency_ms"]["p99"] < 250, f"p99 {c64['latency_ms']['p99']:.0f} ms")
-    if ceiling and 1 in levels:
-        p50, single = levels[1]["latency_ms"]["p50"], ceiling["single_image_ms"]["p50"]
-        add("c=1 p50 <= in-process single image + 3 ms", p50 <= single + 3, f"{p50:.1f} ms vs {single:.1f} + 3 ms")
-    overload = results.get("overload")
-    if overload and overload.get("levels"):
-        lvl = overload["levels"][0]
-        probe = lvl.get("probe", {})
-        bound_ms = overload.get("queue_wait_bound_ms")
-        rejected, served = probe.get("503", {}), probe.get("200", {})
-        ok = (lvl["errors"] == 0 and lvl["alive_after"] and lvl["rejected_503"] > 0
-              and rejected.get("all_have_retry_after", False)
-              and (bound_ms is None or lvl["latency_ms"]["max"] <= bound_ms))
-        add(f"c={lvl['concurrency']}, queue {overload['settings']['max_queue_images']}: no wait past the bound, "
-            "excess gets 503 quickly, no crash", ok,
-            f"max latency {lvl['latency_ms']['max']:.0f} ms (bound {bound_ms} ms); {lvl['rejected_503']} x 503, "
-            f"probe 503 p50 {rejected.get('p50_ms')} ms, probe 200 p99 {served.get('p99_ms')} ms; "
-            f"{lvl['errors']} errors; alive after: {lvl['alive_after']}")
-    add("time to /readyz 200 <= 10 s", service["ready_s"] <= 10, f"{service['ready_s']} s")
-    rss = service.get("memory_after", {}).get("rss_mib_by_process", [])
-    if rss:
-        add("RSS <= 1 GiB per worker", max(rss) <= 1024, f"largest process {max(rss):.0f} MiB")
+    ceiling, today_ceiling = results.get("ceiling"), results.get("today_ceiling")
+    today64, today256 = _run(results, "today", 64, None), _run(results, "today", 256, None)
+    default = (ceiling or {}).get("default_level", "accurate")
+    levels = list((ceiling or {}).get("levels", {}))
+    if today64:
+        base = today64["ok_per_s"]
+        run = _run(results, "levels", 64, default)
+        if run and ceiling and today_ceiling:
+            accuracy = ceiling["levels"][default]["val_accuracy"]
+            today_accuracy = next(iter(today_ceiling["levels"].values()))["val_accuracy"]
+            add(f"default level ({default}) c=64 >= 1.3x today's predictions/s, accuracy within 0.1 points",
+                run["ok_per_s"] >= 1.3 * base and abs(accuracy - today_accuracy) <= 0.001,
+                f"{run['ok_per_s']:.0f} vs {base:.0f} ok/s = {run['ok_per_s'] / base:.2f}x; validation "
+                f"{accuracy:.2%} vs {today_accuracy:.2%}")
+        fastest = max(levels, key=lambda name: ceiling["levels"][name]["images_per_s"]) if levels else None
+        run = _run(results, "levels", 64, fastest)
+        if run:
+            add(f"fastest level ({fastest}) c=64 >= 5x today's predictions/s", run["ok_per_s"] >= 5 * base,
+                f"{run['ok_per_s']:.0f} vs {base:.0f} ok/s = {run['ok_per_s'] / base:.2f}x")
+    for name in levels:
+        run = _run(results, "levels", 1, name)
+        if run:
+            single = ceiling["levels"][name]["single_image_ms"]["p50"]
+            add(f"{name}: c=1 p50 <= in-process single image + 2 ms", run["latency_ms"]["p50"] <= single + 2,
+                f"{run['latency_ms']['p50']:.1f} ms vs {single:.1f} + 2 ms")
+    adaptive = _run(results, "adaptive", 256, None)
+    if adaptive and today256:
+        add("c=256 with adaptation: p99 <= half of today's, zero non-503 errors",
+            adaptive["latency_ms"]["p99"] <= today256["latency_ms"]["p99"] / 2 and adaptive["errors"] == 0,
+            f"p99 {adaptive['latency_ms']['p99']:.0f} ms vs today's {today256['latency_ms']['p99']:.0f} ms "
+            f"({adaptive['latency_ms']['p99'] / today256['latency_ms']['p99']:.2f}x); {adaptive['errors']} errors, "
+            f"{adaptive['rejected_503']} x 503")
+    for key in ("today", "levels", "adaptive"):
+        if results.get(key):
+            add(f"{key}: time to /readyz 200 <= 10 s", results[key]["ready_s"] <= 10, f"{results[key]['ready_s']} s")
     return targets
 
 
 def table(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Serving benchmark {results['finished']}: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB; "
-             f"load average at start {m['load_average_at_start'][0]}; commit {m['commit']}"]
-    c = results.get("ceiling")
-    if c:
-        lines.append(f"In-process ceiling ({c['threads']} TensorFlow threads): {c['images_per_s']:,.0f} images/s at "
-                     f"batch {c['best_batch']}; single image p50 {c['single_image_ms']['p50']} ms"
-                     + (f"; other processes {c['cpu_share']['other']:.0%} of the CPUs meanwhile" if "cpu_share" in c
-                        else "") + ". By batch: "
-                     + ", ".join(f"{k}: {v:,.0f}" for k, v in c["images_per_s_by_batch"].items()))
-    header = (f"{'run':<24}{'conc':>5}{'ok/s':>7}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'503':>7}"
-              f"{'err':>5}{'batch':>6}{'server':>7}{'wrk':>5}{'other':>6}")
+             f"load average at start {m['load_average_at_start'][0]}; commit {m['commit']}", ""]
+    header = (f"{'model, level':<24}{'val acc':>8}{'img/s b1':>9}{'b64':>7}{'best':>7}{'1 img ms':>9}"
+              f"{'f32 b1':>8}{'f32 b64':>8}{'other':>6}")
+    lines += ["In-process ceiling (LoadedModel.predict, the service's path; f32: float32 forced)", header,
+              "-" * len(header)]
+    for key in ("today_ceiling", "ceiling"):
+        c = results.get(key)
+        if not c:
+            continue
+        for name, lvl in c["levels"].items():
+            by = {int(k): v for k, v in lvl["images_per_s_by_batch"].items()}
+            f32 = {int(k): v for k, v in lvl.get("float32_images_per_s", {}).items()}
+            lines.append(f"{'v' + str(c['model']['version']) + ' ' + name:<24}{lvl['val_accuracy'] or 0:>8.2%}"
+                         f"{by.get(1, 0):>9.0f}{by.get(64, 0):>7.0f}{lvl['images_per_s']:>7.0f}"
+                         f"{lvl['single_image_ms']['p50']:>9.1f}{f32.get(1, 0):>8.0f}{f32.get(64, 0):>8.0f}"
+                         f"{c['cpu_share']['other']:>6.0%}")
+    header = (f"{'run':<28}{'conc':>5}{'ok/s':>7}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'503':>7}"
+              f"{'err':>5}{'batch':>6}{'other':>6}  answered by level")
     lines += ["", header, "-" * len(header)]
-    runs = [results[key] for key in ("service", "alternative", "overload", "naive") if results.get(key)]
-    for run in runs:
+    for key in ("today", "levels", "adaptive", "alternative", "overload", "naive"):
+        run = results.get(key)
+        if not run:
+            continue
         for lvl in run.get("levels", []):
             lat, cpu = lvl["latency_ms"], lvl["cpu_share"]
             batch = lvl.get("mean_batch")
-            lines.append(f"{run['label']:<24}{lvl['concurrency']:>5}{lvl['ok_per_s']:>7.0f}{lat['p50']:>8.1f}"
+            label = f"{run['label']} {lvl.get('accuracy_level') or ''}".strip()
+            answered = ", ".join(f"{k} {v:.0f}" for k, v in (lvl.get("answered_by_level") or {}).items())
+            lines.append(f"{label:<28}{lvl['concurrency']:>5}{lvl['ok_per_s']:>7.0f}{lat['p50']:>8.1f}"
                          f"{lat['p90']:>8.1f}{lat['p99']:>8.1f}{lat['max']:>8.0f}{lvl['rejected_503']:>7}"
-                         f"{lvl['errors']:>5}{batch if batch is not None else '-':>6}{cpu['server']:>7.0%}"
-                         f"{cpu['load_generator']:>5.0%}{cpu['other']:>6.0%}")
-    lines += ["ok/s: 200 answers per second (one image each); batch: mean images per model call (one worker's);",
-              "server / wrk / other: share of all CPUs used by the server, the load generator and anything else.", ""]
-    for run in runs:
-        memory = run.get("memory_after", {})
-        line = f"{run['label']}: ready in {run['ready_s']} s, RSS after {memory.get('rss_mib_total', 0):.0f} MiB"
-        if len(memory.get("rss_mib_by_process", [])) > 1:
-            line += f" (processes {memory['rss_mib_by_process']}, PSS {memory.get('pss_mib_total', 0):.0f} MiB)"
-        if "settings" in run:
+                         f"{lvl['errors']:>5}{batch if batch is not None else '-':>6}{cpu['other']:>6.0%}  {answered}")
+    lines += ["ok/s: 200 answers per second (one image each); batch: mean images per model call; other: share of",
+              "all CPUs used by processes other than the server and wrk (other engineers' work on a shared machine).",
+              ""]
+    for key in ("today", "levels", "adaptive"):
+        run = results.get(key)
+        if run:
             st = run["settings"]
-            line += (f"; {st['workers']} worker(s) x {st['inference_threads']} TF threads, max batch "
-                     f"{st['max_batch_size']}, delay {st['max_batch_delay_ms']:g} ms, queue {st['max_queue_images']}")
-        if run.get("worker_restarts"):
-            line += f"; WORKER RESTARTS: {run['worker_restarts']} (missed uvicorn's health check)"
-        lines.append(line)
-    if results.get("naive"):
-        lines.append(f"naive app: {results['naive']['what']}")
+            rss = run.get("memory_after", {}).get("rss_mib_total", 0)
+            lines.append(f"{run['label']}: ready in {run['ready_s']} s, RSS after {rss:.0f} MiB; "
+                         f"{run['env'].get('MODEL_DIR')}, "
+                         f"max batch {st['max_batch_size']}, queue {st['max_queue_images']}, adapt above "
+                         f"{st['adapt_queue_images']} queued images to {st['adapt_level']}, bfloat16 {st['bfloat16']}")
     lines.append("")
     for t in results["targets"]:
         lines.append(f"[{'met' if t['met'] else 'MISSED':>6}] {t['target']}: {t['measured']}")
@@ -636,18 +762,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-count", type=int, default=200, help="distinct JPEGs the load cycles through")
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per service level")
     parser.add_argument("--warmup", type=float, default=3, help="unrecorded seconds before each level")
-    parser.add_argument("--levels", type=_levels, default=[1, 8, 64, 256], help="service concurrencies")
-    parser.add_argument("--alt-workers", type=int, default=2,
+    parser.add_argument("--levels", type=_levels, default=[1, 64, 256], help="service concurrencies")
+    parser.add_argument("--today", type=Path, default=Path("models/cifar10/3"),
+                        help="the model served before accuracy levels, measured alongside as the baseline")
+    parser.add_argument("--adapt-queue", type=int, default=ADAPT_QUEUE_IMAGES_DEFAULT,
+                        help="ADAPT_QUEUE_IMAGES for the load-adaptation run at the highest concurrency; 0: skip")
+    parser.add_argument("--alt-workers", type=int, default=0,
                         help="also run the service with this many workers (threads divided) at --alt-levels; 0: skip")
     parser.add_argument("--alt-levels", type=_levels, default=[1, 64])
-    parser.add_argument("--overload-queue", type=int, default=32,
+    parser.add_argument("--overload-queue", type=int, default=0,
                         help="MAX_QUEUE_IMAGES for the back-pressure run at the highest level; 0: skip")
     parser.add_argument("--naive-levels", type=_levels, default=[1, 64])
     parser.add_argument("--naive-seconds", type=float, default=15, help="measured seconds per naive level")
     parser.add_argument("--ceiling-seconds", type=float, default=2.0, help="seconds per batch size")
     parser.add_argument("--ceiling-batches", type=_levels, default=list(CEILING_BATCHES))
     parser.add_argument("--threads", type=int, default=CPUS, help=argparse.SUPPRESS)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ceiling, naive")
+    parser.add_argument("--skip", default="naive", help="comma-separated parts to skip: ceiling, naive")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="service setting for every service run, e.g. --env MAX_BATCH_SIZE=128 (repeatable)")
     parser.add_argument("--port", type=int, default=8765, help="service port; the naive app uses the next one")
@@ -676,31 +806,38 @@ def main() -> None:
         "images": {"source": source, "count": len(jpegs), "mean_bytes": round(statistics.fmean(map(len, jpegs)))},
     }
     print(f"load average {results['machine']['load_average_at_start']}; results in {work}", file=sys.stderr)
+    level_names = ("fast", "balanced", "accurate")
     if "ceiling" not in skip:
-        print("in-process ceiling ...", file=sys.stderr)
-        results["ceiling"] = run_ceiling(args)
-    print("service (its default settings) ...", file=sys.stderr)
-    service = bench_service(args, "service", args.levels, {}, body_dir, bodies, work)
-    service["label"] = f"service {service['settings']['workers']}w"
-    results["service"] = service
-    if args.alt_workers and args.alt_workers != service["settings"]["workers"]:
+        print("in-process ceiling, every level ...", file=sys.stderr)
+        results["ceiling"] = run_ceiling(args, args.model_dir)
+        level_names = tuple(results["ceiling"]["levels"])
+        if args.today:
+            print(f"in-process ceiling of today's model ({args.today}) ...", file=sys.stderr)
+            results["today_ceiling"] = run_ceiling(args, args.today)
+    off = {"ADAPT_QUEUE_IMAGES": "0"}
+    top = max(args.levels)
+    services: list[dict[str, Any]] = []
+    if args.today:
+        services.append({"key": "today", "label": f"today (v{args.today.name})", "env": off, "model_dir": args.today,
+                         "runs": [(c, None) for c in args.levels]})
+    services.append({"key": "levels", "label": "levels", "env": off,
+                      "runs": [(c, level) for c in args.levels for level in level_names]})
+    if args.adapt_queue > 0:
+        services.append({"key": "adaptive", "label": f"adaptive >{args.adapt_queue}",
+                         "env": {"ADAPT_QUEUE_IMAGES": str(args.adapt_queue)}, "runs": [(top, None)]})
+    print("side by side: " + ", ".join(spec["label"] for spec in services) + " ...", file=sys.stderr)
+    results.update(bench_side_by_side(args, services, body_dir, bodies, work))
+    if args.alt_workers:
         print(f"service with WORKERS={args.alt_workers} ...", file=sys.stderr)
         alternative = bench_service(args, "alternative", args.alt_levels, {"WORKERS": str(args.alt_workers)},
                                     body_dir, bodies, work)
         alternative["label"] = f"service {args.alt_workers}w"
         results["alternative"] = alternative
     if args.overload_queue > 0:
-        top = max(args.levels)
         print(f"service with MAX_QUEUE_IMAGES={args.overload_queue} at c={top} ...", file=sys.stderr)
         overload = bench_service(args, "overload", [top], {"MAX_QUEUE_IMAGES": str(args.overload_queue)},
                                  body_dir, bodies, work, probe_at=top)
-        overload["label"] = f"service {overload['settings']['workers']}w queue={args.overload_queue}"
-        # The longest an admitted request can wait: a full queue ahead of it plus the batch running, then
-        # its own batch, at the rate this run served (per worker), plus 50 ms for its HTTP work.
-        st, ok_per_s = overload["settings"], overload["levels"][0]["ok_per_s"]
-        if ok_per_s:
-            ahead = st["max_queue_images"] + 2 * st["max_batch_size"]
-            overload["queue_wait_bound_ms"] = round(ahead / (ok_per_s / st["workers"]) * 1000 + 50)
+        overload["label"] = f"queue={args.overload_queue}"
         results["overload"] = overload
     if "naive" not in skip:
         print("naive app ...", file=sys.stderr)

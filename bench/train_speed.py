@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.contract import INPUT_NAME
+from app.contract import INPUT_NAME, LEVELS, level_for_tta
 from app.cpus import available_cpus
 from app.model import set_tensorflow_threads
 from training import export
@@ -93,18 +93,20 @@ def main() -> None:
         "train_batch_size": recipe.batch_size, "train_images_per_second": round(train_rate, 1),
         "epoch_seconds_45k": round(45000 / train_rate, 1), "recipe_tta": recipe.tta,
     }
-    for tta in export.TTA_MODES:
-        with tempfile.TemporaryDirectory() as directory:
-            export.write_saved_model(model, Path(directory), tta, temperature=1.0)
-            signature = tf.saved_model.load(directory).signatures["serving_default"]
-            rate_1, latency_1 = inference_images_per_second(signature, 1)
-            rate_256, _ = inference_images_per_second(signature, 256)
-        figures |= {
-            f"{tta}:flops_per_image": 2 * conv_dense_macs(model) * TTA_VIEWS[tta],
-            f"{tta}:images_per_second_batch_1": round(rate_1, 1),
-            f"{tta}:latency_ms_batch_1": round(latency_1, 2),
-            f"{tta}:images_per_second_batch_256": round(rate_256, 1),
-        }
+    with tempfile.TemporaryDirectory() as directory:
+        export.write_saved_model(Path(directory), model, export.level_signatures(
+            model, {level.name: 1.0 for level in LEVELS}, level_for_tta(recipe.tta), None))
+        saved = tf.saved_model.load(directory)
+        for level in LEVELS:
+            tta = level.tta
+            rate_1, latency_1 = inference_images_per_second(saved.signatures[level.name], 1)
+            rate_256, _ = inference_images_per_second(saved.signatures[level.name], 256)
+            figures |= {
+                f"{tta}:flops_per_image": 2 * conv_dense_macs(model) * TTA_VIEWS[tta],
+                f"{tta}:images_per_second_batch_1": round(rate_1, 1),
+                f"{tta}:latency_ms_batch_1": round(latency_1, 2),
+                f"{tta}:images_per_second_batch_256": round(rate_256, 1),
+            }
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")

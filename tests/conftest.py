@@ -35,5 +35,5 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, shapes_dataset: 
     out = root / "shapes"
     train(TrainConfig(recipe="tutorial-rgb", data=shapes_dataset, out=out, epochs=4, batch_size=32, seed=0,
                       val_size=None, threads=TEST_THREADS, cache_dir=None, run_dir=root / "run", resume=False,
-                      verbose=0))
+                      verbose=0, timing_seconds=0.05))
     return out

@@ -24,21 +24,26 @@ def image(tag: int, count: int = 1) -> np.ndarray:
 
 
 class StandIn:
-    """Records each call's batch size; optionally blocks until released, to let a queue build up."""
+    """Records each call's batch size (and level); optionally blocks until released, to let a queue build up."""
+
+    default_level = "accurate"
+    level_names = ("fast", "balanced", "accurate")
 
     name = "stand-in"
 
     def __init__(self, delay_s: float = 0.0, blocking: bool = False, version: int = 1) -> None:
         self.version = version
         self.calls: list[int] = []
+        self.levels: list[str | None] = []
         self.delay_s = delay_s
         self.release = threading.Event()
         self.entered = threading.Event()
         if not blocking:
             self.release.set()
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray:
         self.calls.append(len(images))
+        self.levels.append(level)
         self.entered.set()
         self.release.wait(10)
         time.sleep(self.delay_s)
@@ -50,9 +55,10 @@ def run(test: Callable[[], object]) -> object:
 
 
 async def started(model: StandIn, **kwargs: float) -> MicroBatcher:
-    options = {"max_batch_size": 64, "max_delay_s": 0.0, "max_queue_images": 512, **kwargs}
+    options = {"max_batch_size": 64, "max_delay_s": 0.0, "max_queue_images": 512, "adapt_queue_images": 0, **kwargs}
     batcher = MicroBatcher(lambda: model, int(options["max_batch_size"]), options["max_delay_s"],
-                           int(options["max_queue_images"]))
+                           int(options["max_queue_images"]), adapt_queue_images=int(options["adapt_queue_images"]),
+                           adapt_level="fast")
     batcher.start()
     return batcher
 
@@ -79,7 +85,7 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_row() -> No
         for tag, answer in enumerate(results):
             assert answer.probabilities.shape == (1, 10)
             assert np.all(answer.probabilities == tag)
-            assert answer.model is model
+            assert answer.model is model and answer.level == "accurate"
 
     run(scenario)
 
@@ -200,22 +206,19 @@ def test_a_model_error_reaches_every_request_of_its_batch_and_the_worker_goes_on
     async def scenario() -> None:
         failures = iter([True])
 
-        class Flaky:
-            name, version = "flaky", 1
-
-            def predict(self, images: np.ndarray) -> np.ndarray:
+        class Flaky(StandIn):
+            def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray:
                 if next(failures, False):
                     raise RuntimeError("model broke")
                 return np.zeros((len(images), 10), dtype=np.float32)
 
-        flaky = Flaky()
-
         seen: list[int] = []
 
-        def broken_callback(size: int) -> None:
+        def broken_callback(size: int, level: str) -> None:
             seen.append(size)
             raise ValueError("metrics broke")
 
+        flaky = Flaky()
         batcher = MicroBatcher(lambda: flaky, 64, 0.0, 512, on_batch=broken_callback)
         batcher.start()
         with pytest.raises(RuntimeError, match="model broke"):
@@ -247,6 +250,52 @@ def test_a_swap_lets_the_running_batch_finish_on_the_old_model_and_sends_the_res
         assert first.model is old and first.probabilities[0, 0] == 0
         assert [answer.model.version for answer in [*rest, later]] == [2, 2, 2]
         assert old.calls == [1] and new.calls == [2, 1]
+
+    run(scenario)
+
+
+def test_each_batch_runs_at_one_level_and_requests_keep_their_place() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        batcher = await started(model)
+        first = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_entered(model)
+        # Queued while the first runs: default, fast, default, fast, balanced.
+        queued = [asyncio.ensure_future(batcher.predict(image(tag), level))
+                  for tag, level in ((1, None), (2, "fast"), (3, None), (4, "fast"), (5, "balanced"))]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        answers = await asyncio.gather(first, *queued)
+        await batcher.stop()
+        # The oldest request picks the level; all queued at that level join it; the rest wait their turn.
+        assert list(zip(model.calls, model.levels, strict=True)) == [
+            (1, "accurate"), (2, "accurate"), (2, "fast"), (1, "balanced")]
+        assert [a.level for a in answers] == ["accurate", "accurate", "fast", "accurate", "fast", "balanced"]
+        assert [int(a.probabilities[0, 0]) for a in answers] == [0, 1, 2, 3, 4, 5]
+
+    run(scenario)
+
+
+def test_a_deep_queue_answers_unnamed_requests_at_the_cheaper_level_then_returns_to_the_default() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        batcher = await started(model, adapt_queue_images=4, max_batch_size=4)
+        first = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_entered(model)
+        # 9 queued (> 4): the unnamed ones go fast; the one that asked for accurate keeps it.
+        unnamed = [asyncio.ensure_future(batcher.predict(image(tag))) for tag in range(1, 9)]
+        named = asyncio.ensure_future(batcher.predict(image(9), "accurate"))
+        await asyncio.sleep(0.01)
+        model.release.set()
+        answers = await asyncio.gather(first, *unnamed, named)
+        # Queue at 9, then 5 when the second batch is taken: fast both times. Then 1 left (tag 9) at accurate.
+        assert list(zip(model.calls, model.levels, strict=True)) == [
+            (1, "accurate"), (4, "fast"), (4, "fast"), (1, "accurate")]
+        assert [a.level for a in answers[1:9]] == ["fast"] * 8
+        assert answers[9].level == "accurate"
+        # Back at a short queue, an unnamed request gets the default level again.
+        assert (await batcher.predict(image(10))).level == "accurate"
+        await batcher.stop()
 
     run(scenario)
 

@@ -103,7 +103,7 @@ def test_globs_json_and_csv(server: Server, photos: Path, capsys: pytest.Capture
     for item in answers:
         assert item["label"] in CLASS_NAMES
         assert item["confidence"] == max(item["probabilities"].values())
-        assert item["model"] == {"name": "shapes", "version": 1}
+        assert item["model"] == {"name": "shapes", "version": 1, "level": "fast"}
 
     code, out, _ = run(capsys, "predict", f"{photos}/*.jpg", f"{photos}/nothing-*.gif", "--url", server.url,
                        "--format", "csv")

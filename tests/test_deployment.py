@@ -77,7 +77,7 @@ def interpolate(value: object) -> object:
     """What Compose puts in the container when the shell sets nothing: ${NAME:-default} -> default."""
     if not isinstance(value, str):
         return value
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
 
 
 def stage(name: str) -> list[tuple[str, str]]:
@@ -491,8 +491,8 @@ def test_prometheus_profile_scrapes_every_replica_on_its_own_address() -> None:
 
 def test_deployment_docs_table_every_setting_and_compose_variable() -> None:
     docs = (ROOT / "docs" / "deployment.md").read_text()
-    documented = set(re.findall(r"^\| `([A-Z_]+)`", docs, re.MULTILINE))
-    documented |= set(re.findall(r"^\| `[A-Z_]+`, `([A-Z_]+)`", docs, re.MULTILINE))
-    compose_variables = set(re.findall(r"\$\{([A-Z_]+):-", json.dumps(compose())))  # values, not comments
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)`", docs, re.MULTILINE))
+    documented |= set(re.findall(r"^\| `[A-Z0-9_]+`, `([A-Z0-9_]+)`", docs, re.MULTILINE))
+    compose_variables = set(re.findall(r"\$\{([A-Z0-9_]+):-", json.dumps(compose())))  # values, not comments
     assert SETTING_NAMES <= documented
     assert compose_variables <= documented, compose_variables - documented

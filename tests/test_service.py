@@ -74,7 +74,7 @@ def test_predict_answers_with_the_savedmodel_probabilities(client: TestClient, s
     assert body["label"] == CLASS_NAMES[int(values.argmax())]
     assert body["confidence"] == pytest.approx(values.max())
     assert [t["label"] for t in body["top"]] == [CLASS_NAMES[i] for i in np.argsort(-values, kind="stable")]
-    assert body["model"] == {"name": "shapes", "version": 1}
+    assert body["model"] == {"name": "shapes", "version": 1, "level": "fast"}  # seed-rgb's default: no TTA
     assert body["preview"] is None
 
 
@@ -148,11 +148,73 @@ def test_health_metadata_and_metrics(client: TestClient) -> None:
     assert "cifar10_predicted_class_total{label=" in metrics
 
 
+@pytest.mark.parametrize("level", ["fast", "balanced", "accurate"])
+def test_a_request_picks_its_level_and_the_answer_names_it(client: TestClient, trained_model_dir: Path,
+                                                           level: str) -> None:
+    loaded = tf.saved_model.load(str(version_dirs(trained_model_dir)[-1][1]))
+    uploads = shapes(3, seed=31)
+    response = client.post(f"/predict?level={level}", files={"file": ("s.png", uploads[0], "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"]["level"] == level
+    values = np.array(list(body["probabilities"].values()))
+    np.testing.assert_allclose(values, direct(loaded.signatures[level], uploads[:1])[0], atol=1e-6)
+    batch = client.post(f"/predict/batch?level={level}", files=[("files", (f"{i}.png", data, "image/png"))
+                                                                 for i, data in enumerate(uploads)])
+    assert batch.status_code == 200
+    results = batch.json()["results"]
+    assert [r["model"]["level"] for r in results] == [level] * 3
+    np.testing.assert_allclose([list(r["probabilities"].values()) for r in results],
+                               direct(loaded.signatures[level], uploads), atol=1e-6)
+
+
+def test_levels_differ_where_views_do(client: TestClient) -> None:
+    """A lopsided image: its mirror image is another picture, so one view and two views must disagree."""
+    upload = shapes(1, seed=41)[0]
+    fast, balanced = (client.post(f"/predict?level={level}", files={"file": ("s.png", upload, "image/png")}).json()
+                      for level in ("fast", "balanced"))
+    assert fast["probabilities"] != balanced["probabilities"]
+
+
+def test_an_unknown_level_is_422_listing_the_valid_ones(client: TestClient) -> None:
+    for path in ("/predict?level=turbo", "/predict/batch?level=turbo"):
+        field = "file" if path == "/predict?level=turbo" else "files"
+        response = client.post(path, files={field: ("s.png", shapes(1)[0], "image/png")})
+        assert response.status_code == 422
+        detail = response.json()["detail"]
+        assert "level" in detail and all(f"'{name}'" in detail for name in ("fast", "balanced", "accurate"))
+
+
+def test_metadata_lists_the_levels_and_metrics_count_answers_per_level(client: TestClient) -> None:
+    metadata = client.get("/metadata").json()
+    levels = {level["name"]: level for level in metadata["levels"]}
+    assert list(levels) == ["fast", "balanced", "accurate"]
+    assert [name for name, level in levels.items() if level["default"]] == ["fast"]
+    assert [levels[name]["views"] for name in levels] == [1, 2, 6]
+    for level in levels.values():
+        assert 0 <= level["val_accuracy"] <= 1 and 0 <= level["val_ece"] <= 1
+        assert set(level["images_per_second"]) == {"batch_1", "batch_64"}
+    assert metadata["serving"]["adapt_level"] == "fast"
+
+    def answered(level: str) -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith(f'cifar10_answers_by_level_total{{level="{level}"}}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = answered("balanced")
+    client.post("/predict?level=balanced", files={"file": ("s.png", shapes(1)[0], "image/png")})
+    assert answered("balanced") == before + 1
+
+
 def test_openapi_documents_the_upload_and_its_errors(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     predict = schema["paths"]["/predict"]["post"]
     assert "multipart/form-data" in predict["requestBody"]["content"]
     assert {"200", "400", "413", "415", "422", "503"} <= set(predict["responses"])
+    level = next(p for p in predict["parameters"] if p["name"] == "level")
+    assert "fast" in level["description"] and "accurate" in level["description"]
+    assert "90.88%" in level["description"]  # the accuracy side of the trade-off, not only the names
     assert client.get("/docs").status_code == 200
 
 

@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.contract import CLASS_NAMES, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE_NAME, version_dirs
+from app.contract import (
+    CLASS_NAMES,
+    INPUT_NAME,
+    LEVEL_NAMES,
+    LEVELS,
+    METADATA_FILE,
+    OUTPUT_NAME,
+    SIGNATURE_NAME,
+    level_for_tta,
+    version_dirs,
+)
 from tests.synthetic import shape_arrays
 from training import calibration, export
 from training.architectures import airbench_cnn, init_whitening
@@ -61,6 +71,16 @@ def test_metadata_and_reports(trained_model_dir: Path) -> None:
     assert metadata["tensorflow_version"] == tf.__version__ and metadata["keras_version"] == keras.__version__
     assert len(metadata["seconds_per_epoch"]) == 4 and metadata["train_seconds"] > 0
     assert metadata["temperature"] > 0 and 0 <= metadata["val_ece"] <= 1
+    # Every level with its own temperature and figures; seed-rgb has no test-time views by default.
+    assert metadata["default_level"] == "fast" and list(metadata["levels"]) == list(LEVEL_NAMES)
+    for name, figures in metadata["levels"].items():
+        assert figures["signature"] == name and figures["temperature"] > 0 and 0 <= figures["val_ece"] <= 1
+        assert 0 <= figures["val_accuracy"] <= 1
+        assert set(figures["images_per_second"]) == {"batch_1", "batch_64"}
+        assert all(value > 0 for value in figures["images_per_second"].values())
+    assert metadata["levels"]["fast"]["temperature"] == metadata["temperature"]
+    # seed-rgb trains in float32: no bfloat16 signatures, so no batch size uses them.
+    assert metadata["precision"]["bfloat16_batch_sizes"] == {name: [] for name in LEVEL_NAMES}
     report = version_dir / "report"
     # model.png too: the diagram needs no Graphviz, so a default install always draws it.
     for name in ("curves.png", "confusion_matrix.png", "predictions.png", "mistakes.png", "model.png"):
@@ -93,13 +113,30 @@ def test_every_recipe_trains_a_step_and_exports_the_same_contract(name: str, tmp
     before = [w.copy() for w in model.get_weights()]
     model.fit(images.astype("float32"), keras.utils.to_categorical(labels, 10), batch_size=20, epochs=1, verbose=0)
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
-    export.write_saved_model(model, tmp_path / "1", recipe.tta, temperature=1.5)
-    _, signature = load_signature(tmp_path)
-    assert_contract(signature)
-    probabilities = signature(**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy()
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    expected = calibration.softmax(export.logits_with_tta(model, images[:3], recipe.tta), 1.5)
-    np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+    temperatures = {"fast": 1.5, "balanced": 2.0, "accurate": 0.5}
+    bfloat16 = export.mixed_bfloat16_policies(recipe.build) if recipe.mixed_bfloat16 else None
+    default = level_for_tta(recipe.tta)
+    export.write_saved_model(tmp_path / "1", model, export.level_signatures(model, temperatures, default, bfloat16))
+    loaded, signature = load_signature(tmp_path)
+    expected_names = {SIGNATURE_NAME, *LEVEL_NAMES} | ({f"{n}_bfloat16" for n in LEVEL_NAMES} if bfloat16 else set())
+    assert set(loaded.signatures) == expected_names
+    for name in expected_names:
+        assert_contract(loaded.signatures[name])
+    for level in LEVELS:
+        probabilities = loaded.signatures[level.name](**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy()
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        expected = calibration.softmax(export.logits_with_tta(model, images[:3], level.tta), temperatures[level.name])
+        np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+        if bfloat16:
+            reduced = loaded.signatures[f"{level.name}_bfloat16"](**{INPUT_NAME: tf.constant(images[:3])})
+            reduced = reduced[OUTPUT_NAME].numpy()
+            np.testing.assert_allclose(reduced.sum(axis=1), 1.0, atol=1e-5)
+            # The same weights, computed in bfloat16: close to float32, yet not bit-identical.
+            np.testing.assert_allclose(reduced, probabilities, atol=0.05)
+            assert not np.array_equal(reduced, probabilities)
+    default_answer = signature(**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy()
+    np.testing.assert_array_equal(
+        default_answer, loaded.signatures[default](**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy())
 
 
 def test_gray_model_ignores_colour_but_not_brightness() -> None:

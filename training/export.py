@@ -1,7 +1,8 @@
 """Writes a trained Keras model as a SavedModel that keeps the export contract (app.contract)."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -9,13 +10,17 @@ import numpy as np
 import tensorflow as tf
 
 from app.contract import (
+    BFLOAT16,
+    FLOAT32,
     IMAGE_SIZE,
     INPUT_NAME,
     INPUT_SHAPE,
+    LEVELS,
     METADATA_FILE,
     NUM_CLASSES,
     OUTPUT_NAME,
     SIGNATURE_NAME,
+    level_signature,
 )
 
 TTA_MODES = ("none", "flip", "flip-translate")
@@ -70,10 +75,58 @@ def logits_with_tta(model: keras.Model, images: np.ndarray, tta: str,
     return np.concatenate(outputs).astype("float64")
 
 
-def write_saved_model(model: keras.Model, directory: Path, tta: str, temperature: float) -> None:
+@contextmanager
+def compute_policies(model: keras.Model, policies: list[str] | None) -> Iterator[None]:
+    """Run ``model``'s layers under ``policies`` (one dtype policy name per layer) for a while.
+
+    Tracing a signature inside this block computes in those dtypes with the model's own float32
+    variables, so float32 and bfloat16 signatures share one set of weights in the SavedModel."""
+    if policies is None:
+        yield
+        return
+    original = [layer.dtype_policy for layer in model.layers]
+    try:
+        for layer, policy in zip(model.layers, policies, strict=True):
+            layer.dtype_policy = policy
+        yield
+    finally:
+        for layer, policy in zip(model.layers, original, strict=True):
+            layer.dtype_policy = policy
+
+
+def mixed_bfloat16_policies(build: Callable[[], keras.Model]) -> list[str]:
+    """The dtype policy of each layer when ``build`` runs under mixed_bfloat16: the layers a recipe
+    keeps in float32 (a whitening stem, the logits) stay float32."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        return [layer.dtype_policy.name for layer in build().layers]
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def level_signatures(model: keras.Model, temperatures: dict[str, float], default_level: str,
+                     bfloat16_policies: list[str] | None) -> dict[str, Callable]:
+    """Signature name -> traced serving function: every level in float32 (``serving_default`` is
+    ``default_level``'s), and in bfloat16 when ``bfloat16_policies`` is given."""
+    signatures: dict[str, Callable] = {}
+    for precision, policies in ((FLOAT32, None), (BFLOAT16, bfloat16_policies)):
+        if precision == BFLOAT16 and policies is None:
+            continue
+        with compute_policies(model, policies):
+            for level in LEVELS:
+                function = serving_function(model, level.tta, temperatures[level.name])
+                function.get_concrete_function()  # traced now, under this block's dtype policies
+                signatures[level_signature(level.name, precision)] = function
+    signatures[SIGNATURE_NAME] = signatures[default_level]
+    return signatures
+
+
+def write_saved_model(directory: Path, model: keras.Model, signatures: dict[str, Callable]) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name=SIGNATURE_NAME, fn=serving_function(model, tta, temperature))
+    for name, function in signatures.items():
+        archive.add_endpoint(name=name, fn=function)
     archive.write_out(str(directory), verbose=False)
 
 
@@ -81,8 +134,8 @@ def write_metadata(directory: Path, metadata: dict[str, object]) -> None:
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def load_signature(version_dir: Path) -> Callable[..., dict[str, tf.Tensor]]:
-    return tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_NAME]
+def load_signature(version_dir: Path, name: str = SIGNATURE_NAME) -> Callable[..., dict[str, tf.Tensor]]:
+    return tf.saved_model.load(str(version_dir)).signatures[name]
 
 
 def predict_saved_model(signature: Callable, images: np.ndarray,

@@ -10,14 +10,15 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from app.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, NUM_CLASSES, export_contract
+from app.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, NUM_CLASSES, export_contract, level_for_tta
 from app.model import set_tensorflow_threads
-from training import calibration, export, reports
+from training import export, levels, reports
 from training.architectures import CIFAR10_MEAN
 from training.data import (
     KERAS_SOURCE,
@@ -47,6 +48,7 @@ class TrainConfig:
     run_dir: Path  # checkpoints, the epoch log (for --resume) and, without ``out``, the export
     resume: bool
     verbose: int = 1
+    timing_seconds: float = levels.TIMING_SECONDS  # per level, precision and batch size, for metadata.json
 
 
 @dataclass(frozen=True)
@@ -67,18 +69,20 @@ class Fitted:
 @dataclass(frozen=True)
 class Calibrated:
     model: keras.Model  # the trained weights in a float32 copy: what is exported
-    temperature: float
-    ece_before: float  # validation ECE of the uncalibrated softmax
+    levels: dict[str, dict[str, float]]  # per accuracy level: temperature, validation ECE before it
+    default_level: str  # the recipe's test-time augmentation: serving_default
+    bfloat16_policies: list[str] | None  # each layer's policy for the bfloat16 signatures; None: float32 only
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """Figures of the exported SavedModel, called as the service calls it."""
 
-    val_probabilities: np.ndarray
+    val_probabilities: np.ndarray  # the default level's
     val_accuracy: float
     test_accuracy: float | None  # None without a test split
-    val_ece: float
+    levels: dict[str, dict[str, Any]]  # metadata.json's "levels": every level's figures
+    precision: dict[str, Any]  # metadata.json's "precision": bfloat16 against float32, and where it is used
 
 
 def train(config: TrainConfig) -> Path:
@@ -91,8 +95,10 @@ def train(config: TrainConfig) -> Path:
     fitted = fit(config, recipe, splits)
     calibrated = calibrate(recipe, fitted.model, splits.val)
     with staging_dir(config.out or config.run_dir) as staging:
-        export.write_saved_model(calibrated.model, staging, recipe.tta, calibrated.temperature)
-        evaluation = evaluate(staging, splits)
+        temperatures = {name: figures["temperature"] for name, figures in calibrated.levels.items()}
+        export.write_saved_model(staging, calibrated.model, export.level_signatures(
+            calibrated.model, temperatures, calibrated.default_level, calibrated.bfloat16_policies))
+        evaluation = evaluate(staging, splits, calibrated, config.timing_seconds)
         reports.write_report(staging / reports.REPORT_DIR, fitted.history, splits.val.images, splits.val.labels,
                              evaluation.val_probabilities, splits.dataset.class_names, fitted.model, config.seed)
         metadata = describe_run(config, recipe, splits, fitted, calibrated, evaluation)
@@ -207,28 +213,28 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
 
 
 def calibrate(recipe: Recipe, trained: keras.Model, val_split: Split) -> Calibrated:
-    """A float32 copy of the trained model and the softmax temperature fitted on validation NLL."""
-    # Serving runs in float32 on any CPU; only the training arithmetic was bfloat16.
+    """A float32 copy of the trained model and, per accuracy level, the temperature fitted on validation NLL."""
+    # The weights are float32; every level is exported in float32 and, where the recipe trains in
+    # bfloat16, in bfloat16 too (the service picks per batch size what metadata.json found faster).
     keras.config.set_dtype_policy("float32")
     serving_model = recipe.build()
     serving_model.set_weights(trained.get_weights())
-    val_logits = export.logits_with_tta(serving_model, val_split.images, recipe.tta)
-    temperature = calibration.fit_temperature(val_logits, val_split.labels)
-    ece_before = calibration.expected_calibration_error(calibration.softmax(val_logits), val_split.labels)
-    return Calibrated(serving_model, temperature, ece_before)
+    fitted = levels.fit_temperatures(serving_model, val_split.images, val_split.labels)
+    policies = export.mixed_bfloat16_policies(recipe.build) if recipe.mixed_bfloat16 else None
+    return Calibrated(serving_model, fitted, level_for_tta(recipe.tta), policies)
 
 
-def evaluate(version_dir: Path, splits: Splits) -> Evaluation:
-    """Accuracy and calibration of the SavedModel just written, through its serving signature."""
-    signature = export.load_signature(version_dir)
-    val_probabilities = export.predict_saved_model(signature, splits.val.images)
+def evaluate(version_dir: Path, splits: Splits, calibrated: Calibrated, timing_seconds: float) -> Evaluation:
+    """Accuracy, calibration and speed of every level of the SavedModel just written, through its signatures."""
+    level_figures, precision, probabilities = levels.evaluate_levels(
+        version_dir, splits.val.images, splits.val.labels, calibrated.levels, timing_seconds=timing_seconds)
+    val_probabilities = probabilities[calibrated.default_level]
     val_accuracy = float(np.mean(val_probabilities.argmax(axis=1) == splits.val.labels))
     test_accuracy = None
     if splits.dataset.test is not None:
-        test_probabilities = export.predict_saved_model(signature, splits.dataset.test.images)
+        test_probabilities = export.predict_saved_model(export.load_signature(version_dir), splits.dataset.test.images)
         test_accuracy = float(np.mean(test_probabilities.argmax(axis=1) == splits.dataset.test.labels))
-    val_ece = calibration.expected_calibration_error(val_probabilities, splits.val.labels)
-    return Evaluation(val_probabilities, val_accuracy, test_accuracy, val_ece)
+    return Evaluation(val_probabilities, val_accuracy, test_accuracy, level_figures, precision)
 
 
 def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fitted, calibrated: Calibrated,
@@ -251,9 +257,10 @@ def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fi
         "val_accuracy": round(evaluation.val_accuracy, 4),
         "test_accuracy": None if evaluation.test_accuracy is None else round(evaluation.test_accuracy, 4),
         "tta": recipe.tta,
-        "temperature": round(calibrated.temperature, 4),
-        "val_ece_before_temperature": round(calibrated.ece_before, 4),
-        "val_ece": round(evaluation.val_ece, 4),
+        **default_level_figures(calibrated.default_level, evaluation.levels),
+        "default_level": calibrated.default_level,
+        "levels": evaluation.levels,
+        "precision": evaluation.precision,
         "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
         "seconds_per_epoch": [round(s, 1) for s in history.get("epoch_seconds", [])],
         "train_images_per_second": round(float(np.mean(history["images_per_second"])), 1)
@@ -267,6 +274,11 @@ def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fi
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "threads": config.threads,
     }
+
+
+def default_level_figures(default_level: str, level_figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The default level's calibration under the keys metadata.json had before levels (read by older tools)."""
+    return {key: level_figures[default_level][key] for key in ("temperature", "val_ece_before_temperature", "val_ece")}
 
 
 def git_commit() -> str | None:

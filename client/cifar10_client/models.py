@@ -46,12 +46,15 @@ class ClassProbability:
 class ModelInfo:
     name: str
     version: int
+    level: str | None = None  # the accuracy level that answered (None from a server before levels)
     extra: JSON = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, data: JSON) -> Self:
         known, extra = _split(cls, data)
-        return cls(name=str(known["name"]), version=known["version"], extra=extra)
+        level = known.get("level")
+        return cls(name=str(known["name"]), version=known["version"], level=None if level is None else str(level),
+                   extra=extra)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class ServingLimits:
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_images: int
+    adapt_queue_images: int = 0  # load adaptation's queue depth; 0 (or a server before levels): off
+    adapt_level: str | None = None
     extra: JSON = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -118,13 +123,16 @@ class ServingLimits:
 
 @dataclass(frozen=True)
 class Metadata:
-    """``GET /metadata``: the model's metadata.json (free-form, plus the served ``version``) and the limits."""
+    """``GET /metadata``: the model's metadata.json (free-form, plus the served ``version``), its accuracy
+    levels (each with its figures) and the limits."""
 
     model: JSON
     serving: ServingLimits
+    levels: list[JSON] = field(default_factory=list)  # empty from a server before levels
     extra: JSON = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, data: JSON) -> Self:
         known, extra = _split(cls, data)
-        return cls(model=dict(known["model"]), serving=ServingLimits.from_json(known["serving"]), extra=extra)
+        return cls(model=dict(known["model"]), serving=ServingLimits.from_json(known["serving"]),
+                   levels=[dict(level) for level in known.get("levels", [])], extra=extra)
