@@ -124,8 +124,13 @@ async def _warm_up_then_follow(service: ClassifierService, watcher: ModelWatcher
 
 def levels_in_words(levels: LevelTable, adapt_queue_images: int, adapt_level: str) -> str:
     """One log line: the levels, the default, load adaptation and where bfloat16 is used."""
-    bfloat16 = "; ".join(f"{name} at batch sizes {', '.join(map(str, sizes))} and up to the next timed one"
-                         for name, sizes in levels.bfloat16_batch_sizes.items() if sizes) or "nowhere"
+    def where(sizes: tuple[int, ...]) -> str:
+        if sizes == tuple(size for size in levels.timed_batch_sizes if size >= min(sizes)):
+            return f"from batch {min(sizes)}"
+        return f"at batch sizes {', '.join(map(str, sizes))}"
+
+    bfloat16 = ", ".join(f"{name} {where(sizes)}" for name, sizes in levels.bfloat16_batch_sizes.items()
+                         if sizes) or "nowhere"
     adapt = (f"{adapt_level} above {adapt_queue_images} queued images" if adapt_queue_images and
              adapt_level in levels.names else "off")
     return f"{', '.join(levels.names)}; default {levels.default}; adaptation {adapt}; bfloat16 {bfloat16}"
