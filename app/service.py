@@ -88,18 +88,23 @@ class ClassifierService:
         try:
             return await self.decode(await upload.read())
         except ImageError as error:
-            self.metrics.rejected.labels(error.kind).inc()
             return FileError(filename=upload.filename, status=image_error_status(error), detail=error.message)
 
     async def decode(self, data: bytes) -> np.ndarray:
         """Bytes -> uint8 (32, 32, 3): small images inline, larger ones in the decode pool.
 
-        A full queue refuses the upload before any decoding is spent on it."""
+        A full queue refuses the upload before any decoding is spent on it. Every refused image is
+        counted here, whichever route it came through."""
         self.batcher.ensure_room(1)
-        if is_small_image(data, self.settings.max_image_pixels):
-            return image_bytes_to_array(data, self.settings.max_image_pixels)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decoder, image_bytes_to_array, data, self.settings.max_image_pixels)
+        try:
+            if is_small_image(data, self.settings.max_image_pixels):
+                return image_bytes_to_array(data, self.settings.max_image_pixels)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.decoder, image_bytes_to_array, data,
+                                              self.settings.max_image_pixels)
+        except ImageError as error:
+            self.metrics.rejected.labels(error.kind).inc()
+            raise
 
     async def classify(self, images: np.ndarray, level: str | None = None) -> Answer:
         if not self.ready.is_set():

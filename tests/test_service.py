@@ -270,3 +270,17 @@ def test_openapi_examples_follow_the_400_415_rule(client: TestClient) -> None:
         documented = {example["value"]["detail"] for example in examples.values()}
         # Each documented message is one the service really sends, with that status.
         assert documented <= set(sent) and {sent[detail] for detail in documented} == {int(status)}, (status, sent)
+
+
+def test_refused_uploads_are_counted_on_both_routes(client: TestClient) -> None:
+    def refused(kind: str) -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith(f'cifar10_rejected_images_total{{reason="{kind}"}}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = refused("empty")
+    assert client.post("/predict", files={"file": ("e.png", b"", "image/png")}).status_code == 400
+    assert client.post("/predict/batch", files=[("files", ("e.png", b"", "image/png")),
+                                                ("files", ("f.png", b"", "image/png"))]).status_code == 200
+    assert refused("empty") == before + 3
