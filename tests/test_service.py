@@ -196,15 +196,17 @@ def test_metadata_lists_the_levels_and_metrics_count_answers_per_level(client: T
         assert set(level["images_per_second"]) == {"batch_1", "batch_64"}
     assert metadata["serving"]["adapt_level"] == "fast"
 
-    def answered(level: str) -> float:
-        for line in client.get("/metrics").text.splitlines():
-            if line.startswith(f'cifar10_answers_by_level_total{{level="{level}"}}'):
-                return float(line.split()[-1])
-        return 0.0
-
-    before = answered("balanced")
+    before = counter(client, 'cifar10_answers_by_level_total{level="balanced"}')
     client.post("/predict?level=balanced", files={"file": ("s.png", shapes(1)[0], "image/png")})
-    assert answered("balanced") == before + 1
+    assert counter(client, 'cifar10_answers_by_level_total{level="balanced"}') == before + 1
+
+
+def counter(client: TestClient, series: str) -> float:
+    """The value of one Prometheus series at /metrics (0 before it is first counted)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def test_openapi_documents_the_upload_and_its_errors(client: TestClient) -> None:
@@ -273,14 +275,9 @@ def test_openapi_examples_follow_the_400_415_rule(client: TestClient) -> None:
 
 
 def test_refused_uploads_are_counted_on_both_routes(client: TestClient) -> None:
-    def refused(kind: str) -> float:
-        for line in client.get("/metrics").text.splitlines():
-            if line.startswith(f'cifar10_rejected_images_total{{reason="{kind}"}}'):
-                return float(line.split()[-1])
-        return 0.0
-
-    before = refused("empty")
+    series = 'cifar10_rejected_images_total{reason="empty"}'
+    before = counter(client, series)
     assert client.post("/predict", files={"file": ("e.png", b"", "image/png")}).status_code == 400
     assert client.post("/predict/batch", files=[("files", ("e.png", b"", "image/png")),
                                                 ("files", ("f.png", b"", "image/png"))]).status_code == 200
-    assert refused("empty") == before + 3
+    assert counter(client, series) == before + 3
