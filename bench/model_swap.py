@@ -13,6 +13,7 @@ renamed). For each swap it reports:
   to requests sent after the first new answer (both must be 0);
 - the server's RSS after the swap.
 Exits 1 if a request failed or an old answer came late.
+With --no-swap nothing is dropped in: the same load and the same timing, the control for the RSS figure.
 
     flock /work/notes/bench.lock .venv/bin/python bench/model_swap.py --json docs/bench-model-swap.json
 """
@@ -41,6 +42,8 @@ from tests import hostile_files as files  # noqa: E402 - the same generated uplo
 from tests.servers import Server, rss_bytes, spawn_server  # noqa: E402
 
 BASELINE_S = 5.0
+# --no-swap waits this long where a swap would be: about the median rename-to-first-answer time.
+NO_SWAP_S = 4.4
 
 
 @dataclass
@@ -105,12 +108,18 @@ async def measure(server: Server, export: Path, model_root: Path, args: argparse
         tasks = [asyncio.create_task(client(http, body, headers, stop, replies)) for _ in range(args.connections)]
         await asyncio.sleep(args.settle)  # connections open, batches at their steady size
         for version in range(2, args.swaps + 2):
-            landed = await asyncio.to_thread(publish, export, model_root, version)
-            while not any(reply.version == version for reply in replies[-2 * args.connections:]):
-                if time.monotonic() - landed > 300:
-                    raise SystemExit(f"version {version} never answered:\n{server.log()[-3000:]}")
-                await asyncio.sleep(0.01)
-            first = min(reply.received for reply in replies if reply.version == version)
+            if args.no_swap:  # the control: the same load and timing, nothing dropped in
+                landed = time.monotonic()
+                await asyncio.sleep(NO_SWAP_S)
+                first = time.monotonic()
+                version = 1
+            else:
+                landed = await asyncio.to_thread(publish, export, model_root, version)
+                while not any(reply.version == version for reply in replies[-2 * args.connections:]):
+                    if time.monotonic() - landed > 300:
+                        raise SystemExit(f"version {version} never answered:\n{server.log()[-3000:]}")
+                    await asyncio.sleep(0.01)
+                first = min(reply.received for reply in replies if reply.version == version)
             await asyncio.sleep(args.settle)  # steady again, and the old model collected
             found = re.search(rf"version {version} from .* warmed in ([0-9.]+) s", server.log())
             loading_s = float(found.group(1)) if found else None
@@ -178,6 +187,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="the server's MODEL_POLL_SECONDS")
     parser.add_argument("--settle", type=float, default=8.0, help="seconds of steady load before and after each swap")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--no-swap", action="store_true",
+                        help="control for the RSS figure: the same load and timing with no version dropped in")
     return parser.parse_args()
 
 
