@@ -134,10 +134,6 @@ def write_metadata(directory: Path, metadata: dict[str, object]) -> None:
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def load_signature(version_dir: Path, name: str = SIGNATURE_NAME) -> Callable[..., dict[str, tf.Tensor]]:
-    return tf.saved_model.load(str(version_dir)).signatures[name]
-
-
 def predict_saved_model(signature: Callable, images: np.ndarray,
                         batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
     """Probabilities from the exported signature, exactly as the service will get them."""

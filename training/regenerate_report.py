@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
-from app.contract import METADATA_FILE
+from app.contract import METADATA_FILE, SIGNATURE_NAME
 from training import export, reports
 from training.data import DatasetError, default_cache_dir, load_image_folder, stratified_split
 from training.recipes import RECIPES, recipe_name
@@ -37,7 +38,8 @@ def regenerate(version_dir: Path, data: Path, cache_dir: Path | None) -> float:
         raise DatasetError(f"{data}: sha256 {dataset.sha256} is not the {metadata['data']['sha256']} that "
                            f"{version_dir / METADATA_FILE} records. Pass the dataset this model was trained on.")
     _, val_split = stratified_split(dataset.train, metadata["val_images"], metadata["seed"])
-    probabilities = export.predict_saved_model(export.load_signature(version_dir), val_split.images)
+    saved = tf.saved_model.load(str(version_dir))  # bound: its signatures hold only weak references to it
+    probabilities = export.predict_saved_model(saved.signatures[SIGNATURE_NAME], val_split.images)
     accuracy = float(np.mean(probabilities.argmax(axis=1) == val_split.labels))
     if round(accuracy, 4) != metadata["val_accuracy"]:
         raise DatasetError(f"{version_dir}: validation accuracy re-measured as {accuracy:.4f}, metadata.json "

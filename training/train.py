@@ -16,7 +16,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, NUM_CLASSES, export_contract, level_for_tta
+from app.contract import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    METADATA_FILE,
+    NUM_CLASSES,
+    SIGNATURE_NAME,
+    export_contract,
+    level_for_tta,
+)
 from app.model import set_tensorflow_threads
 from training import export, levels, reports
 from training.architectures import CIFAR10_MEAN
@@ -232,7 +240,8 @@ def evaluate(version_dir: Path, splits: Splits, calibrated: Calibrated, timing_s
     val_accuracy = float(np.mean(val_probabilities.argmax(axis=1) == splits.val.labels))
     test_accuracy = None
     if splits.dataset.test is not None:
-        test_probabilities = export.predict_saved_model(export.load_signature(version_dir), splits.dataset.test.images)
+        saved = tf.saved_model.load(str(version_dir))  # bound: its signatures hold only weak references to it
+        test_probabilities = export.predict_saved_model(saved.signatures[SIGNATURE_NAME], splits.dataset.test.images)
         test_accuracy = float(np.mean(test_probabilities.argmax(axis=1) == splits.dataset.test.labels))
     return Evaluation(val_probabilities, val_accuracy, test_accuracy, level_figures, precision)
 
