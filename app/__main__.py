@@ -59,6 +59,7 @@ def main() -> None:
         workers=settings.workers,
         log_level=settings.log_level,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         "faster (only on a CPU with AVX512-BF16 or AMX; elsewhere float32 regardless).",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline for reading a request body.")
+    keep_alive_s: int = Field(
+        75, ge=1, le=3600,
+        description="Seconds an idle keep-alive connection stays open. Longer than clients keep theirs (httpx "
+                    "5 s, nginx's upstream keepalive 60 s), so they stop reusing it first: a client that reuses "
+                    "a connection just as the server closes it sees a failed request.",
+    )
     shutdown_grace_s: float = Field(
         5.0, ge=0.0, le=300.0,
         description="After SIGTERM, seconds /readyz answers 503 while requests are still served, before the "

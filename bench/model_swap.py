@@ -52,7 +52,7 @@ class Reply:
     received: float
     ok: bool
     version: int | None
-    failure: str = ""  # the status and detail, or the transport error, of a request that failed
+    failure: str = ""  # the status and detail, or the transport error (with its cause), of a request that failed
 
 
 def publish(export: Path, model_root: Path, version: int) -> float:
@@ -63,19 +63,28 @@ def publish(export: Path, model_root: Path, version: int) -> float:
     return time.monotonic()
 
 
-async def client(http: httpx.AsyncClient, body: bytes, headers: dict[str, str], stop: asyncio.Event,
-                 replies: list[Reply]) -> None:
-    while not stop.is_set():
-        sent = time.monotonic()
-        failure = ""
-        try:
-            response = await http.post("/predict", content=body, headers=headers)
-            ok = response.status_code == 200
-            version = response.json()["model"]["version"] if ok else None
-            failure = "" if ok else f"{response.status_code} {response.text[:200]}"
-        except httpx.HTTPError as error:
-            ok, version, failure = False, None, f"{type(error).__name__}: {error}"
-        replies.append(Reply(sent, time.monotonic(), ok, version, failure))
+async def client(url: str, body: bytes, headers: dict[str, str], stop: asyncio.Event, replies: list[Reply]) -> None:
+    """One connection posting in a loop, each request sent as soon as the last answer came (as wrk does).
+
+    Each client has its own one-connection pool. With one httpx pool of 64 shared by the 64 tasks (this
+    script until 29 November), requests waited in the client for seconds while other connections of the
+    pool sat idle (against a stand-in server answering everyone every 0.7 s: median 1.19 s instead of
+    0.70 s, and 98 connections left idle for 5 s in 30 s). That inflated the latency measured, and the
+    server closed the idle connections at its keep-alive timeout, now and then just as the client
+    reused one: the sporadic ReadError."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
+        while not stop.is_set():
+            sent = time.monotonic()
+            failure = ""
+            try:
+                response = await http.post("/predict", content=body, headers=headers)
+                ok = response.status_code == 200
+                version = response.json()["model"]["version"] if ok else None
+                failure = "" if ok else f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as error:
+                ok, version, failure = False, None, f"{type(error).__name__}: {error!r} (cause {error.__cause__!r})"
+            replies.append(Reply(sent, time.monotonic(), ok, version, failure))
 
 
 def percentile_ms(latencies: list[float], q: float) -> float | None:
@@ -102,47 +111,52 @@ async def measure(server: Server, export: Path, model_root: Path, args: argparse
     body, headers = request.read(), {"Content-Type": request.headers["Content-Type"]}
     replies: list[Reply] = []
     stop = asyncio.Event()
-    limits = httpx.Limits(max_connections=args.connections, max_keepalive_connections=args.connections)
     swaps = []
-    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=120) as http:
-        tasks = [asyncio.create_task(client(http, body, headers, stop, replies)) for _ in range(args.connections)]
-        await asyncio.sleep(args.settle)  # connections open, batches at their steady size
-        for version in range(2, args.swaps + 2):
-            if args.no_swap:  # the control: the same load and timing, nothing dropped in
-                landed = time.monotonic()
-                await asyncio.sleep(NO_SWAP_S)
-                first = time.monotonic()
-                version = 1
-            else:
-                landed = await asyncio.to_thread(publish, export, model_root, version)
-                while not any(reply.version == version for reply in replies[-2 * args.connections:]):
-                    if time.monotonic() - landed > 300:
-                        raise SystemExit(f"version {version} never answered:\n{server.log()[-3000:]}")
-                    await asyncio.sleep(0.01)
-                first = min(reply.received for reply in replies if reply.version == version)
-            await asyncio.sleep(args.settle)  # steady again, and the old model collected
-            found = re.search(rf"version {version} from .* warmed in ([0-9.]+) s", server.log())
-            loading_s = float(found.group(1)) if found else None
-            late = sum(1 for reply in replies if reply.sent > first and reply.version is not None
-                       and reply.version < version)
-            swaps.append({
-                "version": version,
-                "landing_to_first_answer_s": round(first - landed, 2),
-                "before": window(replies, landed - BASELINE_S, landed),
-                "during": window(replies, landed, first),
-                # the part of it after the poll found the version: loading, checking and warming it up
-                "server_load_check_warm_s": loading_s,
-                "while_loading": window(replies, first - loading_s, first) if loading_s else None,
-                "longest_gap_s": {"before": longest_gap(replies, landed - BASELINE_S, landed),
-                                  "during": longest_gap(replies, landed, first)},
-                "old_answers_after_first_new": late,
-                "rss_mib": round(rss_bytes(server.pid) / 2**20, 1),
-            })
-            print(json.dumps(swaps[-1]), flush=True)
-        stop.set()
-        await asyncio.gather(*tasks)
+    started = time.monotonic()
+    tasks = [asyncio.create_task(client(server.url, body, headers, stop, replies))
+             for _ in range(args.connections)]
+    await asyncio.sleep(args.settle)  # connections open, batches at their steady size
+    rss_before_mib = round(rss_bytes(server.pid) / 2**20, 1)
+    for version in range(2, args.swaps + 2):
+        if args.no_swap:  # the control: the same load and timing, nothing dropped in
+            landed = time.monotonic()
+            await asyncio.sleep(NO_SWAP_S)
+            first = time.monotonic()
+            version = 1
+        else:
+            landed = await asyncio.to_thread(publish, export, model_root, version)
+            while not any(reply.version == version for reply in replies[-2 * args.connections:]):
+                if time.monotonic() - landed > 300:
+                    raise SystemExit(f"version {version} never answered:\n{server.log()[-3000:]}")
+                await asyncio.sleep(0.01)
+            first = min(reply.received for reply in replies if reply.version == version)
+        await asyncio.sleep(args.settle)  # steady again, and the old model collected
+        found = re.search(rf"version {version} from .* warmed in ([0-9.]+) s", server.log())
+        loading_s = float(found.group(1)) if found else None
+        late = sum(1 for reply in replies if reply.sent > first and reply.version is not None
+                   and reply.version < version)
+        swaps.append({
+            "version": version,
+            "landing_to_first_answer_s": round(first - landed, 2),
+            "before": window(replies, landed - BASELINE_S, landed),
+            "during": window(replies, landed, first),
+            # the part of it after the poll found the version: loading, checking and warming it up
+            "server_load_check_warm_s": loading_s,
+            "while_loading": window(replies, first - loading_s, first) if loading_s else None,
+            "longest_gap_s": {"before": longest_gap(replies, landed - BASELINE_S, landed),
+                              "during": longest_gap(replies, landed, first)},
+            "old_answers_after_first_new": late,
+            "rss_mib": round(rss_bytes(server.pid) / 2**20, 1),
+        })
+        print(json.dumps(swaps[-1]), flush=True)
+    stop.set()
+    await asyncio.gather(*tasks)
     failures = Counter(reply.failure for reply in replies if not reply.ok)
-    return {"requests": len(replies), "failed": sum(failures.values()), "failures": dict(failures), "swaps": swaps}
+    # When each failure happened (seconds from the start of the load), to set beside the swaps and the server's log.
+    failed_at = [{"sent_s": round(reply.sent - started, 2), "received_s": round(reply.received - started, 2),
+                  "failure": reply.failure} for reply in replies if not reply.ok]
+    return {"requests": len(replies), "failed": sum(failures.values()), "failures": dict(failures),
+            "failed_at": failed_at, "rss_mib_before_first_swap": rss_before_mib, "swaps": swaps}
 
 
 def summarize(result: dict, args: argparse.Namespace) -> dict:
@@ -168,12 +182,14 @@ def summarize(result: dict, args: argparse.Namespace) -> dict:
         "longest_gap_s_during_max": max(s["longest_gap_s"]["during"] for s in swaps),
         "failed_requests": result["failed"],
         "old_answers_after_first_new": sum(s["old_answers_after_first_new"] for s in swaps),
+        "rss_mib_before_first_swap": result["rss_mib_before_first_swap"],
         "rss_mib_after_first_swap": swaps[0]["rss_mib"],
         "rss_mib_after_last_swap": swaps[-1]["rss_mib"],
         "rss_growth": round(swaps[-1]["rss_mib"] / swaps[0]["rss_mib"] - 1, 4),
     }
     return {"settings": {"connections": args.connections, "swaps": args.swaps, "poll_seconds": args.poll_seconds,
-                         "model": str(args.model_dir), "cpus": len(os.sched_getaffinity(0)),
+                         "model": str(export_of(args)), "server_env": args.server_env,
+                         "cpus": len(os.sched_getaffinity(0)),
                          "load_average_before": args.load_before, "load_average_after": os.getloadavg()},
             "summary": summary, **result}
 
@@ -181,38 +197,63 @@ def summarize(result: dict, args: argparse.Namespace) -> dict:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=REPO / "models" / "cifar10",
-                        help="model folder; its highest version is served and dropped in again")
+                        help="model folder; its highest version (or --version) is served and dropped in again")
+    parser.add_argument("--version", type=int, default=None,
+                        help="the version of --model-dir to serve and drop in (default: the highest)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--swaps", type=int, default=10)
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="the server's MODEL_POLL_SECONDS")
     parser.add_argument("--settle", type=float, default=8.0, help="seconds of steady load before and after each swap")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--server-log", type=Path, default=None, help="keep the server's log here")
     parser.add_argument("--no-swap", action="store_true",
                         help="control for the RSS figure: the same load and timing with no version dropped in")
-    return parser.parse_args()
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the server only (repeatable), e.g. ALLOCATOR=glibc")
+    args = parser.parse_args()
+    for item in args.server_env:
+        if "=" not in item:
+            parser.error(f"--server-env {item!r}: write it as NAME=VALUE")
+    return args
+
+
+def export_of(args: argparse.Namespace) -> Path:
+    """The version folder that is served as version 1 and dropped in as every later version."""
+    versions = dict(version_dirs(args.model_dir))
+    if not versions:
+        sys.exit(f"error: {args.model_dir} has no version folders (<version>/saved_model.pb)")
+    if args.version is None:
+        return versions[max(versions)]
+    if args.version not in versions:
+        have = ", ".join(map(str, sorted(versions)))
+        sys.exit(f"error: --version {args.version}: {args.model_dir} has versions {have}")
+    return versions[args.version]
 
 
 def main() -> None:
     args = parse_args()
     args.load_before = os.getloadavg()
-    export = version_dirs(args.model_dir)[-1][1]
+    export = export_of(args)
     with tempfile.TemporaryDirectory(prefix="model-swap-") as work:
         model_root = Path(work) / "cifar10"
         model_root.mkdir()
         publish(export, model_root, 1)
+        server_env = dict(item.split("=", 1) for item in args.server_env)
         server = spawn_server(model_root, Path(work) / "server.log", MODEL_POLL_SECONDS=str(args.poll_seconds),
-                              LOG_LEVEL="info", INFERENCE_THREADS=str(len(os.sched_getaffinity(0))))
+                              LOG_LEVEL="info", INFERENCE_THREADS=str(len(os.sched_getaffinity(0))), **server_env)
         try:
             server.wait_ready()
             result = asyncio.run(measure(server, export, model_root, args))
         finally:
             server.stop()
         log = server.log()
+    if args.server_log:
+        args.server_log.write_text(log)
     report = summarize(result, args)
     print(json.dumps(report["summary"], indent=2))
     print(f"load average before {args.load_before}, after {report['settings']['load_average_after']}")
     if report["failures"]:
-        print(f"failures: {report['failures']}")
+        print(f"failures: {json.dumps(report['failed_at'], indent=1)}")
         print("\n".join(line for line in log.splitlines() if "ERROR" in line or "Error" in line)[-3000:])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -260,6 +260,44 @@ def test_trickled_headers_hold_no_worker(server: Server, client: httpx.Client) -
             sock.close()
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length, read whole; b"" if the server closed the connection."""
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return reply
+        reply += chunk
+    head, body = reply.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_own_limit(server: Server) -> None:
+    """httpx reuses an idle connection for up to 5 s, and uvicorn's own default closed it at 5 s: a request
+    sent at that moment found the connection closing (the sporadic ReadError of bench/model_swap.py).
+    The service keeps idle connections for KEEP_ALIVE_S (75 s), so a connection idle for longer than any
+    httpx client keeps one still answers."""
+    host, port = server.url.removeprefix("http://").split(":")
+    request = f"GET /livez HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        first = read_response(sock)
+        time.sleep(6.5)
+        try:
+            sock.sendall(request)
+            second = read_response(sock)
+        except ConnectionResetError as error:
+            second = repr(error).encode()
+    assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+    assert second.startswith(b"HTTP/1.1 200 "), f"after 6.5 s idle: {second[:200]!r}"
+
+
 class RssSampler:
     """Peak RSS of a process, sampled every few milliseconds in a thread."""
 
