@@ -4,9 +4,11 @@
 # replicas behind nginx (and Prometheus, profile `metrics`), wait for health, classify an image,
 # check the container's hardening and that Prometheus scrapes every replica, then faults under load:
 # with CONNECTIONS clients posting through the proxy's published loopback port (scripts/fault_load.py),
-# kill one replica, stop one, scale down, scale up; any failed request, or any request slower than
-# SLOW_S, fails the run. Last, stop it gracefully, tear everything down, and print a summary with the
-# per-fault table.
+# kill one replica, stop one, scale down, scale up; then the model upgrade path: the replicas recreated
+# on a host models folder (deploy/compose.models-volume.yml), a new version renamed into it, every
+# replica swapping it in within MODEL_POLL_SECONDS, still under load. Any failed request, or any request
+# slower than SLOW_S, fails the run. Last, stop it gracefully, tear everything down, and print a summary
+# with the per-fault table.
 #
 # usage: sudo scripts/docker-smoke.sh [--model DIR] [--replicas N] [--keep]
 #   --model DIR    serve this model folder (<DIR>/<version>/saved_model.pb) instead of models/cifar10
@@ -62,6 +64,7 @@ Train one (\`make train\` writes models/cifar10/<next version>) or pass --model 
 echo "model: $MODEL_SRC version $model_version"
 [ "$REPLICAS" -ge 2 ] || die "--replicas must be at least 2: the faults take one away"
 [ "$(id -u)" = 0 ] || die "run as root: it installs and starts a Docker engine if needed"
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)  # latencies below depend on what else the machine runs
 mkdir -p "$WORK"
 
 # --- the engine -------------------------------------------------------------------------------
@@ -86,7 +89,8 @@ if ! docker info >/dev/null 2>&1; then
 fi
 if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
 echo "engine $(docker version -f '{{.Server.Version}}'), compose: ${COMPOSE[*]} $("${COMPOSE[@]}" version --short)"
-compose() { "${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/docker-compose.yml" --profile metrics "$@"; }
+COMPOSE_FILES=(-f "$ROOT/docker-compose.yml")  # the models-volume phase adds its override
+compose() { "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" --profile metrics "$@"; }
 
 # --- base images ------------------------------------------------------------------------------
 debootstrap_image() {  # NAME SUITE PACKAGES CMD: a minimal Debian root filesystem as an image, once
@@ -351,6 +355,77 @@ for id in "${ids[@]}"; do
         || die "replica $address never answered through the proxy after scaling up"
 done
 
+wait_for 60 "Prometheus following the scaling" scraped_is "$REPLICAS"
+echo "Prometheus scrapes $REPLICAS/$REPLICAS replicas after the faults (the new one included)"
+mapfile -t ids < <(compose ps -q classifier)
+# What each replica holds after serving the faults' load (docker stats: its cgroup, page cache excluded).
+memory=$(docker stats --no-stream --format '{{.MemUsage}}' "${ids[@]}" | sed 's| / .*||' | paste -sd ' ')
+echo "memory per replica: $memory"
+
+# --- a new model version through a models volume, under load ------------------------------------
+# The upgrade path of docs/deployment.md ("Upgrading the model"): the replicas recreated on a host
+# folder mounted read-only (deploy/compose.models-volume.yml); a new version renamed into that folder
+# (what `python -m training promote` does; here a copy of the served version under the next number);
+# every replica must swap it in within MODEL_POLL_SECONDS while CONNECTIONS clients post through the
+# proxy, with no failed request and no request over SLOW_S.
+POLL_S=${MODEL_POLL_SECONDS:-30}  # compose's default, as an operator gets it
+step "a new model version through the models volume (MODEL_POLL_SECONDS=$POLL_S), under load"
+volume=$WORK/volume
+rm -rf "$volume" && mkdir -p "$volume" && cp -a "$MODEL_SRC" "$volume/cifar10" && chmod -R a+rX "$volume"
+export MODELS_DIR=$volume
+COMPOSE_FILES+=(-f "$ROOT/deploy/compose.models-volume.yml")
+recreate_start=$(now)
+compose up -d --no-build --scale "classifier=$REPLICAS" >>"$WORK/up.log" 2>&1 \
+    || { tail -n 20 "$WORK/up.log"; die "docker compose up with the models volume failed"; }
+proxy_ready() { curl -fsS -o /dev/null "http://127.0.0.1:$PORT/readyz" 2>/dev/null; }
+wait_for 300 "$REPLICAS replicas healthy on the models volume" healthy_is "$REPLICAS"
+wait_for 60 "the proxy answering" proxy_ready
+recreate_seconds=$(( $(now) - recreate_start ))
+served_version() {  # ID: the version a replica serves now, from its own /metadata
+    docker exec "$1" python -c 'import json, urllib.request
+print(json.load(urllib.request.urlopen("http://127.0.0.1:8000/metadata", timeout=5))["model"]["version"])' \
+        2>/dev/null || echo none
+}
+mapfile -t ids < <(compose ps -q classifier)
+for id in "${ids[@]}"; do
+    docker inspect -f '{{range .Mounts}}{{.Destination}} {{.RW}}{{"\n"}}{{end}}' "$id" | grep -qx '/srv/models false' \
+        || die "replica ${id:0:12} has no read-only models volume on /srv/models"
+    [ "$(served_version "$id")" = "$model_version" ] || die "replica ${id:0:12} does not serve version $model_version"
+done
+echo "$REPLICAS replicas recreated on $volume (read-only on /srv/models) in ${recreate_seconds}s, serving version $model_version"
+new_version=$(( model_version + 1 ))
+load_start model-swap
+cp -a "$volume/cifar10/$model_version" "$volume/cifar10/.incoming-$new_version"
+mv "$volume/cifar10/.incoming-$new_version" "$volume/cifar10/$new_version"
+landed=$(date +%s.%N)
+declare -A swapped_after=()
+for _ in $(seq $(( POLL_S + 180 ))); do
+    for id in "${ids[@]}"; do
+        if [ -z "${swapped_after[$id]:-}" ] && [ "$(served_version "$id")" = "$new_version" ]; then
+            swapped_after[$id]=$(python3 -c "import time; print(f'{time.time() - $landed:.0f}')")
+        fi
+    done
+    [ "${#swapped_after[@]}" = "$REPLICAS" ] && break
+    sleep 1
+done
+[ "${#swapped_after[@]}" = "$REPLICAS" ] \
+    || die "${#swapped_after[@]} of $REPLICAS replicas serve version $new_version $(( POLL_S + 180 ))s after it landed"
+swap_seconds=$(for id in "${ids[@]}"; do echo "${swapped_after[$id]}s"; done | paste -sd ' ')
+load_stop "version $new_version renamed into the volume; replicas serving it after $swap_seconds"
+for id in "${ids[@]}"; do
+    docker logs "$id" >"$WORK/replica.log" 2>&1
+    [ "$(grep -c "now serving model cifar10 version $new_version " "$WORK/replica.log")" = 1 ] \
+        || die "replica ${id:0:12} did not log its swap to version $new_version once"
+    grep "now serving model cifar10 version $new_version " "$WORK/replica.log" | sed "s/^/  ${id:0:12}: /"
+done
+# Through the proxy, every answer now comes from the new version.
+for _ in $(seq $(( REPLICAS * 4 ))); do
+    curl -fsS -F "file=@$WORK/sample.jpg;type=image/jpeg" "http://127.0.0.1:$PORT/predict" \
+        | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["model"]["version"] != int(sys.argv[1]))' "$new_version" \
+        || die "an answer through the proxy after the swap did not come from version $new_version"
+done
+echo "every replica swapped to version $new_version (after $swap_seconds); answers through the proxy all from it"
+
 fault_table=$(python3 - "$WORK" "$SLOW_S" "${faults[@]}" -- "${fault_notes[@]}" <<'EOF'
 import json
 import sys
@@ -374,13 +449,7 @@ for line in bad:
 EOF
 )
 echo "$fault_table"
-case "$fault_table" in *FAILED*) die "faults under load: a request failed or took longer than ${SLOW_S}s" ;; esac
-wait_for 60 "Prometheus following the scaling" scraped_is "$REPLICAS"
-echo "Prometheus scrapes $REPLICAS/$REPLICAS replicas after the faults (the new one included)"
-mapfile -t ids < <(compose ps -q classifier)
-# What each replica holds after serving the faults' load (docker stats: its cgroup, page cache excluded).
-memory=$(docker stats --no-stream --format '{{.MemUsage}}' "${ids[@]}" | sed 's| / .*||' | paste -sd ' ')
-echo "memory per replica: $memory"
+case "$fault_table" in *FAILED*) die "faults or the model swap under load: a request failed or took longer than ${SLOW_S}s" ;; esac
 
 # --- graceful stop: SIGTERM must reach uvicorn ------------------------------------------------
 step "docker compose stop"
@@ -404,7 +473,10 @@ load balancing $answering/$REPLICAS replicas answered through nginx
 memory         $memory per replica (docker stats after the faults' load; limit $MEMORY_LIMIT)
 metrics        Prometheus scraped every replica on its own address, before and after the faults
 faults         $CONNECTIONS connections through nginx, in ${faults_seconds}s (restoring replicas included):
+model swap     version $new_version renamed into the models volume; replicas serving it after $swap_seconds
+               (MODEL_POLL_SECONDS=$POLL_S; recreating them on the volume took ${recreate_seconds}s)
 $fault_table
 shutdown       SIGTERM -> exit 0 from all $REPLICAS replicas in ${stop_seconds}s
+machine        load average $load_at_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($(nproc) CPUs)
 docker-smoke: OK
 EOF

@@ -149,6 +149,20 @@ def test_nginx_accepts_the_largest_upload_the_service_does() -> None:
     assert size and int(size.group(1)) * 1024 * 1024 > Settings.model_fields["max_upload_bytes"].default
 
 
+def test_models_volume_override_mounts_the_host_folder_where_model_dir_points() -> None:
+    """deploy/compose.models-volume.yml (docs/deployment.md, "Upgrading the model"): the host's folder, read-only,
+    on the folder that holds compose's MODEL_DIR, so the replicas follow what is promoted into it."""
+    override = yaml.safe_load((ROOT / "deploy" / "compose.models-volume.yml").read_text())
+    assert set(override["services"]) == {"classifier"}
+    (mount,) = override["services"]["classifier"]["volumes"]
+    source, target, mode = mount.rsplit(":", 2)
+    assert source == "${MODELS_DIR:-./models}" and mode == "ro"
+    model_dir = re.fullmatch(r"\$\{MODEL_DIR:-(.+)\}", compose()["services"]["classifier"]["environment"]["MODEL_DIR"])
+    assert Path(model_dir.group(1)).parent == Path(target)
+    # What it mounts in place of the baked-in /srv/models holds the model folder the service reads.
+    assert (ROOT / "models" / Path(model_dir.group(1)).name).is_dir()
+
+
 def test_compose_hardening_and_limits() -> None:
     classifier = compose()["services"]["classifier"]
     assert classifier["read_only"] is True
