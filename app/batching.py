@@ -6,6 +6,9 @@ event loop never blocks. While that call runs, new requests queue up and form th
 batch: under load batches grow by themselves, and an idle server answers a lone request
 at once, with no delay (TensorFlow Serving's and Triton's greedy batching). A positive
 ``max_delay_s`` additionally waits that long for stragglers when a batch is not full.
+With ``concurrency`` above 1, that many batches are computed at once, each in its own inference
+thread (TensorFlow Serving's ``num_batch_threads``): while one batch waits on a thread that the event
+loop has pre-empted, the other keeps the cores busy, so the CPU is not left idle between batches.
 The queue is bounded in images; past the bound :class:`QueueFullError` is raised at once.
 Requests whose client has gone away (cancelled futures) are dropped from a batch, not computed.
 
@@ -15,7 +18,9 @@ no level runs at the model's default, except under load: while more than ``adapt
 images are queued, such requests run at the cheaper ``adapt_level``, which drains the queue several
 times faster; once the queue is back at or under that depth, they get the default again. A request
 that named its level always gets it. The model is asked for once per batch (``current_model``),
-and every answer carries the model and the level that computed it.
+and every answer carries the model and the level that computed it. After a swap, the new model's first
+batch starts only once the old model's batches are done, so no client gets an answer from the old model
+after another got one from the new.
 """
 
 import asyncio
@@ -77,6 +82,7 @@ class MicroBatcher:
         on_batch: Callable[[int, str], None] | None = None,
         adapt_queue_images: int = 0,
         adapt_level: str | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._current_model = current_model
         self.adapt_queue_images = adapt_queue_images
@@ -88,8 +94,11 @@ class MicroBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.concurrency = concurrency
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="inference")
         self._worker: asyncio.Task | None = None
+        self._in_flight: set[asyncio.Task] = set()
+        self._in_flight_model: BatchModel | None = None
 
     @property
     def queued_images(self) -> int:
@@ -102,6 +111,8 @@ class MicroBatcher:
         """Finish what is queued, then stop the worker (called on shutdown, after requests drain)."""
         while self._queue:
             await asyncio.sleep(0.01)
+        if self._in_flight:
+            await asyncio.wait(self._in_flight)
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -133,12 +144,19 @@ class MicroBatcher:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            while len(self._in_flight) >= self.concurrency:  # every inference thread is busy
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             if self.max_delay_s > 0 and self._queued_images < self.max_batch_size:
                 await self._wait_for_more(self.max_delay_s)
             model = self._current_model()  # read once: the whole batch runs on, and reports, this model
+            if self._in_flight and model is not self._in_flight_model:
+                await asyncio.wait(self._in_flight)  # swapped: the old model's batches answer first
             batch, level = self._take_batch(self._unnamed_level(model))
             if batch:
-                await self._run_batch(batch, model, level)
+                self._in_flight_model = model
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, model, level))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
 
     def _unnamed_level(self, model: BatchModel) -> str:
         """The level for requests that named none: the adaptation level while the queue is deep."""

@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher = MicroBatcher(lambda: served.current, settings.max_batch_size,
                                settings.max_batch_delay_ms / 1000.0, settings.max_queue_images,
                                on_batch=metrics.observe_batch, adapt_queue_images=settings.adapt_queue_images,
-                               adapt_level=settings.adapt_level)
+                               adapt_level=settings.adapt_level, concurrency=settings.batch_concurrency)
         decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         service = ClassifierService(settings, served, batcher, metrics, decoder)
         app.state.service = service

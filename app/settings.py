@@ -44,6 +44,13 @@ class Settings(BaseSettings):
         description="Threads per worker that decode and resize large uploads (default: CPUs available / WORKERS).",
     )
     max_batch_size: int = Field(64, ge=1, le=4096, description="Most images gathered into one model call.")
+    # Measured in bench/serve.py (docs/serving-performance.md, "Two batches at once"): with one batch at a
+    # time the two cores sat partly idle under load (fast level at 64 connections: ~400 answers/s, 1.3 cores
+    # busy); with two, ~530-550 and the cores full, and a lone request is answered no slower.
+    batch_concurrency: int = Field(
+        2, ge=1, le=16, description="Batches the model computes at once, each in its own inference thread "
+        "(TensorFlow Serving's num_batch_threads); 1 = one batch at a time.",
+    )
     max_batch_delay_ms: float = Field(
         0.0, ge=0.0, le=1000.0,
         description="Longest wait for more images before a model call; 0 = take what is queued, never wait.",

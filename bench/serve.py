@@ -464,7 +464,8 @@ def resolved_settings(env: dict[str, str]) -> dict[str, Any]:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     return {name: getattr(settings, name) for name in
             ("workers", "inference_threads", "decode_threads", "max_batch_size", "max_batch_delay_ms",
-             "max_queue_images", "log_level", "default_level", "adapt_queue_images", "adapt_level", "bfloat16")}
+             "max_queue_images", "log_level", "default_level", "adapt_queue_images", "adapt_level", "bfloat16",
+             "batch_concurrency")}
 
 
 def bench_service(args: argparse.Namespace, name: str, levels: list[int], extra_env: dict[str, str],
@@ -711,7 +712,7 @@ def table(results: dict[str, Any]) -> str:
     header = (f"{'run':<28}{'conc':>5}{'ok/s':>7}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'503':>7}"
               f"{'err':>5}{'batch':>6}{'other':>6}  answered by level")
     lines += ["", header, "-" * len(header)]
-    for key in ("today", "levels", "adaptive", "alternative", "overload", "naive"):
+    for key in ("today", "today_engine", "levels", "adaptive", "alternative", "overload", "naive"):
         run = results.get(key)
         if not run:
             continue
@@ -726,7 +727,7 @@ def table(results: dict[str, Any]) -> str:
     lines += ["ok/s: 200 answers per second (one image each); batch: mean images per model call; other: share of",
               "all CPUs used by processes other than the server and wrk (other engineers' work on a shared machine).",
               ""]
-    for key in ("today", "levels", "adaptive"):
+    for key in ("today", "today_engine", "levels", "adaptive"):
         run = results.get(key)
         if run:
             st = run["settings"]
@@ -734,7 +735,8 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"{run['label']}: ready in {run['ready_s']} s, RSS after {rss:.0f} MiB; "
                          f"{run['env'].get('MODEL_DIR')}, "
                          f"max batch {st['max_batch_size']}, queue {st['max_queue_images']}, adapt above "
-                         f"{st['adapt_queue_images']} queued images to {st['adapt_level']}, bfloat16 {st['bfloat16']}")
+                         f"{st['adapt_queue_images']} queued images to {st['adapt_level']}, bfloat16 {st['bfloat16']}, "
+                         f"{st['batch_concurrency']} batch(es) at once")
     lines.append("")
     for t in results["targets"]:
         lines.append(f"[{'met' if t['met'] else 'MISSED':>6}] {t['target']}: {t['measured']}")
@@ -818,8 +820,13 @@ def main() -> None:
     top = max(args.levels)
     services: list[dict[str, Any]] = []
     if args.today:
-        services.append({"key": "today", "label": f"today (v{args.today.name})", "env": off, "model_dir": args.today,
+        # Today's service as it was before levels: today's model, one batch at a time (BATCH_CONCURRENCY=1).
+        services.append({"key": "today", "label": f"today (v{args.today.name})",
+                         "env": {**off, "BATCH_CONCURRENCY": "1"}, "model_dir": args.today,
                          "runs": [(c, None) for c in args.levels]})
+        # The same model on this code's engine (two batches at once): how much of a gain is the engine alone.
+        services.append({"key": "today_engine", "label": f"v{args.today.name}, this engine", "env": off,
+                         "model_dir": args.today, "runs": [(64, None)]})
     services.append({"key": "levels", "label": "levels", "env": off,
                       "runs": [(c, level) for c in args.levels for level in level_names]})
     if args.adapt_queue > 0:

@@ -312,3 +312,75 @@ def test_only_small_images_are_decoded_inline() -> None:
     # Refused from the header alone (not an image): as cheap inline, where the decode raises its error.
     assert is_small_image(b"not an image", max_pixels=40_000_000)
     assert not is_small_image(b"\xff" * (1 << 20), max_pixels=40_000_000)
+
+
+class Gate(StandIn):
+    """Blocks every call until released, and records how many calls were running at once."""
+
+    def __init__(self, version: int = 1) -> None:
+        super().__init__(blocking=True, version=version)
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray:
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super().predict(images, level)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+async def wait_calls(model: StandIn, count: int) -> None:
+    while len(model.calls) < count:
+        await asyncio.sleep(0.001)
+
+
+def test_with_concurrency_two_batches_run_at_once_and_a_third_waits_for_a_free_thread() -> None:
+    async def scenario() -> None:
+        model = Gate()
+        batcher = MicroBatcher(lambda: model, 64, 0.0, 512, concurrency=2)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_calls(model, 1)
+        second = asyncio.ensure_future(batcher.predict(image(1)))
+        await wait_calls(model, 2)  # started while the first still runs
+        waiting = [asyncio.ensure_future(batcher.predict(image(tag))) for tag in (2, 3)]
+        await asyncio.sleep(0.02)
+        assert model.calls == [1, 1]  # both threads busy: the rest queue for the next free one
+        model.release.set()
+        answers = await asyncio.gather(first, second, *waiting)
+        await batcher.stop()
+        assert model.most_at_once == 2
+        assert model.calls == [1, 1, 2]
+        assert [int(a.probabilities[0, 0]) for a in answers] == [0, 1, 2, 3]
+
+    run(scenario)
+
+
+def test_with_concurrency_a_new_model_starts_only_after_the_old_models_batches_answer() -> None:
+    async def scenario() -> None:
+        old, new = Gate(version=1), StandIn(version=2)
+        serving: list[StandIn] = [old]
+        answered: list[int] = []
+
+        async def predict(tag: int) -> None:
+            answered.append((await batcher.predict(image(tag))).model.version)
+
+        batcher = MicroBatcher(lambda: serving[0], 64, 0.0, 512, concurrency=2)
+        batcher.start()
+        running = asyncio.ensure_future(predict(0))
+        await wait_calls(old, 1)
+        serving[0] = new  # swapped while the old model computes; a thread is still free
+        later = asyncio.ensure_future(predict(1))
+        await asyncio.sleep(0.02)
+        assert new.calls == []  # the free thread does not start the new model ahead of the old one's answer
+        old.release.set()
+        await asyncio.gather(running, later)
+        await batcher.stop()
+        assert answered == [1, 2]
+
+    run(scenario)
