@@ -115,7 +115,7 @@ async def measure(server: Server, export: Path, model_root: Path, args: argparse
     started = time.monotonic()
     tasks = [asyncio.create_task(client(server.url, body, headers, stop, replies))
              for _ in range(args.connections)]
-    await asyncio.sleep(args.settle)  # connections open, batches at their steady size
+    await asyncio.sleep(args.warm_up)  # connections open, batches at their steady size, the process warmed up
     rss_before_mib = round(rss_bytes(server.pid) / 2**20, 1)
     for version in range(2, args.swaps + 2):
         if args.no_swap:  # the control: the same load and timing, nothing dropped in
@@ -188,6 +188,7 @@ def summarize(result: dict, args: argparse.Namespace) -> dict:
         "rss_growth": round(swaps[-1]["rss_mib"] / swaps[0]["rss_mib"] - 1, 4),
     }
     return {"settings": {"connections": args.connections, "swaps": args.swaps, "poll_seconds": args.poll_seconds,
+                         "warm_up_s": args.warm_up,
                          "model": str(export_of(args)), "server_env": args.server_env,
                          "cpus": len(os.sched_getaffinity(0)),
                          "load_average_before": args.load_before, "load_average_after": os.getloadavg()},
@@ -204,12 +205,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--swaps", type=int, default=10)
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="the server's MODEL_POLL_SECONDS")
     parser.add_argument("--settle", type=float, default=8.0, help="seconds of steady load before and after each swap")
+    parser.add_argument("--warm-up", type=float, default=8.0,
+                        help="seconds of load before the first swap, so that what grows with the load alone (batch "
+                             "sizes met, caches filled) has grown before the first RSS reading")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--server-log", type=Path, default=None, help="keep the server's log here")
     parser.add_argument("--no-swap", action="store_true",
                         help="control for the RSS figure: the same load and timing with no version dropped in")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="an environment variable for the server only (repeatable), e.g. ALLOCATOR=glibc")
+                        help="an environment variable for the server only (repeatable), e.g. MALLOC_ARENA_MAX=2")
     args = parser.parse_args()
     for item in args.server_env:
         if "=" not in item:
