@@ -51,14 +51,15 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await send_refusal(scope, receive, send, BodyTooLargeError(self.max_bytes))
             return
-        deadline = time.monotonic() + self.timeout_s
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
-            remaining = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
+                # Not asyncio.wait_for: on Python 3.11 it wraps every receive in a new Task.
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimeoutError(self.timeout_s) from None
             if message["type"] == "http.request":

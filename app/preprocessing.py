@@ -214,7 +214,11 @@ def reduced_square(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
 
 def image_bytes_to_array(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Bytes of any allowed image format -> ``uint8`` array of shape ``(32, 32, 3)``, RGB."""
-    image = open_image(data, max_pixels)
+    return opened_image_to_array(open_image(data, max_pixels), max_pixels)
+
+
+def opened_image_to_array(image: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """:func:`image_bytes_to_array` of an image :func:`open_image` has opened (and checked); closes it."""
     try:
         upright = upright_first_frame(image)
         if min(upright.size) >= 2 * REDUCE_GAP * IMAGE_SIZE:

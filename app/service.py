@@ -17,7 +17,7 @@ from app.errors import NotReadyError, TooManyFilesError, image_error_status
 from app.metrics import Metrics
 from app.model import check_answers
 from app.model_watcher import ServedModel
-from app.preprocessing import ImageError, image_bytes_to_array, open_image
+from app.preprocessing import ImageError, image_bytes_to_array, open_image, opened_image_to_array
 from app.schemas import (
     BatchPrediction,
     ClassProbability,
@@ -96,12 +96,15 @@ class ClassifierService:
         A full queue refuses the upload before any decoding is spent on it. Every refused image is
         counted here, whichever route it came through."""
         self.batcher.ensure_room(1)
+        max_pixels = self.settings.max_image_pixels
+        loop = asyncio.get_running_loop()
         try:
-            if is_small_image(data, self.settings.max_image_pixels):
-                return image_bytes_to_array(data, self.settings.max_image_pixels)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.decoder, image_bytes_to_array, data,
-                                              self.settings.max_image_pixels)
+            if len(data) > INLINE_DECODE_MAX_BYTES:  # even reading its header may take a while: all in the pool
+                return await loop.run_in_executor(self.decoder, image_bytes_to_array, data, max_pixels)
+            image = open_image(data, max_pixels)  # opened once: its header decides where it is decoded
+            if is_small_image(image):
+                return opened_image_to_array(image, max_pixels)
+            return await loop.run_in_executor(self.decoder, opened_image_to_array, image, max_pixels)
         except ImageError as error:
             self.metrics.rejected.labels(error.kind).inc()
             raise
@@ -152,18 +155,9 @@ INLINE_DECODE_MAX_PIXELS = 64 * 64
 INLINE_DECODE_MAX_BYTES = 64 * 1024
 
 
-def is_small_image(data: bytes, max_pixels: int) -> bool:
-    """True when ``data`` is at most INLINE_DECODE_MAX_PIXELS, read from its header alone (~0.01 ms).
-
-    An upload refused from its header (empty, unknown format, too many pixels) counts as small: the
-    refusal is as cheap inline, and it is raised again, with its message, by the inline decode."""
-    if len(data) > INLINE_DECODE_MAX_BYTES:
-        return False
-    try:
-        with open_image(data, max_pixels) as image:
-            width, height = image.size
-    except ImageError:
-        return True
+def is_small_image(image: Image.Image) -> bool:
+    """True when the opened ``image`` (its header, read by open_image) has at most INLINE_DECODE_MAX_PIXELS."""
+    width, height = image.size
     return width * height <= INLINE_DECODE_MAX_PIXELS
 
 
