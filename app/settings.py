@@ -15,8 +15,11 @@ def cpus_per_worker(workers: int) -> int:
     return max(1, available_cpus() // workers)
 
 
-# Decided from bench/serve.py: see docs/serving-performance.md, "Load adaptation".
-ADAPT_QUEUE_IMAGES_DEFAULT = 128
+# Decided from bench/serve.py: see docs/serving-performance.md, "Load adaptation". One full batch waiting
+# beyond the BATCH_CONCURRENCY batches in flight: at 64 connections the queue never holds more than 64 images
+# (so it never triggers), at 256 it does. 128 was right with one batch in flight; with two, the queue at 256
+# connections stays at 128 and adaptation would never start.
+ADAPT_QUEUE_IMAGES_DEFAULT = 64
 
 
 class Settings(BaseSettings):
