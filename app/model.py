@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,10 @@ class LoadedModel:
         return outputs[OUTPUT_NAME].numpy()
 
 
+_tensorflow: ModuleType | None = None
+_tensorflow_import = threading.Lock()
+
+
 def import_tensorflow() -> ModuleType:
     """TensorFlow, imported without the Keras it would otherwise load for ``tf.keras``.
 
@@ -84,13 +89,21 @@ def import_tensorflow() -> ModuleType:
     serving runs a plain SavedModel signature and needs none of Keras. With the legacy-Keras flag
     set and tf_keras not installed, TensorFlow skips that import. Only a process that has not
     imported TensorFlow yet is affected (a test run that trains first keeps its Keras).
-    """
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    with tensorflow_notices_hidden():  # its C++ start-up notices, unless TF_CPP_MIN_LOG_LEVEL=0 (app.logs)
-        import tensorflow as tf
 
-    return tf
+    Its start-up notices are hidden at file descriptor 2 around the first call only: predict() calls
+    this for every batch, from several inference threads and the model loader at once, and hiding
+    them on every call let one thread put back another's /dev/null, losing every log line after it.
+    """
+    global _tensorflow
+    if _tensorflow is None:
+        with _tensorflow_import:
+            if _tensorflow is None:
+                if "tensorflow" not in sys.modules:
+                    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+                with tensorflow_notices_hidden():  # its C++ start-up notices, unless TF_CPP_MIN_LOG_LEVEL=0
+                    import tensorflow as tf
+                _tensorflow = tf
+    return _tensorflow
 
 
 def set_tensorflow_threads(threads: int) -> None:

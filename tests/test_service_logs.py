@@ -2,10 +2,12 @@
 none of TensorFlow's C++ notices unless LOG_LEVEL=debug; a port in use is one line naming PORT."""
 
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import httpx
 import pytest
 
 from app.contract import METADATA_FILE, version_dirs
+from app.model import import_tensorflow
 from tests.servers import REPO, running_server, server_env
 
 # What TensorFlow's C++ side prints at start-up when nobody quiets it (absl's notice, oneDNN, CPU flags).
@@ -87,3 +90,33 @@ def test_an_address_not_of_this_machine_is_one_line_naming_host(trained_model_di
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: cannot listen on HOST {host}, PORT 8000") and "Set HOST to" in line
+
+
+def test_asking_for_tensorflow_from_many_threads_leaves_stderr_where_it_was() -> None:
+    """predict() asks for TensorFlow on every batch, from every inference thread at once (BATCH_CONCURRENCY), while
+    the loader thread loads a new version. Once it is imported that must not touch file descriptor 2: hiding its
+    start-up notices there again per call left, now and then, one thread restoring another's /dev/null, and every
+    log line after it (a swap's "now serving", errors, the shutdown) was lost for good."""
+    original = os.fstat(2)
+    import_tensorflow()
+    elsewhere: list[os.stat_result] = []
+
+    def ask_repeatedly() -> None:
+        for _ in range(2000):
+            import_tensorflow()
+            now = os.fstat(2)
+            if not os.path.samestat(now, original):
+                elsewhere.append(now)
+
+    threads = [threading.Thread(target=ask_repeatedly) for _ in range(4)]
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can: any window shows
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert os.path.samestat(os.fstat(2), original), "stderr no longer goes where it went"
+    assert not elsewhere, f"stderr pointed elsewhere {len(elsewhere)} times while threads asked for TensorFlow"
