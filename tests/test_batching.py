@@ -38,14 +38,12 @@ class StandIn:
         self.levels: list[str | None] = []
         self.delay_s = delay_s
         self.release = threading.Event()
-        self.entered = threading.Event()
         if not blocking:
             self.release.set()
 
     def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray:
         self.calls.append(len(images))
         self.levels.append(level)
-        self.entered.set()
         self.release.wait(10)
         time.sleep(self.delay_s)
         return np.repeat(images[:, 0, 0, :1].astype(np.float32), 10, axis=1)
@@ -64,8 +62,9 @@ async def started(model: StandIn, **kwargs: float) -> MicroBatcher:
     return batcher
 
 
-async def wait_entered(model: StandIn) -> None:
-    while not model.entered.is_set():
+async def wait_entered(model: StandIn, calls: int = 1) -> None:
+    """Until ``calls`` calls of ``model`` have begun (a blocking stand-in holds them there)."""
+    while len(model.calls) < calls:
         await asyncio.sleep(0.001)
 
 
@@ -334,20 +333,15 @@ class Gate(StandIn):
                 self.running -= 1
 
 
-async def wait_calls(model: StandIn, count: int) -> None:
-    while len(model.calls) < count:
-        await asyncio.sleep(0.001)
-
-
 def test_with_concurrency_two_batches_run_at_once_and_a_third_waits_for_a_free_thread() -> None:
     async def scenario() -> None:
         model = Gate()
         batcher = MicroBatcher(lambda: model, 64, 0.0, 512, concurrency=2)
         batcher.start()
         first = asyncio.ensure_future(batcher.predict(image(0)))
-        await wait_calls(model, 1)
+        await wait_entered(model)
         second = asyncio.ensure_future(batcher.predict(image(1)))
-        await wait_calls(model, 2)  # started while the first still runs
+        await wait_entered(model, calls=2)  # started while the first still runs
         waiting = [asyncio.ensure_future(batcher.predict(image(tag))) for tag in (2, 3)]
         await asyncio.sleep(0.02)
         assert model.calls == [1, 1]  # both threads busy: the rest queue for the next free one
@@ -373,7 +367,7 @@ def test_with_concurrency_a_new_model_starts_only_after_the_old_models_batches_a
         batcher = MicroBatcher(lambda: serving[0], 64, 0.0, 512, concurrency=2)
         batcher.start()
         running = asyncio.ensure_future(predict(0))
-        await wait_calls(old, 1)
+        await wait_entered(old)
         serving[0] = new  # swapped while the old model computes; a thread is still free
         later = asyncio.ensure_future(predict(1))
         await asyncio.sleep(0.02)
