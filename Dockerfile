@@ -45,6 +45,7 @@ FROM deps AS project
 # (packages, console scripts) under /opt/project, laid out as they go into /opt/venv.
 COPY pyproject.toml /src/
 COPY app /src/app
+COPY core /src/core
 COPY training /src/training
 RUN set -eu; \
     /opt/venv/bin/python -m ensurepip --default-pip >/dev/null; \

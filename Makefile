@@ -20,7 +20,7 @@ serve: $(STAMP)  ## serve the shipped model on http://127.0.0.1:8000 (docs at /d
 	$(BIN)/python -m app
 
 test: $(STAMP)  ## lint and run the test suite
-	$(BIN)/ruff check app training tests bench client
+	$(BIN)/ruff check app core training tests bench client
 	$(BIN)/python -m pytest
 
 # The run folder of `make train`: named here so the promotion that follows can find it.

@@ -16,8 +16,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import QueueFullError
-from app.levels import UnknownLevelError
-from app.preprocessing import ImageError
+from core.level_table import UnknownLevelError
+from core.preprocessing import ImageError
 
 logger = logging.getLogger("app.errors")
 RETRY_AFTER_SECONDS = "1"

@@ -17,11 +17,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api_docs import router as docs_router
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
-from app.levels import LevelSettings, LevelTable
-from app.logs import page_urls, quiet_tensorflow, seconds_since_start
+from app.logs import page_urls, seconds_since_start
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors, SecurityHeadersMiddleware
-from app.model import ModelLoadError
 from app.model_watcher import ModelWatcher, start_serving
 from app.openapi import install_openapi, operation_id
 from app.pages import router as pages_router
@@ -29,6 +27,9 @@ from app.routes import router
 from app.service import ClassifierService, warm_up_sizes
 from app.settings import Settings, get_settings
 from app.shutdown import hold_sigterm
+from core.level_table import LevelSettings, LevelTable
+from core.tensorflow_runtime import quiet_tensorflow
+from core.versions import ModelLoadError
 
 logger = logging.getLogger("app")
 

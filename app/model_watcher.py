@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from app.contract import missing_files, version_dirs
-from app.levels import MODEL_LEVELS, LevelSettings
 from app.metrics import Metrics
-from app.model import (
+from core.contract import missing_files, version_dirs
+from core.level_table import MODEL_LEVELS, LevelSettings
+from core.versions import (
     LoadedModel,
     ModelLoadError,
     check_answers,
@@ -127,7 +127,7 @@ class ModelWatcher:
 
     def log_skipped_at_start(self) -> None:
         """The versions load_first skipped, logged once the server runs: start-up hides what goes to stderr
-        while TensorFlow loads (app.logs.tensorflow_notices_hidden)."""
+        while TensorFlow loads (core.tensorflow_runtime.tensorflow_notices_hidden)."""
         for version, error in self._unlogged:
             self._log_skip(version, error)
         self._unlogged.clear()

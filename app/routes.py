@@ -6,19 +6,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.contract import IMAGE_SIZE, LevelName
 from app.errors import BodyTooLargeError, DuplicateFileError
-from app.preprocessing import (
-    ACCEPTED_FORMATS,
-    ACCEPTED_FORMATS_TEXT,
-    ALLOWED_FORMATS,
-    ALLOWED_MEDIA_TYPES,
-    DEFAULT_MAX_PIXELS,
-    EmptyImageError,
-    TooManyPixelsError,
-    UndecodableImageError,
-    UnsupportedFormatError,
-)
 from app.schemas import (
     BatchPrediction,
     ErrorMessage,
@@ -29,6 +17,18 @@ from app.schemas import (
 )
 from app.service import ClassifierService
 from app.settings import Settings
+from core.contract import IMAGE_SIZE, LevelName
+from core.preprocessing import (
+    ACCEPTED_FORMATS,
+    ACCEPTED_FORMATS_TEXT,
+    ALLOWED_FORMATS,
+    ALLOWED_MEDIA_TYPES,
+    DEFAULT_MAX_PIXELS,
+    EmptyImageError,
+    TooManyPixelsError,
+    UndecodableImageError,
+    UnsupportedFormatError,
+)
 
 router = APIRouter()
 

@@ -2,8 +2,8 @@
 
 from pydantic import BaseModel, Field
 
-from app.contract import CLASS_NAMES
-from app.preprocessing import UnsupportedFormatError
+from core.contract import CLASS_NAMES
+from core.preprocessing import UnsupportedFormatError
 
 
 class ClassProbability(BaseModel):

@@ -12,12 +12,9 @@ import numpy as np
 from PIL import Image
 
 from app.batching import Answer, MicroBatcher
-from app.contract import CLASS_NAMES, NUM_CLASSES
 from app.errors import NotReadyError, TooManyFilesError, image_error_status
 from app.metrics import Metrics
-from app.model import check_answers
 from app.model_watcher import ServedModel
-from app.preprocessing import ImageError, image_bytes_to_array, open_image, opened_image_to_array
 from app.schemas import (
     BatchPrediction,
     ClassProbability,
@@ -28,6 +25,9 @@ from app.schemas import (
     Prediction,
 )
 from app.settings import Settings
+from core.contract import CLASS_NAMES, NUM_CLASSES
+from core.preprocessing import ImageError, image_bytes_to_array, open_image, opened_image_to_array
+from core.versions import check_answers
 
 
 class Upload(Protocol):

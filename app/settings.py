@@ -6,9 +6,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.contract import LevelName
-from app.cpus import available_cpus
-from app.preprocessing import DEFAULT_MAX_PIXELS
+from core.contract import LevelName
+from core.cpus import available_cpus
+from core.preprocessing import DEFAULT_MAX_PIXELS
 
 
 def cpus_per_worker(workers: int) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from app.contract import version_dirs  # noqa: E402
+from core.contract import version_dirs  # noqa: E402
 from tests import hostile_files as files  # noqa: E402 - the same generated uploads as the tests
 from tests.servers import Server, rss_bytes, spawn_server  # noqa: E402
 

@@ -42,8 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.contract import CLASS_NAMES  # noqa: E402
 from app.settings import ADAPT_QUEUE_IMAGES_DEFAULT  # noqa: E402
+from core.contract import CLASS_NAMES  # noqa: E402
 
 BOUNDARY = "cifar10-bench-boundary-7d1f"
 ARCHIVE = "shared/data/cifar10-train-jpeg.tar.gz"
@@ -108,8 +108,8 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from app.levels import LevelSettings
-    from app.model import load_model
+    from core.level_table import LevelSettings
+    from core.versions import load_model
 
     model = load_model(model_dir, tensorflow_threads=threads)
     float32_only = load_model(model_dir, level_settings=LevelSettings(allow_bfloat16=False))

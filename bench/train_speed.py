@@ -21,9 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.contract import INPUT_NAME, LEVELS, level_for_tta
-from app.cpus import available_cpus
-from app.model import set_tensorflow_threads
+from core.contract import INPUT_NAME, LEVELS, level_for_tta
+from core.cpus import available_cpus
+from core.tensorflow_runtime import set_tensorflow_threads
 from training import export
 from training.cli import add_recipe_option
 from training.recipes import RECIPES

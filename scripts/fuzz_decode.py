@@ -1,6 +1,6 @@
 """Fuzz the decode path for a bounded time: ``python scripts/fuzz_decode.py --seconds 300``.
 
-Coverage-guided with atheris (libFuzzer) over Pillow's Python parsers and app.preprocessing, seeded with
+Coverage-guided with atheris (libFuzzer) over Pillow's Python parsers and core.preprocessing, seeded with
 one small valid file of every allowed format and the unusual modes. Without atheris it falls back to
 hypothesis at the byte level. The property is the one the service relies on: any bytes at all give a
 uint8 (32, 32, 3) array or an ImageError (which the service maps to 4xx), never another exception,
@@ -45,7 +45,7 @@ def seeds() -> dict[str, bytes]:
 def check(data: bytes) -> None:
     import numpy as np
 
-    from app.preprocessing import ImageError, image_bytes_to_array
+    from core.preprocessing import ImageError, image_bytes_to_array
 
     try:
         array = image_bytes_to_array(data, FUZZ_MAX_PIXELS)
@@ -61,7 +61,7 @@ def run_atheris(seconds: int, findings: Path, max_len: int) -> None:
     with atheris.instrument_imports(include=["PIL", "app"]):
         import PIL.Image
 
-        import app.preprocessing  # noqa: F401 - instrumented on import
+        import core.preprocessing  # noqa: F401 - instrumented on import
 
         PIL.Image.init()  # Pillow imports its format plugins lazily: import them here, instrumented
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from app.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, SAVED_MODEL_FILE, export_contract
+from core.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE, SAVED_MODEL_FILE, export_contract
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE * 3
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.contract import CLASS_NAMES
+from core.contract import CLASS_NAMES
 
 # One (colour, shape) per class: different enough that a small CNN separates them in seconds.
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),

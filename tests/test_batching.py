@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from app.batching import MicroBatcher, QueueFullError
-from app.preprocessing import open_image
 from app.service import is_small_image
+from core.preprocessing import open_image
 
 
 def image(tag: int, count: int = 1) -> np.ndarray:

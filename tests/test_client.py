@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app import schemas
-from app.contract import CLASS_NAMES
 from app.main import create_app
 from app.settings import Settings
 from cifar10_client import (
@@ -28,6 +27,7 @@ from cifar10_client import (
 )
 from cifar10_client import models as client_models
 from cifar10_client.models import as_json
+from core.contract import CLASS_NAMES
 from tests.servers import free_port, ready_test_client
 from tests.synthetic import write_jpegs
 

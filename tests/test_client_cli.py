@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app.contract import CLASS_NAMES
 from cifar10_client import APIError, Client
 from cifar10_client.cli import main
+from core.contract import CLASS_NAMES
 from tests.servers import Server, free_port, running_server
 from tests.synthetic import write_jpegs
 

@@ -13,8 +13,8 @@ from types import ModuleType
 import pytest
 from fastapi.testclient import TestClient
 
-from app.contract import CLASS_NAMES
 from app.settings import Settings
+from core.contract import CLASS_NAMES
 from tests.servers import ready_test_client
 from tests.synthetic import write_jpegs
 

@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.contract import SIGNATURE_NAME, version_dirs
-from app.levels import LevelSettings, UnknownLevelError, cpu_flags, has_bfloat16, level_table
-from app.model import ModelLoadError, load_model
+from core.contract import SIGNATURE_NAME, version_dirs
+from core.cpus import cpu_flags, has_bfloat16
+from core.level_table import LevelSettings, UnknownLevelError, level_table
+from core.versions import ModelLoadError, load_model
 from training.levels import bfloat16_batch_sizes
 
 METADATA = {

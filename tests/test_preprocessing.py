@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.preprocessing import (
+from core.preprocessing import (
     ImageError,
     TooManyPixelsError,
     UnsupportedFormatError,

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from app.preprocessing import ImageError, TooManyPixelsError, image_bytes_to_array
+from core.preprocessing import ImageError, TooManyPixelsError, image_bytes_to_array
 from tests import hostile_files as files
 
 # Derandomized: CI explores the same examples every run; scripts/fuzz_decode.py explores new ones.

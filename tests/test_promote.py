@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.contract import CLASS_NAMES, METADATA_FILE, VARIABLES_INDEX, version_dirs
+from core.contract import CLASS_NAMES, METADATA_FILE, VARIABLES_INDEX, version_dirs
 from tests.model_versions import NotProbabilities, WrongSignature, corrupt_saved_model, drop_metadata, write_model
 from training.promote import PromotionError, promote
 

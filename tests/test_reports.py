@@ -10,7 +10,7 @@ import pytest
 from matplotlib.colors import to_rgb as matplotlib_rgb
 from PIL import Image
 
-from app.contract import CLASS_NAMES, METADATA_FILE, version_dirs
+from core.contract import CLASS_NAMES, METADATA_FILE, version_dirs
 from tests.synthetic import shape_arrays
 from training import reports
 from training.regenerate_report import main as regenerate_main

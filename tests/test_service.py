@@ -13,10 +13,10 @@ import tensorflow as tf
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME, version_dirs
 from app.main import create_app
-from app.preprocessing import image_bytes_to_array
 from app.settings import Settings
+from core.contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME, version_dirs
+from core.preprocessing import image_bytes_to_array
 from tests.servers import running_server
 from tests.synthetic import shape_image
 

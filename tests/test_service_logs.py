@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.contract import METADATA_FILE, version_dirs
-from app.model import import_tensorflow
+from core.contract import METADATA_FILE, version_dirs
+from core.tensorflow_runtime import import_tensorflow
 from tests.servers import REPO, running_server, server_env
 
 # What TensorFlow's C++ side prints at start-up when nobody quiets it (absl's notice, oneDNN, CPU flags).

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.contract import METADATA_FILE, SAVED_MODEL_FILE
 from app.main import create_app
 from app.service import ClassifierService
 from app.settings import Settings
+from core.contract import METADATA_FILE, SAVED_MODEL_FILE
 from tests import hostile_files as files
 from tests.servers import spawn_server
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.contract import METADATA_FILE, SAVED_MODEL_FILE, version_dirs
+from core.contract import METADATA_FILE, SAVED_MODEL_FILE, version_dirs
 from tests.model_versions import write_model
 from tests.synthetic import write_image_folder
 from tests.test_promote import tree_digest

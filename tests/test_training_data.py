@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.contract import CLASS_NAMES
+from core.contract import CLASS_NAMES
 from tests.synthetic import write_image_folder
 from training.data import (
     DatasetError,

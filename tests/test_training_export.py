@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.contract import (
+from core.contract import (
     CLASS_NAMES,
     INPUT_NAME,
     LEVEL_NAMES,

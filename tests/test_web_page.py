@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from app.contract import CLASS_NAMES
+from core.contract import CLASS_NAMES
 from tests.browser import ARTIFACTS, OffHostRequests, headless_chromium
 from tests.servers import running_server
 from tests.synthetic import shape_image

@@ -5,7 +5,7 @@ the CPU-instruction one) kept out of the command's output, as the service keeps 
 ``python -m training --help`` prints the help alone. TF_CPP_MIN_LOG_LEVEL=0 shows them.
 """
 
-from app.logs import quiet_tensorflow, tensorflow_notices_hidden
+from core.tensorflow_runtime import quiet_tensorflow, tensorflow_notices_hidden
 
 quiet_tensorflow("info")
 with tensorflow_notices_hidden():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from app.contract import CHANNELS, IMAGE_SIZE, NUM_CLASSES
+from core.contract import CHANNELS, IMAGE_SIZE, NUM_CLASSES
 
 # Per-channel statistics of the CIFAR-10 training set, on the [0, 1] scale.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.cpus import available_cpus
+from core.cpus import available_cpus
 from training.data import DatasetError, default_cache_dir
 from training.recipes import DEFAULT_RECIPE, RECIPE_ALIASES, RECIPES, Recipe, recipe_name
 

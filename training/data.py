@@ -1,7 +1,7 @@
 """Datasets: keras.datasets.cifar10, or an ImageFolder directory or archive, decoded once and cached.
 
 An ImageFolder is ``train/<class>/*`` and optionally ``test/<class>/*``. Every file is decoded
-with the service's own :func:`app.preprocessing.image_bytes_to_array`. An unreadable or
+with the service's own :func:`core.preprocessing.image_bytes_to_array`. An unreadable or
 non-image file is fatal, named in the error: a silently smaller dataset would make every
 reported figure quietly wrong.
 """
@@ -19,8 +19,8 @@ from typing import TextIO
 
 import numpy as np
 
-from app.contract import CLASS_NAMES
-from app.preprocessing import ImageError, image_bytes_to_array
+from core.contract import CLASS_NAMES
+from core.preprocessing import ImageError, image_bytes_to_array
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 KERAS_SOURCE = "keras.datasets.cifar10"

@@ -1,4 +1,4 @@
-"""Writes a trained Keras model as a SavedModel that keeps the export contract (app.contract)."""
+"""Writes a trained Keras model as a SavedModel that keeps the export contract (core.contract)."""
 
 import json
 from collections.abc import Callable, Iterator
@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.contract import (
+from core.contract import (
     BFLOAT16,
     FLOAT32,
     IMAGE_SIZE,

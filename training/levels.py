@@ -1,6 +1,6 @@
 """Every accuracy level of one set of weights: calibrate, export, evaluate and time each.
 
-The export holds one signature per level (app.contract.LEVELS) in float32, and the same in bfloat16
+The export holds one signature per level (core.contract.LEVELS) in float32, and the same in bfloat16
 when the recipe can compute in it. Each level gets its own temperature, fitted on validation NLL of
 its own view-averaged logits. bfloat16 is then kept only for the batch sizes where it measured
 faster here, and only if no level's validation accuracy moves by more than
@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.contract import BFLOAT16, FLOAT32, INPUT_NAME, LEVELS, level_signature
+from core.contract import BFLOAT16, FLOAT32, INPUT_NAME, LEVELS, level_signature
 from training import calibration, export
 
 # The batch sizes the service's micro-batcher forms (1 up to MAX_BATCH_SIZE, 64 by default):

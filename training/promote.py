@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.contract import CLASS_NAMES, METADATA_FILE, export_contract, missing_files, next_version, version_dirs
-from app.model import ModelLoadError, check_answers, load_version
+from core.contract import CLASS_NAMES, METADATA_FILE, export_contract, missing_files, next_version, version_dirs
+from core.versions import ModelLoadError, check_answers, load_version
 from training.cli import DefaultsOnceFormatter
 from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, staging_dir
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.contract import next_version
+from core.contract import next_version
 
 STAGING_PREFIX = ".staging-"  # version_dirs() ignores it: only integer names are versions
 DEFAULT_MODEL_ROOT = Path("models/cifar10")  # the served model folder, as the service's MODEL_DIR defaults to

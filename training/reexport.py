@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.contract import CLASS_NAMES, METADATA_FILE, SIGNATURE_NAME, export_contract, level_for_tta
-from app.cpus import available_cpus
+from core.contract import CLASS_NAMES, METADATA_FILE, SIGNATURE_NAME, export_contract, level_for_tta
+from core.cpus import available_cpus
 from training.data import DatasetError, default_cache_dir
 
 # The source's served probabilities and the rebuilt model's may differ by float round-off only.
@@ -33,7 +33,7 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
     import numpy as np
     import tensorflow as tf
 
-    from app.model import set_tensorflow_threads
+    from core.tensorflow_runtime import set_tensorflow_threads
     from training import export, levels, reports
     from training.data import load_image_folder, stratified_split
     from training.publish import publish_next_version, staging_dir

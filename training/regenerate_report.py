@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from app.contract import METADATA_FILE, SIGNATURE_NAME
+from core.contract import METADATA_FILE, SIGNATURE_NAME
 from training import export, reports
 from training.data import DatasetError, default_cache_dir, load_image_folder, stratified_split
 from training.recipes import RECIPES, recipe_name

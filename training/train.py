@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from app.contract import (
+from core.contract import (
     CLASS_NAMES,
     IMAGE_SIZE,
     METADATA_FILE,
@@ -25,7 +25,7 @@ from app.contract import (
     export_contract,
     level_for_tta,
 )
-from app.model import set_tensorflow_threads
+from core.tensorflow_runtime import set_tensorflow_threads
 from training import export, levels, reports
 from training.architectures import CIFAR10_MEAN
 from training.data import (

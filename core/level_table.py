@@ -1,6 +1,6 @@
 """The accuracy levels one served model offers, and which signature computes a batch of each.
 
-A model exported with levels (app.contract.LEVELS) lists them in metadata.json with their figures,
+A model exported with levels (core.contract.LEVELS) lists them in metadata.json with their figures,
 and the batch sizes at which its bfloat16 signatures measured faster than float32 while keeping
 every level's accuracy. bfloat16 is used only on a CPU with bfloat16 instructions (AVX512-BF16 or
 AMX): elsewhere TensorFlow would emulate it, slower than float32, so such a CPU gets float32 by itself.
@@ -9,13 +9,9 @@ A model exported before levels existed offers one level, its ``serving_default``
 
 import bisect
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from app.contract import BFLOAT16, DEFAULT_LEVEL, FLOAT32, LEVEL_NAMES, SIGNATURE_NAME, level_for_tta, level_signature
-
-# /proc/cpuinfo flags of the instructions that make bfloat16 convolutions fast in oneDNN.
-BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+from core.contract import BFLOAT16, DEFAULT_LEVEL, FLOAT32, LEVEL_NAMES, SIGNATURE_NAME, level_for_tta, level_signature
 
 
 class UnknownLevelError(ValueError):
@@ -24,22 +20,6 @@ class UnknownLevelError(ValueError):
     def __init__(self, level: str, offered: tuple[str, ...]) -> None:
         super().__init__(f"Unknown level {level!r}: this model offers {', '.join(repr(n) for n in offered)}.")
         self.level, self.offered = level, offered
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The first processor's flags (empty where /proc/cpuinfo is not readable, e.g. outside Linux)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
-
-
-def has_bfloat16(flags: frozenset[str]) -> bool:
-    return bool(flags & BFLOAT16_CPU_FLAGS)
 
 
 @dataclass(frozen=True)

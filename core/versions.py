@@ -6,18 +6,14 @@ Serving needs TensorFlow and the SavedModel alone: nothing from ``training`` is 
 import itertools
 import json
 import logging
-import os
-import sys
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from app.contract import (
+from core.contract import (
     CHANNELS,
     CLASS_NAMES,
     IMAGE_SIZE,
@@ -29,10 +25,11 @@ from app.contract import (
     SIGNATURE_NAME,
     version_dirs,
 )
-from app.levels import MODEL_LEVELS, LevelSettings, LevelTable, UnknownLevelError, cpu_flags, has_bfloat16, level_table
-from app.logs import tensorflow_notices_hidden
+from core.cpus import cpu_flags, has_bfloat16
+from core.level_table import MODEL_LEVELS, LevelSettings, LevelTable, UnknownLevelError, level_table
+from core.tensorflow_runtime import import_tensorflow, set_tensorflow_threads
 
-logger = logging.getLogger("app.model")
+logger = logging.getLogger("core.versions")
 HOW_TO_MAKE_ONE = "Train one with `python -m training` (see README) or set MODEL_DIR to a model directory."
 
 
@@ -76,45 +73,6 @@ class LoadedModel:
         name = self.levels.signature(self.levels.resolve(level), len(images))
         outputs = self.saved_model.signatures[name](**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
         return outputs[OUTPUT_NAME].numpy()
-
-
-_tensorflow: ModuleType | None = None
-_tensorflow_import = threading.Lock()
-
-
-def import_tensorflow() -> ModuleType:
-    """TensorFlow, imported without the Keras it would otherwise load for ``tf.keras``.
-
-    ``import tensorflow`` imports Keras' optimizers eagerly, about a third of its import time;
-    serving runs a plain SavedModel signature and needs none of Keras. With the legacy-Keras flag
-    set and tf_keras not installed, TensorFlow skips that import. Only a process that has not
-    imported TensorFlow yet is affected (a test run that trains first keeps its Keras).
-
-    Its start-up notices are hidden at file descriptor 2 around the first call only: predict() calls
-    this for every batch, from several inference threads and the model loader at once, and hiding
-    them on every call let one thread put back another's /dev/null, losing every log line after it.
-    """
-    global _tensorflow
-    if _tensorflow is None:
-        with _tensorflow_import:
-            if _tensorflow is None:
-                if "tensorflow" not in sys.modules:
-                    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-                with tensorflow_notices_hidden():  # its C++ start-up notices, unless TF_CPP_MIN_LOG_LEVEL=0
-                    import tensorflow as tf
-                _tensorflow = tf
-    return _tensorflow
-
-
-def set_tensorflow_threads(threads: int) -> None:
-    """Size TensorFlow's intra- and inter-op pools; only the first call in a process takes effect."""
-    tf = import_tensorflow()
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        # Already initialised in this process (a second app in the same test run): keep the pools.
-        logger.debug("TensorFlow thread pools already configured")
 
 
 def resolve_version_dir(model_dir: Path) -> tuple[int, Path]:

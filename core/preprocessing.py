@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.contract import IMAGE_SIZE
+from core.contract import IMAGE_SIZE
 
 # The formats the service accepts, as people write them; anything else is refused before decoding.
 # Every other form of the list is derived from this one: Pillow's format names (upper case), the
