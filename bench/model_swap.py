@@ -1,4 +1,4 @@
-"""Hot swap under load: ``python bench/model_swap.py`` (run it under ``flock /work/notes/bench.lock``).
+"""Hot swap under load: ``python bench/model_swap.py`` (on a quiet machine: it measures latency and RSS).
 
 Starts ``python -m app`` on loopback with a copy of a model folder's highest version as version 1, keeps
 --connections clients posting CIFAR-sized JPEGs, and --swaps times drops a copy of the same SavedModel in
@@ -15,7 +15,7 @@ renamed). For each swap it reports:
 Exits 1 if a request failed or an old answer came late.
 With --no-swap nothing is dropped in: the same load and the same timing, the control for the RSS figure.
 
-    flock /work/notes/bench.lock .venv/bin/python bench/model_swap.py --json docs/bench-model-swap.json
+    .venv/bin/python bench/model_swap.py --json docs/bench-model-swap.json
 """
 
 import argparse
@@ -37,6 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.paths import recorded_path  # noqa: E402
 from core.contract import version_dirs  # noqa: E402
 from tests import hostile_files as files  # noqa: E402 - the same generated uploads as the tests
 from tests.servers import Server, rss_bytes, spawn_server  # noqa: E402
@@ -189,7 +190,7 @@ def summarize(result: dict, args: argparse.Namespace) -> dict:
     }
     return {"settings": {"connections": args.connections, "swaps": args.swaps, "poll_seconds": args.poll_seconds,
                          "warm_up_s": args.warm_up,
-                         "model": str(export_of(args)), "server_env": args.server_env,
+                         "model": recorded_path(export_of(args)), "server_env": args.server_env,
                          "cpus": len(os.sched_getaffinity(0)),
                          "load_average_before": args.load_before, "load_average_after": os.getloadavg()},
             "summary": summary, **result}

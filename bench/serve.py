@@ -43,11 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.settings import ADAPT_QUEUE_IMAGES_DEFAULT  # noqa: E402
+from bench.paths import recorded_path  # noqa: E402
 from core.contract import CLASS_NAMES  # noqa: E402
 
 BOUNDARY = "cifar10-bench-boundary-7d1f"
 ARCHIVE = "shared/data/cifar10-train-jpeg.tar.gz"
-DEFAULT_DATA = [ROOT.parent / ARCHIVE, ROOT / ARCHIVE, Path("/work") / ARCHIVE]
+DEFAULT_DATA = [ROOT.parent / ARCHIVE, ROOT / ARCHIVE]
 CEILING_BATCHES = (1, 8, 32, 64, 256)
 TICKS = os.sysconf("SC_CLK_TCK")
 CPUS = len(os.sched_getaffinity(0))
@@ -70,7 +71,7 @@ def load_jpegs(archive: Path | None, count: int) -> tuple[list[bytes], str]:
                             break
             images = [img for group in zip(*found.values(), strict=False) for img in group][:count]
             if images:
-                return images, str(path)
+                return images, recorded_path(path)
     # No archive here: random 32x32 pictures saved the way the archive is (JPEG q75, 4:2:0).
     import numpy as np
     from PIL import Image
@@ -159,7 +160,7 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
         # Shares of all CPUs while measuring: "other" above a few per cent means a distorted ceiling.
         "cpu_share": {"self": round(own / total, 3), "other": round(max(busy_after - busy_before - own, 0) / total, 3)},
         "threads": threads,
-        "model": {"name": model.name, "version": model.version, "path": str(model.path)},
+        "model": {"name": model.name, "version": model.version, "path": recorded_path(model.path)},
         "default_level": model.default_level,
         "levels": levels,
     }
@@ -455,6 +456,14 @@ def scrape_batches(port: int) -> tuple[float, float]:
 
 # ---------------------------------------------------------------- the runs
 
+def shown_env(env: dict[str, str]) -> dict[str, str]:
+    """The settings a run records: what the server was given but its address, MODEL_DIR as a repository path."""
+    shown = {k: v for k, v in env.items() if k not in ("HOST", "PORT", "TF_CPP_MIN_LOG_LEVEL")}
+    if "MODEL_DIR" in shown:
+        shown["MODEL_DIR"] = recorded_path(shown["MODEL_DIR"])
+    return shown
+
+
 def resolved_settings(env: dict[str, str]) -> dict[str, Any]:
     """The settings the service will run with: its defaults, with ``env`` applied as the service applies it."""
     from app.settings import Settings
@@ -482,8 +491,7 @@ def bench_service(args: argparse.Namespace, name: str, levels: list[int], extra_
     env.update(extra_env)
     settings = resolved_settings(env)
     server = Server(name, [sys.executable, "-m", "app"], env, port, "/readyz", work)
-    shown = {k: v for k, v in env.items() if k not in ("HOST", "PORT", "TF_CPP_MIN_LOG_LEVEL")}
-    result: dict[str, Any] = {"name": name, "settings": settings, "env": shown}
+    result: dict[str, Any] = {"name": name, "settings": settings, "env": shown_env(env)}
     try:
         result["ready_s"] = round(server.wait_ready(args.ready_timeout), 2)
         check_answers(port, bodies)
@@ -542,8 +550,7 @@ def bench_side_by_side(args: argparse.Namespace, services: list[dict[str, Any]],
             env.update(spec["env"])
             server = Server(spec["key"], [sys.executable, "-m", "app"], env, port, "/readyz", work)
             result: dict[str, Any] = {"name": spec["key"], "label": spec["label"], "settings": resolved_settings(env),
-                                      "env": {k: v for k, v in env.items() if k not in ("HOST", "PORT",
-                                                                                       "TF_CPP_MIN_LOG_LEVEL")},
+                                      "env": shown_env(env),
                                       "levels": []}
             started.append((spec, server, result))
             result["ready_s"] = round(server.wait_ready(args.ready_timeout), 2)
@@ -725,7 +732,7 @@ def table(results: dict[str, Any]) -> str:
                          f"{lat['p90']:>8.1f}{lat['p99']:>8.1f}{lat['max']:>8.0f}{lvl['rejected_503']:>7}"
                          f"{lvl['errors']:>5}{batch if batch is not None else '-':>6}{cpu['other']:>6.0%}  {answered}")
     lines += ["ok/s: 200 answers per second (one image each); batch: mean images per model call; other: share of",
-              "all CPUs used by processes other than the server and wrk (other engineers' work on a shared machine).",
+              "all CPUs used by processes other than the server and wrk (anything else running on the machine).",
               ""]
     for key in ("today", "today_engine", "levels", "adaptive"):
         run = results.get(key)
