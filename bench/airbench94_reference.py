@@ -9,9 +9,9 @@ alternating flip, 2-pixel reflect translation, TTA with flips and 1-pixel shifts
 split that ``bench/export_split.py`` writes, so its validation accuracy is comparable with
 ``metadata.json``'s.
 
-    python3 -m venv /tmp/reference && /tmp/reference/bin/pip install torch numpy
+    python3 -m venv .venv-reference && .venv-reference/bin/pip install torch numpy
     .venv/bin/python bench/export_split.py --data ../shared/data/cifar10-train-jpeg.tar.gz
-    /tmp/reference/bin/python bench/airbench94_reference.py --epochs 10
+    .venv-reference/bin/python bench/airbench94_reference.py --epochs 10
 """
 
 import argparse

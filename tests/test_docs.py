@@ -1,0 +1,50 @@
+"""README.md is a short front door and the docs are written for any reader of the project.
+
+A reader on another machine cannot use one machine's paths or lock files, and has no use for who else
+was using the machine when a figure was measured: the docs state what was run, on what, and the result.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+README_MAX_LINES = 220
+DOCS = sorted([README, *(REPO / "docs").glob("*.md"), *(REPO / "docs").glob("*.json")])
+# Absolute paths of one machine's checkout or home, a lock file only one machine has, people's activity.
+FORBIDDEN = re.compile(r"/work/|/root/|/home/|flock|engineer", re.IGNORECASE)
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def forbidden_lines(text: str) -> list[str]:
+    """``line number: line`` for every line of ``text`` that names something FORBIDDEN."""
+    return [f"{number}: {line.strip()}" for number, line in enumerate(text.splitlines(), 1) if FORBIDDEN.search(line)]
+
+
+def test_readme_is_a_front_door() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
+    # The first commands a reader meets are the two that do all set-up themselves.
+    first_block = README.read_text().split("```")[1]
+    assert "make serve" in first_block and "make test" in first_block, first_block
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda path: path.relative_to(REPO).as_posix())
+def test_no_machine_paths_lock_files_or_people(path: Path) -> None:
+    assert forbidden_lines(path.read_text()) == []
+
+
+def test_the_check_catches_each_kind() -> None:
+    """Each pattern the docs must avoid is caught, and an ordinary relative path is not."""
+    for bad in ("/work/main/models", "cd /root/x", "/home/me/data", "flock /tmp/x.lock make", "Other Engineers' tests"):
+        assert forbidden_lines(f"fine\n{bad}\n") == [f"2: {bad}"]
+    assert forbidden_lines("models/cifar10/4 and ../shared/data/cifar10-train-jpeg.tar.gz") == []
+
+
+@pytest.mark.parametrize("path", [p for p in DOCS if p.suffix == ".md"], ids=lambda path: path.name)
+def test_relative_links_lead_to_files(path: Path) -> None:
+    links = [target for target in LINK.findall(path.read_text()) if "://" not in target]
+    missing = [target for target in links if not (path.parent / target).exists()]
+    assert missing == []
