@@ -19,7 +19,15 @@ $(STAMP): requirements.lock pyproject.toml
 serve: $(STAMP)  ## serve the shipped model on http://127.0.0.1:8000 (docs at /docs)
 	$(BIN)/python -m app
 
-test: $(STAMP)  ## lint and run the test suite
+# tests/test_web_page.py drives Debian's Chromium (never a downloaded browser; without it those tests fail).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+
+test: $(STAMP) $(CHROMIUM)  ## lint and run the test suite
 	$(BIN)/ruff check app core training tests bench client
 	$(BIN)/python -m pytest
 

@@ -3,7 +3,7 @@
 Only the test server's own address resolves: every other host name maps to "not found" inside
 Chromium, and :class:`OffHostRequests` records any request that tries to leave the host anyway.
 Without /usr/bin/chromium the browser tests fail, never skip (``apt-get install chromium
-chromium-driver``, as .ci/run does, or set CHROMIUM).
+chromium-driver``, as `make test` does, or set CHROMIUM).
 """
 
 import os
@@ -29,7 +29,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 def headless_chromium() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium and chromium-driver "
-                    "(`apt-get install chromium chromium-driver`, as .ci/run does) or set CHROMIUM.")
+                    "(`apt-get install chromium chromium-driver`, as `make test` does) or set CHROMIUM.")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -15,7 +15,8 @@ README_MAX_LINES = 220
 DOCS = sorted([README, *(REPO / "docs").glob("*.md"), *(REPO / "docs").glob("*.json")])
 # Absolute paths of one machine's checkout or home, a lock file only one machine has, people's activity.
 FORBIDDEN = re.compile(r"/work/|/root/|/home/|flock|engineer", re.IGNORECASE)
-LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
+HEADING = re.compile(r"^#+ (.+)$", re.MULTILINE)
 
 
 def forbidden_lines(text: str) -> list[str]:
@@ -43,8 +44,25 @@ def test_the_check_catches_each_kind() -> None:
     assert forbidden_lines("models/cifar10/4 and ../shared/data/cifar10-train-jpeg.tar.gz") == []
 
 
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``markdown``: lower case, punctuation dropped, spaces as hyphens."""
+    return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-") for title in HEADING.findall(markdown)}
+
+
 @pytest.mark.parametrize("path", [p for p in DOCS if p.suffix == ".md"], ids=lambda path: path.name)
-def test_relative_links_lead_to_files(path: Path) -> None:
-    links = [target for target in LINK.findall(path.read_text()) if "://" not in target]
-    missing = [target for target in links if not (path.parent / target).exists()]
-    assert missing == []
+def test_relative_links_lead_to_files_and_headings(path: Path) -> None:
+    broken = []
+    for target, anchor in LINK.findall(path.read_text()):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        linked = (path.parent / target) if target else path
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text()):
+            broken.append(f"{target}#{anchor}")
+    assert broken == []
+
+
+def test_anchors_follow_github() -> None:
+    assert anchors("# Title\n## Accuracy levels, load adaptation and bfloat16\n### `docker compose up`\n") == {
+        "title", "accuracy-levels-load-adaptation-and-bfloat16", "docker-compose-up"}
