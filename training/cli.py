@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.cpus import available_cpus
+from training.augment import FLIP_MODES
 from training.data import DatasetError, default_cache_dir
 from training.recipes import DEFAULT_RECIPE, RECIPE_ALIASES, RECIPES, Recipe, recipe_name
 
@@ -103,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --run-dir from its last epoch checkpoint instead of starting over")
     parser.add_argument("--quiet", action="store_true", help="no per-step progress bar, one line per epoch")
+    distilling = parser.add_argument_group("distillation and one-off changes (the ablation in docs/training.md)")
+    distilling.add_argument("--teacher", type=Path, default=None,
+                            help="a model version folder (e.g. models/cifar10/4) whose probabilities the student "
+                            "learns as well as the labels; required by recipes that distill")
+    distilling.add_argument("--distill-weight", type=float, default=None,
+                            help="the teacher's share of each target, 0-1 (default: the recipe's)")
+    distilling.add_argument("--distill-temperature", type=float, default=None,
+                            help="softens (>1) or sharpens (<1) the teacher's probabilities (default: the recipe's)")
+    distilling.add_argument("--flip", choices=FLIP_MODES, default=None,
+                            help="mirror images at random each epoch, in alternating epochs, or never "
+                            "(default: the recipe's)")
     return parser
 
 
@@ -118,16 +130,23 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"error: {flag} must be a positive integer, got {value}", file=sys.stderr)
             return 2
+    if args.distill_weight is not None and not 0 <= args.distill_weight <= 1:
+        print(f"error: --distill-weight must be between 0 and 1, got {args.distill_weight}", file=sys.stderr)
+        return 2
+    if args.distill_temperature is not None and args.distill_temperature <= 0:
+        print(f"error: --distill-temperature must be positive, got {args.distill_temperature}", file=sys.stderr)
+        return 2
     if args.resume and args.run_dir is None:
         print("error: --resume continues a run: name its folder with --run-dir (the runs/<recipe>-<time> "
               "folder the interrupted run printed)", file=sys.stderr)
         return 2
+    from training.distill import TeacherError
     from training.train import train
 
     config = config_from_args(args)
     try:
         train(config)
-    except DatasetError as error:
+    except (DatasetError, TeacherError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -153,6 +172,9 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
         run_dir=args.run_dir or new_run_dir(args.recipe),
         resume=args.resume,
         verbose=2 if args.quiet else 1,
+        teacher=args.teacher,
+        recipe_changes={key: value for key, value in (("flip", args.flip), ("distill_weight", args.distill_weight),
+                        ("distill_temperature", args.distill_temperature)) if value is not None},
     )
 
 

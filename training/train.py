@@ -8,7 +8,7 @@ import json
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import tensorflow as tf
 
 from core.contract import (
     CLASS_NAMES,
-    IMAGE_SIZE,
     METADATA_FILE,
     NUM_CLASSES,
     SIGNATURE_NAME,
@@ -26,8 +25,8 @@ from core.contract import (
     level_for_tta,
 )
 from core.tensorflow_runtime import set_tensorflow_threads
-from training import export, levels, reports
-from training.architectures import CIFAR10_MEAN
+from training import distill, export, levels, reports
+from training.augment import EpochCounter
 from training.data import (
     KERAS_SOURCE,
     Dataset,
@@ -38,8 +37,9 @@ from training.data import (
     load_keras_cifar10,
     stratified_split,
 )
+from training.pipeline import make_pipeline
 from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, publish_replacing, staging_dir
-from training.recipes import RECIPES, Lookahead, Recipe, recipe_name
+from training.recipes import DEFAULT_DISTILLATION, RECIPES, Lookahead, Recipe, recipe_name
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class TrainConfig:
     run_dir: Path  # checkpoints, the epoch log (for --resume) and, without ``out``, the export
     resume: bool
     verbose: int = 1
+    teacher: Path | None = None  # a model version whose probabilities a distilling recipe learns from
+    recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes: flip, distillation
     timing_seconds: float = levels.TIMING_SECONDS  # per level, precision and batch size, for metadata.json
 
 
@@ -97,7 +99,7 @@ def train(config: TrainConfig) -> Path:
     """Train, calibrate and export one model; returns the export directory (``run_dir/model``, or the
     new version in ``out``)."""
     set_tensorflow_threads(config.threads)
-    recipe = RECIPES[recipe_name(config.recipe)]
+    recipe = changed_recipe(RECIPES[recipe_name(config.recipe)], config)
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
     fitted = fit(config, recipe, splits)
@@ -143,45 +145,17 @@ def load_dataset(config: TrainConfig) -> Dataset:
     return load_image_folder(config.data, config.cache_dir)
 
 
-def make_pipeline(split: Split, recipe: Recipe, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
-    """tf.data: uint8 images -> augmented float32 batches with one-hot labels."""
-    pad, cutout = recipe.translate_pixels, recipe.cutout_pixels
-    mean_colour = tf.constant(np.round(np.asarray(CIFAR10_MEAN) * 255), tf.uint8)
-
-    def cut_out(image: tf.Tensor) -> tf.Tensor:
-        # The square's centre is anywhere in the image, so it may hang over the edge (DeVries & Taylor).
-        top, left = tf.unstack(tf.random.uniform([2], 0, IMAGE_SIZE, dtype=tf.int32) - cutout // 2)
-        index = tf.range(IMAGE_SIZE)
-        rows = (index >= top) & (index < top + cutout)
-        cols = (index >= left) & (index < left + cutout)
-        inside = (rows[:, None] & cols[None, :])[:, :, None]
-        return tf.where(inside, mean_colour, image)
-
-    def augment(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        if recipe.random_flip:
-            image = tf.image.random_flip_left_right(image)
-        if pad:
-            padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-            image = tf.image.random_crop(padded, tf.shape(image))
-        if cutout:
-            image = cut_out(image)
-        return image, label
-
-    def to_model_input(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return tf.cast(image, tf.float32), tf.one_hot(label, NUM_CLASSES)
-
-    dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    if training:
-        dataset = dataset.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True)
-        if recipe.random_flip or pad or cutout:
-            dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.map(to_model_input).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
     """The recipe's model trained on the train split, checkpointed each epoch in ``config.run_dir``."""
     epochs = config.epochs or recipe.epochs
     batch_size = config.batch_size or recipe.batch_size
+    teacher = None
+    if recipe.distillation is not None:
+        probabilities = distill.teacher_probabilities(config.teacher, splits.train.images,
+                                                      recipe.distillation.teacher_level, config.run_dir)
+        agreement = float(np.mean(probabilities.argmax(axis=1) == splits.train.labels))
+        print(f"teacher: {agreement:.2%} of the training split's labels", flush=True)
+        teacher = distill.soft_targets(probabilities, recipe.distillation.temperature)
     keras.config.set_dtype_policy("mixed_bfloat16" if recipe.mixed_bfloat16 else "float32")
     model = recipe.build()
     if recipe.data_init is not None:
@@ -199,14 +173,16 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
         shutil.rmtree(backup_dir, ignore_errors=True)
         history_csv.unlink(missing_ok=True)
     config.run_dir.mkdir(parents=True, exist_ok=True)
+    epoch_counter = EpochCounter()
     model.fit(
-        make_pipeline(splits.train, recipe, batch_size, training=True, seed=config.seed),
-        validation_data=make_pipeline(splits.val, recipe, export.EVALUATION_BATCH_SIZE, training=False,
-                                      seed=config.seed),
+        make_pipeline(splits.train, batch_size, config.seed, recipe.augmentation, epoch_counter.epoch, teacher,
+                      recipe.distillation.weight if recipe.distillation else 0.0),
+        validation_data=make_pipeline(splits.val, export.EVALUATION_BATCH_SIZE, config.seed),
         epochs=epochs,
         shuffle=False,  # the pipeline shuffles, reproducibly from the seed
         verbose=config.verbose,
         callbacks=[
+            epoch_counter,
             # Lookahead first: it puts the averaged weights in place before the epoch's checkpoint.
             *([Lookahead(recipe.lookahead, steps_per_epoch * epochs)] if recipe.lookahead else []),
             keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
@@ -218,6 +194,24 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
         ],
     )
     return Fitted(model, reports.read_history(history_csv), epochs, batch_size)
+
+
+def changed_recipe(recipe: Recipe, config: TrainConfig) -> Recipe:
+    """The recipe as this run trains it: distilling exactly when ``--teacher`` is given (with the recipe's
+    distillation, else DEFAULT_DISTILLATION), with the run's one-off changes (``flip``, ``distill_weight``,
+    ``distill_temperature``: the ablation's rows in docs/training.md)."""
+    changes = config.recipe_changes
+    if "flip" in changes:
+        recipe = replace(recipe, augmentation=replace(recipe.augmentation, flip=changes["flip"]))
+    if config.teacher is None:
+        if recipe.distillation is not None or {"distill_weight", "distill_temperature"} & changes.keys():
+            raise distill.TeacherError(f"recipe {config.recipe} distills: pass --teacher with a model version "
+                                       "folder, e.g. --teacher models/cifar10/4.")
+        return recipe
+    distillation = recipe.distillation or DEFAULT_DISTILLATION
+    return replace(recipe, distillation=replace(
+        distillation, weight=changes.get("distill_weight", distillation.weight),
+        temperature=changes.get("distill_temperature", distillation.temperature)))
 
 
 def calibrate(recipe: Recipe, trained: keras.Model, val_split: Split) -> Calibrated:
@@ -266,6 +260,11 @@ def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fi
         "val_accuracy": round(evaluation.val_accuracy, 4),
         "test_accuracy": None if evaluation.test_accuracy is None else round(evaluation.test_accuracy, 4),
         "tta": recipe.tta,
+        "flip": recipe.augmentation.flip,
+        "distillation": None if recipe.distillation is None else {
+            "teacher": config.teacher.as_posix() if config.teacher else None,
+            "level": recipe.distillation.teacher_level, "weight": recipe.distillation.weight,
+            "temperature": recipe.distillation.temperature},
         **default_level_figures(calibrated.default_level, evaluation.levels),
         "default_level": calibrated.default_level,
         "levels": evaluation.levels,
