@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 DATA ?= ../shared/data/cifar10-train-jpeg.tar.gz
 
-.PHONY: install serve test lint train train-tutorial train-seed bench-train bench-serve clean
+.PHONY: install serve test lint train distill train-tutorial train-seed bench-train bench-serve clean
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ endif
 
 train: $(STAMP)  ## train the shipped recipe on the shared JPEG set into $(RUN), then promote it to models/cifar10
 	$(BIN)/python -m training --data $(DATA) --quiet --run-dir $(RUN)
+	$(BIN)/python -m training promote $(RUN) --to models/cifar10
+
+TEACHER ?= models/cifar10/4
+
+distill: $(STAMP)  ## train airbench-distill from the shipped model $(TEACHER) into $(RUN), then promote it
+	$(BIN)/python -m training --data $(DATA) --recipe airbench-distill --teacher $(TEACHER) --quiet --run-dir $(RUN)
 	$(BIN)/python -m training promote $(RUN) --to models/cifar10
 
 train-tutorial: $(STAMP)  ## the tutorial's model, trained the tutorial's way, for comparison

@@ -24,6 +24,7 @@ from core.contract import (
     export_contract,
     level_for_tta,
 )
+from core.cpus import cpu_flags, has_bfloat16
 from core.tensorflow_runtime import set_tensorflow_threads
 from training import distill, export, levels, reports
 from training.augment import EpochCounter
@@ -74,6 +75,7 @@ class Fitted:
     history: dict[str, list[float]]  # per epoch, from the run's history.csv (resumed epochs included)
     epochs: int
     batch_size: int
+    precision: str  # the Keras dtype policy it trained under
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,9 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
         agreement = float(np.mean(probabilities.argmax(axis=1) == splits.train.labels))
         print(f"teacher: {agreement:.2%} of the training split's labels", flush=True)
         teacher = distill.soft_targets(probabilities, recipe.distillation.temperature)
-    keras.config.set_dtype_policy("mixed_bfloat16" if recipe.mixed_bfloat16 else "float32")
+    precision = training_precision(recipe)
+    print(f"training precision: {precision}", flush=True)
+    keras.config.set_dtype_policy(precision)
     model = recipe.build()
     if recipe.data_init is not None:
         recipe.data_init(model, splits.train.images, config.seed)
@@ -193,7 +197,14 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
             keras.callbacks.CSVLogger(str(history_csv), append=True),
         ],
     )
-    return Fitted(model, reports.read_history(history_csv), epochs, batch_size)
+    return Fitted(model, reports.read_history(history_csv), epochs, batch_size, precision)
+
+
+def training_precision(recipe: Recipe, flags: frozenset[str] | None = None) -> str:
+    """``mixed_bfloat16`` where the recipe asks for it and the CPU has bfloat16 instructions, else ``float32``:
+    without them TensorFlow emulates bfloat16 ten times slower than float32 (docs/training.md)."""
+    usable = has_bfloat16(cpu_flags() if flags is None else flags)
+    return "mixed_bfloat16" if recipe.mixed_bfloat16 and usable else "float32"
 
 
 def changed_recipe(recipe: Recipe, config: TrainConfig) -> Recipe:
@@ -281,6 +292,7 @@ def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fi
         "git_commit": git_commit(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "threads": config.threads,
+        "train_precision": fitted.precision,
     }
 
 
