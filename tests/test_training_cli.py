@@ -31,6 +31,7 @@ def test_help_explains_every_option() -> None:
         assert text.count("(default") <= 1, text  # each default said once
         assert "(default: None)" not in text and "(default: False)" not in text, text
     recipes = " ".join(next(option for option in options if option.startswith("--recipe")).split())
+    recipes = re.sub(r"(\w)- (\w)", r"\1-\2", recipes)  # argparse wraps lines at hyphens too
     starts = [recipes.index(f" {name}: ") for name in RECIPES] + [recipes.index("Former names")]
     for recipe, start, end in zip(RECIPES.values(), starts, starts[1:], strict=False):
         described = recipes[start:end]
