@@ -311,7 +311,8 @@ def dockerignore_excludes(path: str) -> bool:
 
 @pytest.mark.parametrize("path", [
     "Dockerfile", "pyproject.toml", "requirements-serve.lock", "app/main.py", "app/static/index.html",
-    "training/export.py", "deploy/docker-entrypoint.sh", "deploy/certs/README.md", "deploy/certs/proxy.crt",
+    "core/contract.py", "training/export.py", "deploy/docker-entrypoint.sh", "deploy/certs/README.md",
+    "deploy/certs/proxy.crt",
     "models/cifar10/1/saved_model.pb", "models/cifar10/1/variables/variables.index",
     "models/cifar10/1/metadata.json",
 ])
