@@ -166,7 +166,7 @@ AIRBENCH_WHITENING_IMAGES = 5000
 AIRBENCH_LOOKAHEAD = LookaheadSchedule(decay_base=0.95, decay_pow=3.0, every_steps=5)
 AIRBENCH_TTA = "flip-translate"  # airbench's TTA level 2: 6 views, 3x the inference of flip alone
 AIRBENCH_WHITENING_EPSILON = 5e-4  # added to each eigenvalue before its 1/sqrt
-# Muon on the conv filters (the ablation's row, docs/model-improvement.md): Keras' Muon scales each update
+# Muon on the conv filters (the ablation's row, docs/training.md): Keras' Muon scales each update
 # to Adam's RMS (rms_rate 0.2), so Adam-sized rates apply to both halves; untuned until that row runs.
 MUON_PEAK_LR = 0.01
 MUON_MOMENTUM = 0.9
