@@ -36,6 +36,9 @@ OUTPUT_NAME = "probabilities"
 OUTPUT_DTYPE = "float32"
 INPUT_SHAPE: tuple[int | None, ...] = (None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
 OUTPUT_SHAPE: tuple[int | None, ...] = (None, NUM_CLASSES)
+# An extra output of every level's signature from the export that added it on: float32 [None], the L2 norm of
+# the image's penultimate features, which the "none of these" score reads (core.ood). Older models lack it.
+FEATURE_NORM_NAME = "feature_norm"
 
 # Accuracy levels: the same weights with 1, 2 or 6 test-time views, each a named signature of the
 # SavedModel beside ``serving_default`` (the recipe's default level). A level's views are averaged as

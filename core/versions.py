@@ -16,6 +16,7 @@ import numpy as np
 from core.contract import (
     CHANNELS,
     CLASS_NAMES,
+    FEATURE_NORM_NAME,
     IMAGE_SIZE,
     INPUT_NAME,
     METADATA_FILE,
@@ -67,12 +68,16 @@ class LoadedModel:
 
     def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray:
         """``uint8 (n, 32, 32, 3)`` -> ``float32 (n, 10)`` probabilities at ``level`` (None: the default
-        level), through the signature its table picks for a batch of n."""
+        level), through the signature its table picks for a batch of n; ``(n, 11)`` when the signature also
+        outputs FEATURE_NORM_NAME, which core.ood scores: one row per image, so batches split by rows."""
         tf = import_tensorflow()
 
         name = self.levels.signature(self.levels.resolve(level), len(images))
         outputs = self.saved_model.signatures[name](**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
-        return outputs[OUTPUT_NAME].numpy()
+        probabilities = outputs[OUTPUT_NAME].numpy()
+        if FEATURE_NORM_NAME not in outputs:
+            return probabilities
+        return np.concatenate([probabilities, outputs[FEATURE_NORM_NAME].numpy()[:, np.newaxis]], axis=1)
 
 
 def resolve_version_dir(model_dir: Path) -> tuple[int, Path]:
@@ -213,10 +218,11 @@ def check_answers(model: LoadedModel, batch_sizes: Iterable[int]) -> None:
     for level, size in itertools.product(model.level_names, batch_sizes):
         images = rng.integers(0, 256, (size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         try:
-            probabilities = np.asarray(model.predict(images, level))
+            rows = np.asarray(model.predict(images, level))
         except Exception as error:  # TensorFlow raises many types for a graph that cannot run
             raise ModelLoadError(f"{model.path} failed on a batch of {size} ({first_line(error)}). "
                                  "Re-export the model.", reason="bad_output") from None
+        probabilities = rows[:, :NUM_CLASSES] if rows.ndim == 2 else rows  # a feature norm may follow them
         if (probabilities.shape != (size, NUM_CLASSES) or not np.all(np.isfinite(probabilities))
                 or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)):
             raise ModelLoadError(f"{model.path} does not answer probabilities: on a batch of {size} it gave shape "

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from core import ood
 from core.contract import (
     CLASS_NAMES,
+    FEATURE_NORM_NAME,
     INPUT_NAME,
     LEVEL_NAMES,
     LEVELS,
@@ -21,7 +23,7 @@ from core.contract import (
     version_dirs,
 )
 from tests.synthetic import shape_arrays
-from training import calibration, export
+from training import calibration, export, ood_export
 from training.architectures import airbench_cnn, init_whitening
 from training.publish import publish_next_version, staging_dir
 from training.recipes import AIRBENCH_NETWORK, AIRBENCH_WHITENING_EPSILON, RECIPES, BiasScaledSGD
@@ -39,9 +41,11 @@ def assert_contract(signature) -> None:
     assert inputs[INPUT_NAME].dtype == tf.uint8
     assert inputs[INPUT_NAME].shape.as_list() == [None, 32, 32, 3]
     outputs = signature.structured_outputs
-    assert list(outputs) == [OUTPUT_NAME]
+    assert sorted(outputs) == [FEATURE_NORM_NAME, OUTPUT_NAME]  # the contract's output, and core.ood's
     assert outputs[OUTPUT_NAME].dtype == tf.float32
     assert outputs[OUTPUT_NAME].shape.as_list() == [None, 10]
+    assert outputs[FEATURE_NORM_NAME].dtype == tf.float32
+    assert outputs[FEATURE_NORM_NAME].shape.as_list() == [None]
 
 
 def test_trained_model_keeps_the_contract_and_learns(trained_model_dir: Path) -> None:
@@ -71,6 +75,13 @@ def test_metadata_and_reports(trained_model_dir: Path) -> None:
     assert metadata["tensorflow_version"] == tf.__version__ and metadata["keras_version"] == keras.__version__
     assert len(metadata["seconds_per_epoch"]) == 4 and metadata["train_seconds"] > 0
     assert metadata["temperature"] > 0 and 0 <= metadata["val_ece"] <= 1
+    # The "none of these" threshold, fitted on the validation split: 95% of its images are within it.
+    assert metadata["ood"]["score"] == ood.FEATURE_NORM and metadata["ood"]["images"] == 40
+    assert set(metadata["ood"]["thresholds"]) == set(LEVEL_NAMES)
+    _, signature = load_signature(trained_model_dir)
+    images, _ = shape_arrays(per_class=4, seed=0)
+    norms = signature(**{INPUT_NAME: tf.constant(images)})[FEATURE_NORM_NAME].numpy()
+    assert np.all(norms > 0)
     # Every level with its own temperature and figures; seed-rgb has no test-time views by default.
     assert metadata["default_level"] == "fast" and list(metadata["levels"]) == list(LEVEL_NAMES)
     for name, figures in metadata["levels"].items():
@@ -134,6 +145,10 @@ def test_every_recipe_trains_a_step_and_exports_the_same_contract(name: str, tmp
             # The same weights, computed in bfloat16: close to float32, yet not bit-identical.
             np.testing.assert_allclose(reduced, probabilities, atol=0.05)
             assert not np.array_equal(reduced, probabilities)
+        # The norm of the image's own penultimate features, whatever the level's views.
+        features = ood_export.features_and_logits(model)(images[:3].astype("float32"), training=False)[0]
+        norms = loaded.signatures[level.name](**{INPUT_NAME: tf.constant(images[:3])})[FEATURE_NORM_NAME].numpy()
+        np.testing.assert_allclose(norms, np.linalg.norm(np.reshape(features, (3, -1)), axis=1), rtol=1e-4)
     default_answer = signature(**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy()
     np.testing.assert_array_equal(
         default_answer, loaded.signatures[default](**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy())

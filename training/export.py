@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from core.contract import (
     BFLOAT16,
+    FEATURE_NORM_NAME,
     FLOAT32,
     IMAGE_SIZE,
     INPUT_NAME,
@@ -22,6 +23,7 @@ from core.contract import (
     SIGNATURE_NAME,
     level_signature,
 )
+from training import ood_export
 
 TTA_MODES = ("none", "flip", "flip-translate")
 # Images per call when a whole split is run through a model after training (validation, test,
@@ -29,38 +31,47 @@ TTA_MODES = ("none", "flip", "flip-translate")
 EVALUATION_BATCH_SIZE = 500
 
 
-def tta_logits(model: keras.Model, pixels: tf.Tensor, tta: str) -> tf.Tensor:
+def tta_logits(model: keras.Model, pixels: tf.Tensor, tta: str, own_logits: tf.Tensor | None = None) -> tf.Tensor:
     """Logits averaged over test-time views of float32 RGB ``pixels`` (airbench's TTA levels 0-2).
 
     ``flip``: the image and its mirror. ``flip-translate``: half that, plus a quarter each for the
-    same pair shifted one pixel up-left and one pixel down-right (reflect-padded).
+    same pair shifted one pixel up-left and one pixel down-right (reflect-padded). ``own_logits``: the
+    image's own logits when the caller computed them already (with its features), so they are not
+    computed twice.
     """
 
     def logits(images: tf.Tensor) -> tf.Tensor:
         return tf.cast(model(images, training=False), tf.float32)
 
-    def mirrored_pair(images: tf.Tensor) -> tf.Tensor:
-        return (logits(images) + logits(tf.reverse(images, axis=[2]))) / 2.0
+    def mirrored_pair(images: tf.Tensor, first: tf.Tensor | None = None) -> tf.Tensor:
+        return ((logits(images) if first is None else first) + logits(tf.reverse(images, axis=[2]))) / 2.0
 
     if tta == "none":
-        return logits(pixels)
+        return logits(pixels) if own_logits is None else own_logits
     if tta == "flip":
-        return mirrored_pair(pixels)
+        return mirrored_pair(pixels, own_logits)
     if tta == "flip-translate":
         padded = tf.pad(pixels, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
         shifted = (mirrored_pair(padded[:, :IMAGE_SIZE, :IMAGE_SIZE]) + mirrored_pair(padded[:, 2:, 2:])) / 2.0
-        return (mirrored_pair(pixels) + shifted) / 2.0
+        return (mirrored_pair(pixels, own_logits) + shifted) / 2.0
     raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
 
 
 def serving_function(model: keras.Model, tta: str, temperature: float) -> Callable:
-    """uint8 RGB images -> softmax probabilities, with TTA and temperature inside the graph."""
+    """uint8 RGB images -> softmax probabilities, with TTA and temperature inside the graph, and the norm of
+    the image's penultimate features (FEATURE_NORM_NAME, for core.ood) from the same forward pass."""
     spec = tf.TensorSpec(INPUT_SHAPE, tf.uint8, name=INPUT_NAME)
+    heads = ood_export.features_and_logits(model)
 
     @tf.function(input_signature=[spec])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = tta_logits(model, tf.cast(images, tf.float32), tta)
-        return {OUTPUT_NAME: tf.nn.softmax(logits / temperature, axis=-1)}
+        pixels = tf.cast(images, tf.float32)
+        if heads is None:
+            return {OUTPUT_NAME: tf.nn.softmax(tta_logits(model, pixels, tta) / temperature, axis=-1)}
+        features, own_logits = heads(pixels, training=False)
+        logits = tta_logits(model, pixels, tta, tf.cast(own_logits, tf.float32))
+        return {OUTPUT_NAME: tf.nn.softmax(logits / temperature, axis=-1),
+                FEATURE_NORM_NAME: ood_export.feature_norm(features)}
 
     return serve
 

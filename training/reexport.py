@@ -34,7 +34,7 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
     import tensorflow as tf
 
     from core.tensorflow_runtime import set_tensorflow_threads
-    from training import export, levels, reports
+    from training import export, levels, ood_export, reports
     from training.data import load_image_folder, stratified_split
     from training.publish import publish_next_version, staging_dir
     from training.recipes import RECIPE_ALIASES, RECIPES, recipe_name
@@ -103,6 +103,7 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
             "default_level": default_level,
             "levels": levels_metadata,
             "precision": precision_metadata,
+            "ood": ood_export.fit_ood(staging, val.images, level_probabilities),
             "reexported_from": {"version": source.name, "git_commit": source_metadata.get("git_commit"),
                                 "created": source_metadata.get("created"),
                                 "max_probability_difference": float(f"{difference:.2e}")},

@@ -26,7 +26,7 @@ from core.contract import (
 )
 from core.cpus import cpu_flags, has_bfloat16
 from core.tensorflow_runtime import set_tensorflow_threads
-from training import distill, export, levels, reports
+from training import distill, export, levels, ood_export, reports
 from training.augment import EpochCounter
 from training.data import (
     KERAS_SOURCE,
@@ -95,6 +95,7 @@ class Evaluation:
     test_accuracy: float | None  # None without a test split
     levels: dict[str, dict[str, Any]]  # metadata.json's "levels": every level's figures
     precision: dict[str, Any]  # metadata.json's "precision": bfloat16 against float32, and where it is used
+    ood: dict[str, Any]  # metadata.json's "ood": the "none of these" score and its thresholds (training.ood_export)
 
 
 def train(config: TrainConfig) -> Path:
@@ -248,7 +249,8 @@ def evaluate(version_dir: Path, splits: Splits, calibrated: Calibrated, timing_s
         saved = tf.saved_model.load(str(version_dir))  # bound: its signatures hold only weak references to it
         test_probabilities = export.predict_saved_model(saved.signatures[SIGNATURE_NAME], splits.dataset.test.images)
         test_accuracy = float(np.mean(test_probabilities.argmax(axis=1) == splits.dataset.test.labels))
-    return Evaluation(val_probabilities, val_accuracy, test_accuracy, level_figures, precision)
+    return Evaluation(val_probabilities, val_accuracy, test_accuracy, level_figures, precision,
+                      ood_export.fit_ood(version_dir, splits.val.images, probabilities))
 
 
 def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fitted, calibrated: Calibrated,
@@ -280,6 +282,7 @@ def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fi
         "default_level": calibrated.default_level,
         "levels": evaluation.levels,
         "precision": evaluation.precision,
+        "ood": evaluation.ood,
         "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
         "seconds_per_epoch": [round(s, 1) for s in history.get("epoch_seconds", [])],
         "train_images_per_second": round(float(np.mean(history["images_per_second"])), 1)
