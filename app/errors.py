@@ -21,8 +21,9 @@ from core.preprocessing import ImageError
 
 logger = logging.getLogger("app.errors")
 RETRY_AFTER_SECONDS = "1"
-MULTIPART_HINT = ("Send multipart/form-data with the image in a part named 'file' (/predict) or in repeated parts "
-                  "named 'files' (/predict/batch); each part's headers, file name included, must stay under 4 KB.")
+MULTIPART_HINT = ("Send multipart/form-data with the image in a part named 'file' (/predict, /explain) or in "
+                  "repeated parts named 'files' (/predict/batch); each part's headers, file name included, must stay "
+                  "under 4 KB.")
 
 IMAGE_ERROR_STATUS = {
     "empty": 400,
@@ -36,6 +37,14 @@ class NotReadyError(RuntimeError):
     """The model is still warming up."""
 
 
+class ExplainBusyError(RuntimeError):
+    """MAX_CONCURRENT_EXPLANATIONS explanations are already being computed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} explanations are being computed, the most this server runs at once "
+                         "(MAX_CONCURRENT_EXPLANATIONS); retry in a second. /predict is not limited by this.")
+
+
 class TooManyFilesError(ValueError):
     def __init__(self, count: int, limit: int) -> None:
         super().__init__(f"{count} files were sent; /predict/batch takes at most {limit}. Split them "
@@ -44,7 +53,7 @@ class TooManyFilesError(ValueError):
 
 class DuplicateFileError(ValueError):
     def __init__(self, field: str, count: int) -> None:
-        super().__init__(f"{count} parts named '{field}' were sent; /predict classifies exactly one image. "
+        super().__init__(f"{count} parts named '{field}' were sent; /predict and /explain take exactly one image. "
                          "Send one part, or send several images to /predict/batch as repeated 'files' parts.")
 
 
@@ -147,6 +156,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def queue_full(request: Request, error: QueueFullError) -> JSONResponse:
         return _json(503, f"The server is at capacity ({error}); retry in a second.",
                      {"Retry-After": RETRY_AFTER_SECONDS})
+
+    @app.exception_handler(ExplainBusyError)
+    async def explain_busy(request: Request, error: ExplainBusyError) -> JSONResponse:
+        return _json(503, str(error), {"Retry-After": RETRY_AFTER_SECONDS})
 
     @app.exception_handler(NotReadyError)
     async def not_ready(request: Request, error: NotReadyError) -> JSONResponse:

@@ -9,7 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.errors import BodyTooLargeError, DuplicateFileError
 from app.schemas import (
     BatchPrediction,
+    ClassName,
     ErrorMessage,
+    ExplainedPrediction,
     Health,
     Metadata,
     Prediction,
@@ -59,7 +61,8 @@ def _errors(*statuses: int) -> dict[int | str, dict]:
              "first bytes, whatever its name or declared type: a text file, a PDF, an ICO…",
         422: "The form field is missing or repeated, or a query parameter is invalid (an unknown `level` is "
              "answered with the list of valid ones).",
-        503: "Model warming up or queue full; see Retry-After.",
+        503: "Model warming up, queue full, or (/explain) as many explanations running as the server allows; see "
+             "Retry-After.",
     }
     # The very messages the code sends (built by the same classes), so the docs and the code cannot differ.
     examples = {
@@ -109,6 +112,26 @@ async def predict_batch(
     level: Level = None,
 ) -> BatchPrediction:
     return await service.predict_batch(files, preview, level)
+
+
+EXPLAIN_DESCRIPTION = """Where the model looked: the image's prediction at the `fast` level, plus an occlusion map of
+the predicted class (or `label`). A square of 8x8 model pixels is hidden at a time, every 4 pixels (49 copies, run with
+the original as one batch of 50); each pixel's number is the mean drop in the class's probability when a square
+covering it is hidden. `explanation.overlay` draws the map over the 32x32 image as a PNG data URL. At most
+MAX_CONCURRENT_EXPLANATIONS run at once; beyond that 503 with Retry-After."""
+
+
+@router.post("/explain", response_model=ExplainedPrediction, responses=IMAGE_ERRORS, tags=["predict"],
+             summary="Classify one image and show where the model looked", description=EXPLAIN_DESCRIPTION,
+             dependencies=[Depends(one_file_part)])
+async def explain(
+    service: Service,
+    file: Annotated[UploadFile, File(description=f"One image: {ACCEPTED_FORMATS_TEXT}.")],
+    label: Annotated[ClassName | None, Query(description="The class to explain (default: the predicted one).")]
+    = None,
+    preview: Preview = False,
+) -> ExplainedPrediction:
+    return await service.explain(await file.read(), label, preview)
 
 
 @router.get("/livez", response_model=Health, tags=["health"], summary="The process is alive")

@@ -1,8 +1,10 @@
 """Response models: they document /docs and keep every answer in one shape."""
 
+from typing import Literal, get_args
+
 from pydantic import BaseModel, Field
 
-from core.contract import CLASS_NAMES
+from core.contract import CLASS_NAMES, IMAGE_SIZE
 from core.preprocessing import UnsupportedFormatError
 
 
@@ -30,6 +32,37 @@ class Prediction(BaseModel):
     preview: str | None = Field(
         None, description="With ?preview=true: the 32x32 RGB image the model saw, as a PNG data URL."
     )
+    ood_score: float = Field(
+        description="How little the image looks like any of the ten classes, from the model's own probabilities "
+        "(1 - the highest probability): higher means less like them (docs/ood.md).", examples=[0.03])
+    in_distribution: bool | None = Field(
+        description="False when `ood_score` is above the threshold (fitted at export so that 95% of validation "
+        "images are within it, or OOD_THRESHOLD): the image does not look like any of the ten classes. Null "
+        "when the model has no fitted threshold and OOD_THRESHOLD is unset.", examples=[True])
+
+
+# The ten class names as a type, so /openapi.json lists them for /explain's `label`.
+ClassName = Literal["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+assert get_args(ClassName) == CLASS_NAMES
+
+
+class Explanation(BaseModel):
+    label: str = Field(description="The class explained: the predicted one, or the one asked for with ?label=.",
+                       examples=["cat"])
+    method: str = Field(description="How the map was computed.", examples=["occlusion"])
+    patch: int = Field(description="Side of the square hidden at a time, in model pixels.", examples=[8])
+    stride: int = Field(description="Step between hidden squares, in model pixels.", examples=[4])
+    map: list[list[float]] = Field(
+        description=f"{IMAGE_SIZE}x{IMAGE_SIZE} numbers, row by row over the image the model saw: the mean drop in "
+        "`label`'s probability when a square covering that pixel is hidden (negative: hiding it made `label` "
+        "more likely).", min_length=IMAGE_SIZE, max_length=IMAGE_SIZE)
+    overlay: str = Field(description="The map over the 32x32 image, enlarged 4x, as a PNG data URL: red where "
+                         "hiding the area lowers `label`'s probability most, blue where it changes little.")
+    legend: str = Field(description="The overlay's colours in one sentence.")
+
+
+class ExplainedPrediction(Prediction):
+    explanation: Explanation
 
 
 class FilePrediction(Prediction):

@@ -12,12 +12,16 @@ import numpy as np
 from PIL import Image
 
 from app.batching import Answer, MicroBatcher
-from app.errors import NotReadyError, TooManyFilesError, image_error_status
+from app.errors import ExplainBusyError, NotReadyError, TooManyFilesError, image_error_status
 from app.metrics import Metrics
 from app.model_watcher import ServedModel
+from app.overlay import LEGEND, overlay
+from app.saliency import Occlusion
 from app.schemas import (
     BatchPrediction,
     ClassProbability,
+    ExplainedPrediction,
+    Explanation,
     FileError,
     FilePrediction,
     LevelFigures,
@@ -25,6 +29,7 @@ from app.schemas import (
     Prediction,
 )
 from app.settings import Settings
+from core import ood
 from core.contract import CLASS_NAMES, NUM_CLASSES
 from core.preprocessing import ImageError, image_bytes_to_array, open_image, opened_image_to_array
 from core.versions import check_answers
@@ -48,6 +53,7 @@ class ClassifierService:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     # Set on SIGTERM (app.shutdown): /readyz answers 503 from then on, while requests are still served.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    explaining: int = 0  # explanations being computed now, capped by MAX_CONCURRENT_EXPLANATIONS
 
     async def predict(self, data: bytes, preview: bool = False, level: str | None = None) -> Prediction:
         """One upload -> its prediction at ``level`` (None: the default). An unusable image raises ImageError,
@@ -82,6 +88,28 @@ class ClassifierService:
             self.metrics.predicted.labels(prediction.label).inc()
             results.append(FilePrediction(**prediction.model_dump(), filename=upload.filename))
         return BatchPrediction(results=results)
+
+    async def explain(self, data: bytes, label: str | None = None, preview: bool = False) -> ExplainedPrediction:
+        """One upload -> its prediction at the cheapest level and an occlusion map of ``label`` (None: the
+        predicted class), computed as one batch through the batcher (app.saliency)."""
+        if self.explaining >= self.settings.max_concurrent_explanations:  # refused before any decoding
+            raise ExplainBusyError(self.settings.max_concurrent_explanations)
+        self.explaining += 1
+        try:
+            image = await self.decode(data)
+            occlusion = Occlusion()
+            levels = self.served.current.levels
+            level = EXPLAIN_LEVEL if EXPLAIN_LEVEL in levels.names else None  # a model without levels: its one
+            answer = await self.classify(occlusion.batch(image), level)
+        finally:
+            self.explaining -= 1
+        prediction = self.to_prediction(answer.probabilities[0], answer, image if preview else None)
+        explained = label or prediction.label
+        saliency = occlusion.saliency(answer.probabilities[:, :NUM_CLASSES], CLASS_NAMES.index(explained))
+        explanation = Explanation(label=explained, method="occlusion", patch=occlusion.patch, stride=occlusion.stride,
+                                  map=saliency.round(5).tolist(), overlay=png_data_url(overlay(image, saliency)),
+                                  legend=LEGEND)
+        return ExplainedPrediction(**prediction.model_dump(), explanation=explanation)
 
     async def _decode_or_refuse(self, upload: Upload) -> np.ndarray | FileError:
         """The decoded image, or the entry that reports why this one file was refused."""
@@ -126,9 +154,18 @@ class ClassifierService:
                                 if key not in ("name", "default")})
                 for name, figures in levels.figures.items()]
 
-    def to_prediction(self, probabilities: np.ndarray, answer: Answer, image: np.ndarray | None = None) -> Prediction:
-        """``answer`` says which model and level computed ``probabilities``: the answer names both."""
-        values = [float(p) for p in probabilities[:NUM_CLASSES]]
+    def ood_threshold(self, answer: Answer, score: str) -> float | None:
+        """OOD_THRESHOLD if set, else the threshold the answering model's export fitted for this score and level
+        (None without one: the answer then says neither in nor out)."""
+        if self.settings.ood_threshold is not None:
+            return self.settings.ood_threshold
+        return ood.model_threshold(getattr(answer.model, "metadata", {}), score, answer.level)
+
+    def to_prediction(self, row: np.ndarray, answer: Answer, image: np.ndarray | None = None) -> Prediction:
+        """``row``: one image's ten probabilities, then its feature norm if the model outputs it. ``answer`` says
+        which model and level computed it: the answer names both."""
+        values = [float(p) for p in row[:NUM_CLASSES]]
+        score = float(ood.ood_scores(row[np.newaxis])[0])
         order = sorted(range(NUM_CLASSES), key=lambda i: values[i], reverse=True)
         best = order[0]
         return Prediction(
@@ -138,7 +175,13 @@ class ClassifierService:
             top=[ClassProbability(label=CLASS_NAMES[i], probability=values[i]) for i in order],
             model=ModelInfo(name=answer.model.name, version=answer.model.version, level=answer.level),
             preview=png_data_url(image) if image is not None else None,
+            ood_score=score,
+            in_distribution=ood.is_in_distribution(score, self.ood_threshold(answer, ood.score_name(row))),
         )
+
+
+# Explanations run at the cheapest level: one explanation is a batch of 50 images (app.saliency).
+EXPLAIN_LEVEL = "fast"
 
 
 def warm_up_sizes(settings: Settings) -> list[int]:

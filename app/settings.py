@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         True, description="Use the model's bfloat16 signatures at the batch sizes where its export measured them "
         "faster (only on a CPU with AVX512-BF16 or AMX; elsewhere float32 regardless).",
     )
+    ood_threshold: float | None = Field(
+        None, description="Answers whose ood_score is above this are marked in_distribution: false, at every level "
+        "(default: the thresholds the model's export fitted, metadata.json's ood; a model without them gets "
+        "in_distribution: null).",
+    )
+    max_concurrent_explanations: int = Field(
+        2, ge=1, le=64, description="Explanations (POST /explain) computed at once; more are refused with 503 "
+        "and Retry-After. Each costs a batch of model calls at the fast level.",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline for reading a request body.")
     keep_alive_s: int = Field(
         75, ge=1, le=3600,

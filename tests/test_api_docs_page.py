@@ -13,7 +13,8 @@ from tests.browser import ARTIFACTS, OffHostRequests, headless_chromium
 from tests.servers import running_server
 from tests.synthetic import shape_image
 
-OPERATIONS = ["POST /predict", "POST /predict/batch", "GET /livez", "GET /readyz", "GET /metrics", "GET /metadata"]
+OPERATIONS = ["POST /predict", "POST /predict/batch", "POST /explain", "GET /livez", "GET /readyz", "GET /metrics",
+              "GET /metadata"]
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,9 @@ def test_result_types_mirror_the_response_models() -> None:
     """Every field of the API's response models has its typed twin in the client (app/ is not imported there)."""
     pairs = [(schemas.Prediction, client_models.Prediction), (schemas.ModelInfo, client_models.ModelInfo),
              (schemas.ClassProbability, client_models.ClassProbability), (schemas.Health, client_models.Health),
-             (schemas.Metadata, client_models.Metadata), (schemas.ServingLimits, client_models.ServingLimits)]
+             (schemas.Metadata, client_models.Metadata), (schemas.ServingLimits, client_models.ServingLimits),
+             (schemas.Explanation, client_models.Explanation),
+             (schemas.ExplainedPrediction, client_models.ExplainedPrediction)]
     for server, mirror in pairs:
         mirrored = {field.name for field in dataclasses.fields(mirror)} - {"extra"}
         assert set(server.model_fields) == mirrored, (
@@ -88,6 +90,19 @@ def test_predict_from_a_path_bytes_or_file_answers_as_the_api(client: Client, ap
     assert answers[0].label in CLASS_NAMES
     assert answers[0].top[0].label == answers[0].label
     assert answers[0].model.name == "shapes" and answers[0].model.version == 1
+
+
+def test_explain_answers_as_the_api_and_gives_the_overlay_png(client: Client, app_client: TestClient,
+                                                              images: list[Path]) -> None:
+    path = images[1]
+    by_hand = app_client.post("/explain", files={"file": (path.name, path.read_bytes(), "image/jpeg")},
+                              params={"label": "truck"}).json()
+    answer = client.explain(path, label="truck")
+    assert isinstance(answer, client_models.ExplainedPrediction)
+    assert as_json(answer) == by_hand
+    assert answer.explanation.label == "truck" and len(answer.explanation.map) == 32
+    assert answer.explanation.overlay_png().startswith(b"\x89PNG\r\n\x1a\n")
+    assert isinstance(answer.ood_score, float) and answer.in_distribution in (True, False)
 
 
 def test_preview_is_passed_through(client: Client, images: list[Path]) -> None:
@@ -253,6 +268,16 @@ async def test_async_predict_and_predict_many(asgi_app: FastAPI, images: list[Pa
     assert isinstance(results[-1].error, APIError) and results[-1].error.status == 400
     assert (await client.health()).ready
     assert (await client.metadata()).model["name"] == "shapes"
+
+
+@pytest.mark.anyio
+async def test_async_explain_and_predict_many_with_explanations(asgi_app: FastAPI, images: list[Path]) -> None:
+    client = async_client(asgi_app)
+    answer = await client.explain(images[0])
+    assert answer.explanation.label == answer.label and answer.model.level == "fast"
+    results = await client.predict_many(images[:3], explain=True, concurrency=1)
+    assert all(isinstance(r.prediction, client_models.ExplainedPrediction) for r in results)
+    assert [r.prediction.label for r in results] == [(await client.predict(p)).label for p in images[:3]]
 
 
 @pytest.mark.anyio

@@ -115,6 +115,25 @@ def test_globs_json_and_csv(server: Server, photos: Path, capsys: pytest.Capture
     assert all(row["label"] in CLASS_NAMES and row["error"] == "" for row in rows[1:])
 
 
+def test_explain_writes_overlay_pngs_and_reports_them(server: Server, photos: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    jpegs = sorted(photos.glob("*.jpg"))[:2]
+    folder = tmp_path / "overlays"
+    code, out, err = run(capsys, "predict", *map(str, jpegs), "--url", server.url, "--format", "json",
+                         "--explain", str(folder))
+    assert code == 0, err
+    answers = json.loads(out)
+    with Client(server.url) as client:
+        for item, jpeg in zip(answers, jpegs, strict=True):
+            written = Path(item["overlay_file"])
+            assert written.parent == folder and written.name.endswith(f"{jpeg.name}.explain.png")
+            explained = client.explain(jpeg)
+            assert written.read_bytes() == explained.explanation.overlay_png()
+            assert item["label"] == explained.label and item["model"]["level"] == "fast"
+            assert item["ood_score"] == pytest.approx(explained.ood_score) and "in_distribution" in item
+    assert f"wrote 2 overlay PNG(s) into {folder}" in err
+
+
 def test_progress_bar_for_many_files(server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_jpegs(tmp_path, 40, seed=4)
     code, out, err = run(capsys, "predict", str(tmp_path), "--url", server.url, "--progress", "--concurrency", "8")

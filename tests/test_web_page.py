@@ -369,6 +369,55 @@ def test_keyboard_alone_picks_a_file_and_sets_the_true_class(open_page, server: 
     assert page.locator("#empty-note").is_visible()
 
 
+def assert_explained_beside_preview(page, name: str, server: str, data: bytes) -> None:
+    """The overlay of /explain's answer, beside the 32x32 preview, with its one-line legend."""
+    found = card(page, name)
+    overlay = found.locator("img.overlay")
+    overlay.wait_for()
+    expected = httpx.post(f"{server}/explain", files={"file": (name, data, "image/png")}, timeout=60).json()
+    assert overlay.get_attribute("src") == expected["explanation"]["overlay"]
+    assert overlay.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [128, 128]
+    assert found.locator(".explain-caption").inner_text() == f"Where the model looked ({expected['label']})"
+    legend = found.locator(".legend")
+    assert legend.is_visible() and legend.inner_text() == expected["explanation"]["legend"]
+    assert "\n" not in legend.inner_text()
+
+
+def test_the_overlay_shows_beside_the_preview_and_none_of_these_only_when_out(open_page, server: str) -> None:
+    page = open_page(viewport={"width": 1280, "height": 900}).page
+    image = shape_file(4, seed=11)
+    page.locator("#file-input").set_input_files([{"name": "deer.png", "mimeType": "image/png", "buffer": image}])
+    assert_explained_beside_preview(page, "deer.png", server, image)
+    preview = card(page, "deer.png").locator("img.preview").bounding_box()
+    overlay = card(page, "deer.png").locator("img.overlay").bounding_box()
+    assert overlay["x"] >= preview["x"] + preview["width"] and abs(overlay["y"] - preview["y"]) < 2  # beside it
+    expected = api_predict(server, "deer.png", image, "image/png").json()
+    assert card(page, "deer.png").locator(".ood-note").is_visible() == (expected["in_distribution"] is False)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "web-page-explain.png", full_page=True)
+
+
+def test_an_image_out_of_distribution_says_none_of_these(browser, trained_model_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """OOD_THRESHOLD=0 puts every image out (every score is above 0): the page says so in words."""
+    with running_server(trained_model_dir, tmp_path / "uvicorn.log", OOD_THRESHOLD="0",
+                        INFERENCE_THREADS="1", DECODE_THREADS="1") as running:
+        opened = OpenPage(browser, running.url)
+        try:
+            page = opened.page
+            image = shape_file(2, seed=12)
+            page.locator("#file-input").set_input_files([{"name": "odd.png", "mimeType": "image/png",
+                                                          "buffer": image}])
+            note = card(page, "odd.png").locator(".ood-note")
+            note.wait_for()
+            assert "this does not look like any of the ten classes" in note.inner_text().lower()
+            page.locator("#status").filter(has_text="does not look like any of the ten classes").wait_for()
+            assert_explained_beside_preview(page, "odd.png", running.url, image)
+            assert opened.problems == [] and list(opened.off_host) == []
+        finally:
+            opened.close()
+
+
 def test_phone_viewport_fits_without_sideways_scrolling(open_page, server: str) -> None:
     width = 390
     page = open_page(viewport={"width": width, "height": 844}, is_mobile=True, has_touch=True,
@@ -380,7 +429,8 @@ def test_phone_viewport_fits_without_sideways_scrolling(open_page, server: str) 
     card(page, "horse.png").get_by_label(TRUTH_LABEL).select_option("horse")
 
     assert page.evaluate("document.documentElement.scrollWidth") <= width
-    for selector in (".bar-row", "img.preview", "img.original", ".truth-select"):
+    card(page, "horse.png").locator("img.overlay").wait_for()
+    for selector in (".bar-row", "img.preview", "img.original", "img.overlay", ".truth-select"):
         for box in (element.bounding_box() for element in card(page, "horse.png").locator(selector).all()):
             assert box["x"] >= 0 and box["x"] + box["width"] <= width, f"{selector} sticks out: {box}"
     # The pictures sit side by side above the chart.

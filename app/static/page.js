@@ -1,5 +1,6 @@
 // The page at GET /: pick, drop or paste images, send them to /predict/batch?preview=true and show
-// each answer as the tutorial's plots did: the image, the label and a bar chart of the ten probabilities.
+// each answer as the tutorial's plots did: the image, the label and a bar chart of the ten probabilities;
+// then ask /explain for each, one at a time, and show where the model looked beside the 32x32 preview.
 // Plain script, no framework and no build step; the server's Content-Security-Policy forbids inline
 // script, so every handler is attached here.
 "use strict";
@@ -204,6 +205,54 @@
       });
     }
     setStatus(summary(entries, classified, rejected));
+    // One explanation at a time: the server caps how many run at once (MAX_CONCURRENT_EXPLANATIONS).
+    for (const entry of sendable) {
+      if (entry.card.classList.contains("failed")) continue;
+      await explain(entry);
+    }
+  }
+
+  // ---- Where the model looked: POST /explain -------------------------------------------------
+
+  async function explain(entry) {
+    const form = new FormData();
+    form.append("file", entry.file, entry.name);
+    const figure = entry.card.querySelector(".explain-figure");
+    for (let attempt = 0; ; attempt++) {
+      let response;
+      try {
+        response = await fetch("/explain", { method: "POST", body: form });
+      } catch (error) {
+        return;  // the prediction is shown already; the overlay is extra
+      }
+      if (response.ok) {
+        showExplanation(entry.card, await response.json());
+        return;
+      }
+      if (response.status === 503 && attempt < MAX_RETRIES) {
+        const seconds = Number(response.headers.get("Retry-After")) || 1;
+        await new Promise(function (resolve) { setTimeout(resolve, seconds * 1000); });
+        continue;
+      }
+      figure.hidden = false;
+      figure.querySelector(".overlay").hidden = true;
+      figure.querySelector(".explain-caption").textContent = "No explanation: " + (await errorDetail(response));
+      return;
+    }
+  }
+
+  function showExplanation(card, answer) {
+    const explanation = answer.explanation;
+    const figure = card.querySelector(".explain-figure");
+    const overlay = figure.querySelector(".overlay");
+    overlay.src = explanation.overlay;
+    overlay.alt = "Where the model looked for " + explanation.label + ": the 32 by 32 image coloured by how much " +
+      "hiding each area lowers the answer";
+    figure.querySelector(".explain-caption").textContent = "Where the model looked (" + explanation.label + ")";
+    figure.hidden = false;
+    const legend = card.querySelector(".legend");
+    legend.textContent = explanation.legend;
+    legend.hidden = false;
   }
 
   // What a screen reader hears once a drop is done (the status line is aria-live).
@@ -214,7 +263,8 @@
         return entries[0].name + ": " + card.querySelector(".error-title").textContent + ". " +
           card.querySelector(".error-detail").textContent;
       }
-      return entries[0].name + ": " + card.querySelector(".verdict").textContent;
+      const note = card.classList.contains("out-of-distribution") ? " " + card.querySelector(".ood-note").textContent : "";
+      return entries[0].name + ": " + card.querySelector(".verdict").textContent + "." + note;
     }
     let text = "Done: " + classified + " classified";
     if (rejected) {
@@ -389,6 +439,15 @@
     confidence.className = "confidence";
     confidence.textContent = percent(prediction.confidence);
     verdict.append(label, ", ", confidence, " confident");
+
+    // "None of these": the service's score is over its threshold (null: the model has no threshold).
+    if (prediction.in_distribution === false) {
+      const note = card.querySelector(".ood-note");
+      note.textContent = "This does not look like any of the ten classes: the answer above is only the " +
+        "closest of them.";
+      note.hidden = false;
+      card.classList.add("out-of-distribution");
+    }
 
     const preview = card.querySelector(".preview");
     preview.src = prediction.preview;

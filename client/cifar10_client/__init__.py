@@ -17,7 +17,16 @@ from cifar10_client.errors import (
     UnexpectedAnswer,
     UnreadableFile,
 )
-from cifar10_client.models import ClassProbability, Health, Metadata, ModelInfo, Prediction, ServingLimits
+from cifar10_client.models import (
+    ClassProbability,
+    ExplainedPrediction,
+    Explanation,
+    Health,
+    Metadata,
+    ModelInfo,
+    Prediction,
+    ServingLimits,
+)
 
 __all__ = [
     "DEFAULT_URL",
@@ -27,6 +36,8 @@ __all__ = [
     "Client",
     "ClientError",
     "ConnectionLost",
+    "ExplainedPrediction",
+    "Explanation",
     "FileResult",
     "Health",
     "Metadata",

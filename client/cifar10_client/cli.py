@@ -11,11 +11,12 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from cifar10_client.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL, AsyncClient, Client, FileResult
 from cifar10_client.errors import ClientError, ServiceUnreachable, UnreadableFile
-from cifar10_client.models import Metadata, as_json
+from cifar10_client.models import ExplainedPrediction, Metadata, as_json
 from cifar10_client.output import WRITERS, Progress, Writer
 from cifar10_client.paths import expand
 
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
                          help="requests in flight at once (default: %(default)s)")
     predict.add_argument("--format", choices=sorted(WRITERS), default="table", help="output (default: table)")
+    predict.add_argument("--explain", type=Path, default=None, metavar="DIR",
+                         help="ask /explain instead (the fast level, plus where the model looked) and write each "
+                              "file's overlay PNG into DIR as <file>.explain.png")
     predict.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                          help="progress bar on stderr (default: when stderr is a terminal and there are several files)")
     predict.set_defaults(run=run_predict)
@@ -59,6 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a summary, or the whole answer as JSON (default: text)")
     metadata.set_defaults(run=run_metadata)
     return parser
+
+
+def overlay_name(source: str) -> str:
+    """``photos/cat.jpg`` -> ``photos__cat.jpg.explain.png``: one file per source, even for equal base names."""
+    parts = [part for part in Path(source).parts if part not in ("/", "..", ".")]
+    return "__".join(parts) + ".explain.png"
+
+
+class OverlayWriter:
+    """Writes each explained result's overlay into ``folder``, before the result's row is printed."""
+
+    def __init__(self, folder: Path, then: "InOrder") -> None:
+        self.folder, self.then = folder, then
+        self.written = 0
+
+    def __call__(self, index: int, result: FileResult) -> None:
+        if isinstance(result.prediction, ExplainedPrediction) and result.prediction.explanation is not None:
+            path = self.folder / overlay_name(result.source)
+            path.write_bytes(result.prediction.explanation.overlay_png())
+            result.prediction.extra["overlay_file"] = str(path)
+            self.written += 1
+        self.then(index, result)
 
 
 class InOrder:
@@ -90,10 +116,18 @@ def run_predict(args: argparse.Namespace) -> int:
     show_progress = args.progress if args.progress is not None else stderr.isatty() and len(expansion.files) > 1
     progress = Progress(stderr, len(expansion.files), enabled=show_progress)
 
+    on_result: InOrder | OverlayWriter = InOrder(writer, stdout, progress)
+    if args.explain is not None:
+        try:
+            args.explain.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SystemExit(f"{PROG}: --explain {args.explain}: {error.strerror or error}") from None
+        on_result = OverlayWriter(args.explain, on_result)
+
     async def classify() -> list[FileResult]:
         async with AsyncClient(args.url, timeout_s=args.timeout, retries=args.retries) as client:
-            return await client.predict_many(expansion.files, concurrency=args.concurrency,
-                                             on_result=InOrder(writer, stdout, progress))
+            return await client.predict_many(expansion.files, concurrency=args.concurrency, on_result=on_result,
+                                             explain=args.explain is not None)
 
     started = time.monotonic()
     writer.begin()
@@ -110,6 +144,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if expansion.skipped:
         shown = ", ".join(expansion.skipped[:3]) + (", ..." if len(expansion.skipped) > 3 else "")
         print(f"skipped {len(expansion.skipped)} file(s) not named as images: {shown}", file=stderr)
+    if isinstance(on_result, OverlayWriter):
+        print(f"wrote {on_result.written} overlay PNG(s) into {args.explain}", file=stderr)
     failed = sum(not result.ok for result in results)
     sent = len(expansion.files)
     rate = f", {sent / seconds:.1f} files/s" if sent and seconds > 0 else ""

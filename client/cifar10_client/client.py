@@ -25,7 +25,7 @@ from cifar10_client.errors import (
     UnexpectedAnswer,
     transport_error,
 )
-from cifar10_client.models import JSON, Health, Metadata, Prediction
+from cifar10_client.models import JSON, ExplainedPrediction, Health, Metadata, Prediction
 from cifar10_client.uploads import Source, Upload, describe, read_upload
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -47,7 +47,7 @@ class FileResult:
     """One source of ``predict_many``: its prediction, or the error that file alone met."""
 
     source: str
-    prediction: Prediction | None = None
+    prediction: Prediction | None = None  # an ExplainedPrediction from predict_many(explain=True)
     error: ClientError | None = None
 
     @property
@@ -128,6 +128,10 @@ class _Calls:
     def _predict_call(upload: Upload, preview: bool) -> Call:
         return Call("POST", "/predict", params={"preview": "true"} if preview else None, upload=upload)
 
+    @staticmethod
+    def _explain_call(upload: Upload, label: str | None) -> Call:
+        return Call("POST", "/explain", params={"label": label} if label else None, upload=upload)
+
     HEALTH = Call("GET", "/readyz", retry=False, ok_statuses=frozenset({200, 503}))
     METADATA = Call("GET", "/metadata")
 
@@ -167,18 +171,25 @@ class Client(_Calls):
         """Classify one image: a path, bytes, or a file opened in binary mode."""
         return self._send(self._predict_call(read_upload(source), preview), Prediction.from_json)
 
+    def explain(self, source: Source, *, label: str | None = None) -> ExplainedPrediction:
+        """Classify one image at the fast level and show where the model looked: an occlusion map of the
+        predicted class (or ``label``), as numbers and as a PNG overlay (``.explanation.overlay_png()``)."""
+        return self._send(self._explain_call(read_upload(source), label), ExplainedPrediction.from_json)
+
     def predict_many(self, sources: Iterable[Source], *, concurrency: int = 4, preview: bool = False,
-                     on_result: OnResult | None = None) -> list[FileResult]:
+                     on_result: OnResult | None = None, explain: bool = False) -> list[FileResult]:
         """Classify every source, ``concurrency`` requests at a time; results in the order of ``sources``.
 
         A file's own failure (unreadable, refused by the service, timed out) is its result's ``error``;
         a service that cannot be reached at all raises ServiceUnreachable. ``on_result(index, result)``
-        is called in this thread as each file finishes."""
+        is called in this thread as each file finishes. ``explain``: through ``/explain`` instead, each
+        prediction an ExplainedPrediction."""
         _check_concurrency(concurrency)
         items = list(sources)
         results: list[FileResult | None] = [None] * len(items)
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cifar10-client") as pool:
-            futures = {pool.submit(self._predict_file, item, preview): index for index, item in enumerate(items)}
+            futures = {pool.submit(self._predict_file, item, preview, explain): index
+                       for index, item in enumerate(items)}
             try:
                 for future in as_completed(futures):
                     index = futures[future]
@@ -190,9 +201,10 @@ class Client(_Calls):
                 raise
         return [result for result in results if result is not None]
 
-    def _predict_file(self, source: Source, preview: bool) -> FileResult:
+    def _predict_file(self, source: Source, preview: bool, explain: bool = False) -> FileResult:
         try:
-            return FileResult(describe(source), prediction=self.predict(source, preview=preview))
+            answer = self.explain(source) if explain else self.predict(source, preview=preview)
+            return FileResult(describe(source), prediction=answer)
         except ServiceUnreachable:
             raise
         except ClientError as error:
@@ -247,8 +259,14 @@ class AsyncClient(_Calls):
             else read_upload(source)
         return await self._send(self._predict_call(upload, preview), Prediction.from_json)
 
+    async def explain(self, source: Source, *, label: str | None = None) -> ExplainedPrediction:
+        """As Client.explain."""
+        upload = await asyncio.to_thread(read_upload, source) if isinstance(source, str | os.PathLike) \
+            else read_upload(source)
+        return await self._send(self._explain_call(upload, label), ExplainedPrediction.from_json)
+
     async def predict_many(self, sources: Iterable[Source], *, concurrency: int = 4, preview: bool = False,
-                           on_result: OnResult | None = None) -> list[FileResult]:
+                           on_result: OnResult | None = None, explain: bool = False) -> list[FileResult]:
         """As Client.predict_many: ``concurrency`` requests in flight, results in the order of ``sources``."""
         _check_concurrency(concurrency)
         items = list(sources)
@@ -257,7 +275,7 @@ class AsyncClient(_Calls):
 
         async def worker() -> None:
             for index, source in pending:
-                results[index] = result = await self._predict_file(source, preview)
+                results[index] = result = await self._predict_file(source, preview, explain)
                 if on_result is not None:
                     on_result(index, result)
 
@@ -270,9 +288,10 @@ class AsyncClient(_Calls):
             await asyncio.gather(*workers, return_exceptions=True)
         return [result for result in results if result is not None]
 
-    async def _predict_file(self, source: Source, preview: bool) -> FileResult:
+    async def _predict_file(self, source: Source, preview: bool, explain: bool = False) -> FileResult:
         try:
-            return FileResult(describe(source), prediction=await self.predict(source, preview=preview))
+            answer = await self.explain(source) if explain else await self.predict(source, preview=preview)
+            return FileResult(describe(source), prediction=answer)
         except ServiceUnreachable:
             raise
         except ClientError as error:

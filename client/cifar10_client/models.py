@@ -4,6 +4,7 @@ Plain dataclasses, so the client needs httpx alone. Keys a newer service adds ar
 instead of being refused, so this client keeps working against a service that has grown.
 """
 
+import base64
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Self
 
@@ -67,20 +68,70 @@ class Prediction:
     top: list[ClassProbability]
     model: ModelInfo
     preview: str | None = None
+    # "None of these": higher means less like the ten classes; in_distribution False when over the server's
+    # threshold, None when it has none (or from a server before the score).
+    ood_score: float | None = None
+    in_distribution: bool | None = None
     extra: JSON = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, data: JSON) -> Self:
         known, extra = _split(cls, data)
-        return cls(
-            label=str(known["label"]),
-            confidence=float(known["confidence"]),
-            probabilities={str(label): float(value) for label, value in known["probabilities"].items()},
-            top=[ClassProbability.from_json(item) for item in known["top"]],
-            model=ModelInfo.from_json(known["model"]),
-            preview=known.get("preview"),
-            extra=extra,
-        )
+        return cls(**_prediction_fields(known), extra=extra)
+
+
+def _prediction_fields(known: JSON) -> JSON:
+    score, inside = known.get("ood_score"), known.get("in_distribution")
+    return {
+        "label": str(known["label"]),
+        "confidence": float(known["confidence"]),
+        "probabilities": {str(label): float(value) for label, value in known["probabilities"].items()},
+        "top": [ClassProbability.from_json(item) for item in known["top"]],
+        "model": ModelInfo.from_json(known["model"]),
+        "preview": known.get("preview"),
+        "ood_score": None if score is None else float(score),
+        "in_distribution": None if inside is None else bool(inside),
+    }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Where the model looked (``POST /explain``): a 32x32 occlusion map of ``label`` and it drawn as a PNG."""
+
+    label: str
+    method: str
+    patch: int
+    stride: int
+    map: list[list[float]]  # 32 rows of 32: the mean drop in label's probability when that area is hidden
+    overlay: str  # PNG data URL
+    legend: str
+    extra: JSON = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Self:
+        known, extra = _split(cls, data)
+        return cls(label=str(known["label"]), method=str(known["method"]), patch=int(known["patch"]),
+                   stride=int(known["stride"]), map=[[float(v) for v in row] for row in known["map"]],
+                   overlay=str(known["overlay"]), legend=str(known["legend"]), extra=extra)
+
+    def overlay_png(self) -> bytes:
+        """The overlay's PNG bytes, ready to write to a .png file."""
+        header, _, payload = self.overlay.partition(",")
+        if header != "data:image/png;base64":
+            raise ValueError(f"the overlay is not a PNG data URL ({header[:40]!r})")
+        return base64.b64decode(payload, validate=True)
+
+
+@dataclass(frozen=True)
+class ExplainedPrediction(Prediction):
+    """``POST /explain``: the prediction at the fast level, and its explanation."""
+
+    explanation: Explanation | None = None
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Self:
+        known, extra = _split(cls, data)
+        return cls(**_prediction_fields(known), explanation=Explanation.from_json(known["explanation"]), extra=extra)
 
 
 @dataclass(frozen=True)

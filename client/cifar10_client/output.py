@@ -13,8 +13,9 @@ from cifar10_client.models import as_json
 # The file column of the table grows with the longest name up to this, then rows simply run longer.
 MAX_FILE_COLUMN = 60
 LABEL_COLUMN = 10
-# A JSON row holds the service's answer but the sorted `top` (the same numbers again) and `preview`.
-JSON_FIELDS = ("label", "confidence", "probabilities", "model")
+# A JSON row holds the service's answer but the sorted `top` (the same numbers again), `preview` and an
+# explanation's map (its overlay PNG is written to a file, named in `overlay_file`).
+JSON_FIELDS = ("label", "confidence", "probabilities", "model", "ood_score", "in_distribution", "overlay_file")
 
 
 def error_text(error: ClientError) -> str:

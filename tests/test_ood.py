@@ -1,0 +1,128 @@
+"""'None of these': the out-of-distribution score on every answer, its threshold from the export or
+OOD_THRESHOLD, and a model without a threshold (no verdict)."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from app.settings import Settings
+from core import ood
+from core.contract import FEATURE_NORM_NAME, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, version_dirs
+from core.preprocessing import image_bytes_to_array
+from tests.model_versions import write_model
+from tests.servers import ready_test_client
+from tests.synthetic import shape_image
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def shapes(count: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [png(np.asarray(shape_image(i % 10, rng))) for i in range(count)]
+
+
+def noise(count: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def settings(model_dir: Path, **overrides: object) -> Settings:
+    return Settings(model_dir=model_dir, inference_threads=2, decode_threads=2, max_batch_files=32, **overrides)
+
+
+def batch(client, uploads: list[bytes], level: str | None = None) -> list[dict]:
+    files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
+    response = client.post("/predict/batch", files=files, params={"level": level} if level else None)
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+# ---- The maths (core/ood.py) ---------------------------------------------------------------------
+
+def test_fitted_threshold_keeps_95_percent_of_the_scores_it_was_fitted_on() -> None:
+    scores = np.random.default_rng(0).exponential(size=1000)
+    threshold = ood.fit_threshold(scores)
+    assert np.mean(scores <= threshold) == pytest.approx(0.95, abs=0.002)
+    assert ood.is_in_distribution(threshold, threshold) is True
+    assert ood.is_in_distribution(threshold + 1e-9, threshold) is False
+    assert ood.is_in_distribution(0.5, None) is None
+
+
+def test_the_feature_norm_is_scored_when_the_model_returns_it_else_the_top_probability() -> None:
+    probabilities = np.array([[0.7, 0.3] + [0.0] * 8, [0.1] * 10])
+    np.testing.assert_allclose(ood.ood_scores(probabilities), [0.3, 0.9])
+    rows = np.concatenate([probabilities, [[3.0], [0.0]]], axis=1)  # a norm of 3, and no activation at all
+    np.testing.assert_allclose(ood.ood_scores(rows), [0.25, 1.0])
+    assert ood.score_name(rows) == ood.FEATURE_NORM and ood.score_name(probabilities) == ood.MAX_PROBABILITY
+
+
+def test_a_threshold_fitted_for_another_score_is_not_used() -> None:
+    metadata = {"ood": ood.threshold_metadata(ood.MAX_PROBABILITY, {"fast": np.array([0.1, 0.2])})}
+    assert ood.model_threshold(metadata, ood.MAX_PROBABILITY, "fast") == 0.2
+    assert ood.model_threshold(metadata, ood.FEATURE_NORM, "fast") is None
+    assert ood.model_threshold(metadata, ood.MAX_PROBABILITY, "accurate") is None
+    assert ood.model_threshold({}, ood.MAX_PROBABILITY, "fast") is None
+
+
+# ---- Served: a model exported by the training code (feature norm and fitted threshold) ------------
+
+def test_every_answer_carries_the_score_of_the_exported_feature_norm(trained_model_dir: Path) -> None:
+    version_dir = version_dirs(trained_model_dir)[-1][1]
+    metadata = json.loads((version_dir / METADATA_FILE).read_text())
+    threshold = metadata["ood"]["thresholds"]["fast"]
+    uploads = shapes(16, seed=3) + noise(16, seed=4)  # MAX_BATCH_FILES is 32
+    signature = tf.saved_model.load(str(version_dir)).signatures["fast"]
+    outputs = signature(**{INPUT_NAME: tf.constant(np.stack([image_bytes_to_array(u) for u in uploads]))})
+    expected = 1.0 / (1.0 + outputs[FEATURE_NORM_NAME].numpy().astype("float64"))
+    with ready_test_client(settings(trained_model_dir)) as client:
+        results = batch(client, uploads, "fast")
+        single = client.post("/predict", files={"file": ("a.png", uploads[0], "image/png")},
+                             params={"level": "fast"}).json()
+    scores = np.array([result["ood_score"] for result in results])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    assert [result["in_distribution"] for result in results] == [bool(s <= threshold) for s in scores]
+    assert single["ood_score"] == pytest.approx(results[0]["ood_score"], rel=1e-6)
+    np.testing.assert_allclose([list(r["probabilities"].values()) for r in results], outputs[OUTPUT_NAME].numpy(),
+                               atol=1e-6)
+    # New images of the kind the model was trained on stay in, about as the validation split did.
+    inside = np.mean([result["in_distribution"] for result in results[:16]])
+    assert inside >= 0.75, f"only {inside:.0%} of in-distribution shapes kept"
+
+
+def test_ood_threshold_overrides_the_models_own(trained_model_dir: Path) -> None:
+    uploads = shapes(6, seed=5)
+    with ready_test_client(settings(trained_model_dir, ood_threshold=0.0)) as client:
+        assert [r["in_distribution"] for r in batch(client, uploads)] == [False] * 6  # every score is above 0
+    with ready_test_client(settings(trained_model_dir, ood_threshold=1.0)) as client:
+        assert [r["in_distribution"] for r in batch(client, uploads)] == [True] * 6  # and at most 1
+
+
+# ---- A model whose export fitted no threshold and has no feature-norm output ---------------------
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("plain")
+    write_model(root / "1")
+    return root
+
+
+def test_without_a_threshold_the_score_is_given_and_no_verdict(plain_model: Path) -> None:
+    uploads = shapes(4, seed=6)
+    with ready_test_client(settings(plain_model)) as client:
+        results = batch(client, uploads)
+        single = client.post("/predict", files={"file": ("a.png", uploads[0], "image/png")}).json()
+    for result in [*results, single]:
+        assert result["ood_score"] == pytest.approx(1.0 - result["confidence"], abs=1e-6)
+        assert result["in_distribution"] is None
+    with ready_test_client(settings(plain_model, ood_threshold=0.5)) as client:
+        results = batch(client, uploads)
+    assert [r["in_distribution"] for r in results] == [r["ood_score"] <= 0.5 for r in results]
