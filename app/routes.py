@@ -115,8 +115,8 @@ async def predict_batch(
 
 
 EXPLAIN_DESCRIPTION = """Where the model looked: the image's prediction at the `fast` level, plus an occlusion map of
-the predicted class (or `label`). A square of 8x8 model pixels is hidden at a time, every 4 pixels (49 copies, run with
-the original as one batch of 50); each pixel's number is the mean drop in the class's probability when a square
+the predicted class (or `label`). A square of 8x8 model pixels is hidden at a time, every 6 pixels (25 copies, run with
+the original as one batch of 26); each pixel's number is the mean drop in the class's probability when a square
 covering it is hidden. `explanation.overlay` draws the map over the 32x32 image as a PNG data URL. At most
 MAX_CONCURRENT_EXPLANATIONS run at once; beyond that 503 with Retry-After."""
 

@@ -51,7 +51,7 @@ class Explanation(BaseModel):
                        examples=["cat"])
     method: str = Field(description="How the map was computed.", examples=["occlusion"])
     patch: int = Field(description="Side of the square hidden at a time, in model pixels.", examples=[8])
-    stride: int = Field(description="Step between hidden squares, in model pixels.", examples=[4])
+    stride: int = Field(description="Step between hidden squares, in model pixels.", examples=[6])
     map: list[list[float]] = Field(
         description=f"{IMAGE_SIZE}x{IMAGE_SIZE} numbers, row by row over the image the model saw: the mean drop in "
         "`label`'s probability when a square covering that pixel is hidden (negative: hiding it made `label` "

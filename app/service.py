@@ -180,7 +180,7 @@ class ClassifierService:
         )
 
 
-# Explanations run at the cheapest level: one explanation is a batch of 50 images (app.saliency).
+# Explanations run at the cheapest level: one explanation is a batch of 26 images (app.saliency).
 EXPLAIN_LEVEL = "fast"
 
 

@@ -73,8 +73,9 @@ def test_loading_on_a_cpu_without_bfloat16_serves_float32(trained_model_dir: Pat
     assert model.levels.bfloat16_batch_sizes == {}
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     for level in model.level_names:
-        expected = model.saved_model.signatures[level](images=images)["probabilities"].numpy()
-        np.testing.assert_array_equal(model.predict(images, level), expected)
+        outputs = model.saved_model.signatures[level](images=images)
+        expected = np.concatenate([outputs["probabilities"].numpy(), outputs["feature_norm"].numpy()[:, None]], axis=1)
+        np.testing.assert_array_equal(model.predict(images, level), expected)  # the norm follows the ten
     assert model.default_level == "fast"
 
 
