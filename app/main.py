@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         first = served.current
         logger.info("serving model %s version %s (%s) from %s", first.name, first.version,
                     _accuracy_in_words(first.metadata), first.path)
-        logger.info("accuracy levels: %s", levels_in_words(first.levels, settings.adapt_queue_images,
+        logger.info("accuracy levels: %s", levels_in_words(first.level_table, settings.adapt_queue_images,
                                                            settings.adapt_level))
         del first  # a swap must leave no reference to the model it replaces: its memory is released
         page, docs = page_urls(settings.host, settings.port)

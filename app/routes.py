@@ -19,7 +19,7 @@ from app.schemas import (
 )
 from app.service import ClassifierService
 from app.settings import Settings
-from core.contract import IMAGE_SIZE, LevelName
+from core.contract import IMAGE_SIZE, LEVELS, LevelName
 from core.preprocessing import (
     ACCEPTED_FORMATS,
     ACCEPTED_FORMATS_TEXT,
@@ -42,12 +42,15 @@ async def get_service(request: Request) -> ClassifierService:
 
 Service = Annotated[ClassifierService, Depends(get_service)]
 Preview = Annotated[bool, Query(description="Also return the 32x32 image the model saw, as a PNG data URL.")]
-LEVEL_TRADE_OFF = """Accuracy level: how many test-time views of the image the model averages. More views, more
-accurate, slower. With the shipped model (validation accuracy; in-process images/s at batch 64 on 2 CPU cores):
-`fast` 1 view (90.88%, about 6x the throughput of `accurate`), `balanced` the image and its mirror (91.42%, about 3x),
-`accurate` 6 views (91.74%). Omitted: the server's default (`accurate` unless DEFAULT_LEVEL says otherwise; under
-heavy load the server may answer such requests at a cheaper level, and `model.level` in the answer says which).
-A level named here is always kept. Each model's own figures: GET /metadata, `levels`."""
+LEVEL_TRADE_OFF = (
+    "Accuracy level: how many test-time views of the image the model averages. More views, more accurate, slower. "
+    + "; ".join(f"`{level.name}`: {level.views} view{'s' if level.views > 1 else ''}, {level.description}"
+                for level in LEVELS)
+    + ". Omitted: the server's default level (DEFAULT_LEVEL if set, else the model's own; under heavy load the "
+    "server may answer such requests at a cheaper level, and `model.level` in the answer says which). A level "
+    "named here is always kept. Which level is the default, and the served model's accuracy and speed at each: "
+    "GET /metadata, `levels`."
+)
 Level = Annotated[LevelName | None, Query(description=LEVEL_TRADE_OFF)]
 
 

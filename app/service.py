@@ -58,7 +58,7 @@ class ClassifierService:
     async def predict(self, data: bytes, preview: bool = False, level: str | None = None) -> Prediction:
         """One upload -> its prediction at ``level`` (None: the default). An unusable image raises ImageError,
         an unknown level UnknownLevelError, which app.errors maps."""
-        self.served.current.levels.resolve(level)  # an unknown level is refused before the upload is decoded
+        self.served.current.level_table.resolve(level)  # an unknown level is refused before the upload is decoded
         image = await self.decode(data)
         answer = await self.classify(image[np.newaxis], level)
         prediction = self.to_prediction(answer.probabilities[0], answer, image if preview else None)
@@ -72,7 +72,7 @@ class ClassifierService:
         The files that decode go to the model together, as one request to the batcher, at one level."""
         if len(uploads) > self.settings.max_batch_files:
             raise TooManyFilesError(len(uploads), self.settings.max_batch_files)
-        self.served.current.levels.resolve(level)
+        self.served.current.level_table.resolve(level)
         decoded = [await self._decode_or_refuse(upload) for upload in uploads]
         good = [item for item in decoded if isinstance(item, np.ndarray)]
         if not good:
@@ -148,7 +148,7 @@ class ClassifierService:
 
     def level_figures(self) -> list[LevelFigures]:
         """The levels the served model offers, with the figures its export measured."""
-        levels = self.served.current.levels
+        levels = self.served.current.level_table
         return [LevelFigures(name=name, default=name == levels.default,
                              **{key: figures.get(key) for key in LevelFigures.model_fields
                                 if key not in ("name", "default")})

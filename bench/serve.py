@@ -145,12 +145,12 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
             "images_per_s_by_batch": by_batch,
             "best_batch": best,
             "images_per_s": by_batch[best],
-            "signature_by_batch": {size: model.levels.signature(level, size) for size in batches},
+            "signature_by_batch": {size: model.level_table.signature(level, size) for size in batches},
             "float32_images_per_s": {size: images_per_s(lambda x, level=level: float32_only.predict(x, level),
                                                         pool[:size]) for size in (1, 64) if size <= len(pool)},
             "single_image_ms": {"p50": round(statistics.median(single), 3), "p90": round(_pct(single, 90), 3),
                                 "mean": round(statistics.fmean(single), 3), "calls": len(single)},
-            "val_accuracy": model.levels.figures[level].get("val_accuracy"),
+            "val_accuracy": model.level_table.figures[level].get("val_accuracy"),
         }
     busy_after, total_after = machine_cpu_seconds()
     own_after = resource.getrusage(resource.RUSAGE_SELF)

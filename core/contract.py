@@ -69,6 +69,18 @@ BFLOAT16 = "bfloat16"
 PRECISIONS = (FLOAT32, BFLOAT16)
 
 
+# The training code's names for the levels' views ("none", "flip", "flip-translate"), spelled only in LEVELS.
+TTA_NAMES: tuple[str, ...] = tuple(level.tta for level in LEVELS)
+
+
+def level_named(name: str) -> Level:
+    """The entry of LEVELS called ``name`` (a KeyError naming the levels if there is none)."""
+    for level in LEVELS:
+        if level.name == name:
+            return level
+    raise KeyError(f"unknown level {name!r}; the levels are {', '.join(LEVEL_NAMES)}")
+
+
 def level_for_tta(tta: str) -> str:
     """The level whose views are the training code's test-time augmentation ``tta``."""
     return next(level.name for level in LEVELS if level.tta == tta)

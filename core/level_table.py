@@ -11,7 +11,16 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.contract import BFLOAT16, DEFAULT_LEVEL, FLOAT32, LEVEL_NAMES, SIGNATURE_NAME, level_for_tta, level_signature
+from core.contract import (
+    BFLOAT16,
+    DEFAULT_LEVEL,
+    FLOAT32,
+    LEVEL_NAMES,
+    SIGNATURE_NAME,
+    TTA_NAMES,
+    level_for_tta,
+    level_signature,
+)
 
 
 class UnknownLevelError(ValueError):
@@ -82,8 +91,7 @@ def level_table(metadata: dict[str, Any], bfloat16: bool, default: str | None = 
     settings allow it). ``default`` overrides the model's default level; it must be one the model offers."""
     levels = metadata.get("levels")
     if not isinstance(levels, dict) or not levels:
-        only = level_for_tta(metadata["tta"]) if metadata.get("tta") in {"none", "flip", "flip-translate"} \
-            else DEFAULT_LEVEL
+        only = level_for_tta(metadata["tta"]) if metadata.get("tta") in TTA_NAMES else DEFAULT_LEVEL
         figures = {only: {key: metadata[key] for key in ("val_accuracy", "val_ece") if key in metadata}}
         table = LevelTable(default=only, figures=figures, legacy=True)
     else:

@@ -31,7 +31,7 @@ from core.level_table import MODEL_LEVELS, LevelSettings, LevelTable, UnknownLev
 from core.tensorflow_runtime import import_tensorflow, set_tensorflow_threads
 
 logger = logging.getLogger("core.versions")
-HOW_TO_MAKE_ONE = "Train one with `python -m training` (see README) or set MODEL_DIR to a model directory."
+HOW_TO_MAKE_ONE = "Train one with `python -m training train` (see README) or set MODEL_DIR to a model directory."
 
 
 class ModelLoadError(RuntimeError):
@@ -56,15 +56,15 @@ class LoadedModel:
     # The object tf.saved_model.load returned: the signature holds only weak references to its
     # variables, so this field is what keeps them alive as long as the model is served.
     saved_model: Any
-    levels: LevelTable  # the accuracy levels it offers, and which signature computes each batch
+    level_table: LevelTable  # the accuracy levels it offers, and which signature computes each batch
 
     @property
     def default_level(self) -> str:
-        return self.levels.default
+        return self.level_table.default
 
     @property
     def level_names(self) -> tuple[str, ...]:
-        return self.levels.names
+        return self.level_table.names
 
     def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray:
         """``uint8 (n, 32, 32, 3)`` -> ``float32 (n, 10)`` probabilities at ``level`` (None: the default
@@ -72,7 +72,7 @@ class LoadedModel:
         outputs FEATURE_NORM_NAME, which core.ood scores: one row per image, so batches split by rows."""
         tf = import_tensorflow()
 
-        name = self.levels.signature(self.levels.resolve(level), len(images))
+        name = self.level_table.signature(self.level_table.resolve(level), len(images))
         outputs = self.saved_model.signatures[name](**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
         probabilities = outputs[OUTPUT_NAME].numpy()
         if FEATURE_NORM_NAME not in outputs:
@@ -131,14 +131,14 @@ def load_version(path: Path, version: int, tensorflow_threads: int | None = None
     if not isinstance(metadata, dict) or metadata.get("class_names") != list(CLASS_NAMES):
         raise ModelLoadError(f"{metadata_path}: class_names must be the ten CIFAR-10 classes in order "
                              f"{list(CLASS_NAMES)}. Re-export the model.", reason="contract")
-    levels = served_levels(path, metadata, level_settings)
+    table = served_levels(path, metadata, level_settings)
     check_wire_format(path)
     tf = import_tensorflow()
     if tensorflow_threads is not None:
         set_tensorflow_threads(tensorflow_threads)
     # The signature is read from saved_model.pb itself: a model off the contract fails in
     # milliseconds instead of after restoring its variables and functions.
-    check_signature_def(path, [SIGNATURE_NAME, *sorted(levels.signatures() - {SIGNATURE_NAME})])
+    check_signature_def(path, [SIGNATURE_NAME, *sorted(table.signatures() - {SIGNATURE_NAME})])
     try:
         saved = tf.saved_model.load(str(path))
     except Exception as error:  # TensorFlow raises many types for a corrupt file
@@ -146,7 +146,7 @@ def load_version(path: Path, version: int, tensorflow_threads: int | None = None
     signature = saved.signatures[SIGNATURE_NAME]  # present: check_signature_def found its SignatureDef
     name = str(metadata.get("name") or path.parent.name)
     return LoadedModel(name=name, version=version, path=path, metadata=metadata, signature=signature,
-                       saved_model=saved, levels=levels)
+                       saved_model=saved, level_table=table)
 
 
 def served_levels(path: Path, metadata: dict[str, Any], settings: LevelSettings) -> LevelTable:
@@ -200,7 +200,7 @@ def check_signature_def(path: Path, names: list[str] | None = None) -> None:
     for name in names or [SIGNATURE_NAME]:
         signatures = [meta.signature_def[name] for meta in saved_model.meta_graphs if name in meta.signature_def]
         if not signatures:
-            raise ModelLoadError(f"{path} has no '{name}' signature. Re-export with `python -m training`.",
+            raise ModelLoadError(f"{path} has no '{name}' signature. Re-export with `python -m training reexport`.",
                                  reason="contract")
         signature = signatures[0]
         # One input, as the service feeds only the images; further outputs would be harmless.
@@ -208,7 +208,7 @@ def check_signature_def(path: Path, names: list[str] | None = None) -> None:
                 and matches(signature.inputs, INPUT_NAME, types_pb2.DT_UINT8, [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
                 and matches(signature.outputs, OUTPUT_NAME, types_pb2.DT_FLOAT, [-1, NUM_CLASSES])):
             raise ModelLoadError(f"{path}: signature '{name}' does not match the contract ({expected}). "
-                                 "Re-export with `python -m training`.", reason="contract")
+                                 "Re-export with `python -m training reexport`.", reason="contract")
 
 
 def check_answers(model: LoadedModel, batch_sizes: Iterable[int]) -> None:

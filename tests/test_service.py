@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
-from core.contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME, version_dirs
+from core.contract import CLASS_NAMES, INPUT_NAME, LEVELS, OUTPUT_NAME, SIGNATURE_NAME, version_dirs
 from core.preprocessing import image_bytes_to_array
 from tests.servers import running_server
 from tests.synthetic import shape_image
@@ -74,7 +74,7 @@ def test_predict_answers_with_the_savedmodel_probabilities(client: TestClient, s
     assert body["label"] == CLASS_NAMES[int(values.argmax())]
     assert body["confidence"] == pytest.approx(values.max())
     assert [t["label"] for t in body["top"]] == [CLASS_NAMES[i] for i in np.argsort(-values, kind="stable")]
-    assert body["model"] == {"name": "shapes", "version": 1, "level": "fast"}  # seed-rgb's default: no TTA
+    assert body["model"] == {"name": "shapes", "version": 1, "level": "fast"}  # tutorial-rgb's default: no TTA
     assert body["preview"] is None
 
 
@@ -215,8 +215,10 @@ def test_openapi_documents_the_upload_and_its_errors(client: TestClient) -> None
     assert "multipart/form-data" in predict["requestBody"]["content"]
     assert {"200", "400", "413", "415", "422", "503"} <= set(predict["responses"])
     level = next(p for p in predict["parameters"] if p["name"] == "level")
-    assert "fast" in level["description"] and "accurate" in level["description"]
-    assert "90.88%" in level["description"]  # the accuracy side of the trade-off, not only the names
+    for entry in LEVELS:  # every level with its views, from the contract's table
+        assert f"`{entry.name}`: {entry.views} view" in level["description"], level["description"]
+    # The figures are each model's own: /metadata has them, the API text none that a promote would outdate.
+    assert "GET /metadata" in level["description"] and "%" not in level["description"]
     assert client.get("/docs").status_code == 200
 
 
