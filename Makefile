@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 DATA ?= ../shared/data/cifar10-train-jpeg.tar.gz
 
-.PHONY: install serve test lint train distill train-tutorial train-seed bench-train bench-serve clean
+.PHONY: install serve test lint train distill train-tutorial bench-train bench-serve clean
 
 install: $(STAMP)
 
@@ -37,22 +37,20 @@ RUN := runs/airbench-$(shell date -u +%Y%m%dT%H%M%SZ)
 endif
 
 train: $(STAMP)  ## train the shipped recipe on the shared JPEG set into $(RUN), then promote it to models/cifar10
-	$(BIN)/python -m training --data $(DATA) --quiet --run-dir $(RUN)
+	$(BIN)/python -m training train --data $(DATA) --quiet --run-dir $(RUN)
 	$(BIN)/python -m training promote $(RUN) --to models/cifar10
 
 TEACHER ?= models/cifar10/4
 
 distill: $(STAMP)  ## train airbench-distill from the shipped model $(TEACHER) into $(RUN), then promote it
-	$(BIN)/python -m training --data $(DATA) --recipe airbench-distill --teacher $(TEACHER) --quiet --run-dir $(RUN)
+	$(BIN)/python -m training train --data $(DATA) --recipe airbench-distill --teacher $(TEACHER) --quiet --run-dir $(RUN)
 	$(BIN)/python -m training promote $(RUN) --to models/cifar10
 
 train-tutorial: $(STAMP)  ## the tutorial's model, trained the tutorial's way, for comparison
-	$(BIN)/python -m training --data $(DATA) --recipe tutorial-rgb --epochs 3 --out models/tutorial-rgb --quiet
+	$(BIN)/python -m training train --data $(DATA) --recipe tutorial-rgb --epochs 3 --out models/tutorial-rgb --quiet
 
-train-seed: train-tutorial  ## former name of train-tutorial, for one release
-
-bench-train: $(STAMP)  ## training and inference images/s of a recipe's network (RECIPE=airbench; ARCH= still works)
-	$(BIN)/python bench/train_speed.py --recipe $(or $(RECIPE),$(ARCH),airbench)
+bench-train: $(STAMP)  ## training and inference images/s of a recipe's network (RECIPE=airbench)
+	$(BIN)/python bench/train_speed.py --recipe $(or $(RECIPE),airbench)
 
 bench-serve: $(STAMP)  ## the service under load against its in-process ceiling and a naive app (~6 min; needs wrk)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)

@@ -21,14 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.contract import INPUT_NAME, LEVELS, level_for_tta
+from core.contract import INPUT_NAME, LEVELS, level_named
 from core.cpus import available_cpus
 from core.tensorflow_runtime import set_tensorflow_threads
-from training import export
+from training import signatures
 from training.cli import add_recipe_option
 from training.recipes import RECIPES
-
-TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
 
 
 def conv_dense_macs(model: keras.Model) -> int:
@@ -91,18 +89,18 @@ def main() -> None:
     figures: dict[str, object] = {
         "recipe": args.recipe, "threads": args.threads, "params": int(model.count_params()),
         "train_batch_size": recipe.batch_size, "train_images_per_second": round(train_rate, 1),
-        "epoch_seconds_45k": round(45000 / train_rate, 1), "recipe_tta": recipe.tta,
+        "epoch_seconds_45k": round(45000 / train_rate, 1), "recipe_tta": level_named(recipe.default_level).tta,
     }
     with tempfile.TemporaryDirectory() as directory:
-        export.write_saved_model(Path(directory), model, export.level_signatures(
-            model, {level.name: 1.0 for level in LEVELS}, level_for_tta(recipe.tta), None))
+        signatures.write_saved_model(Path(directory), model, signatures.level_signatures(
+            model, {level.name: 1.0 for level in LEVELS}, recipe.default_level, None))
         saved = tf.saved_model.load(directory)
         for level in LEVELS:
             tta = level.tta
             rate_1, latency_1 = inference_images_per_second(saved.signatures[level.name], 1)
             rate_256, _ = inference_images_per_second(saved.signatures[level.name], 256)
             figures |= {
-                f"{tta}:flops_per_image": 2 * conv_dense_macs(model) * TTA_VIEWS[tta],
+                f"{tta}:flops_per_image": 2 * conv_dense_macs(model) * level.views,
                 f"{tta}:images_per_second_batch_1": round(rate_1, 1),
                 f"{tta}:latency_ms_batch_1": round(latency_1, 2),
                 f"{tta}:images_per_second_batch_256": round(rate_256, 1),

@@ -324,7 +324,7 @@ def test_build_context_keeps(path: str) -> None:
     ".venv/lib/python3.11/site-packages/tensorflow/__init__.py", ".git/HEAD", "tests/test_api.py",
     "bench/serve_speed.py", "runs/airbench-seed0/checkpoint.keras", "logs/train.log", "README.md",
     "requirements.lock", "app/__pycache__/main.cpython-311.pyc", "models/cifar10/1/report/confusion.png",
-    "models/cifar10/.staging-2/saved_model.pb", "models/seed-rgb/1/saved_model.pb", "docs/deployment.md",
+    "models/cifar10/.staging-2/saved_model.pb", "models/tutorial-rgb/1/saved_model.pb", "docs/deployment.md",
     "deploy/nginx.conf", "data/cifar10-train-jpeg.tar.gz",
 ])
 def test_build_context_drops(path: str) -> None:

@@ -9,7 +9,7 @@ from core.contract import SIGNATURE_NAME, version_dirs
 from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import LevelSettings, UnknownLevelError, level_table
 from core.versions import ModelLoadError, load_model
-from training.levels import bfloat16_batch_sizes
+from training.evaluation import bfloat16_batch_sizes
 
 METADATA = {
     "default_level": "accurate",
@@ -70,7 +70,7 @@ def test_loading_on_a_cpu_without_bfloat16_serves_float32(trained_model_dir: Pat
     """The real loader, told the CPU has AVX2 but no bfloat16: every batch size runs the float32 signature."""
     path = version_dirs(trained_model_dir)[-1][1]
     model = load_model(path, level_settings=LevelSettings(cpu_flags=frozenset({"avx2", "fma"})))
-    assert model.levels.bfloat16_batch_sizes == {}
+    assert model.level_table.bfloat16_batch_sizes == {}
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     for level in model.level_names:
         outputs = model.saved_model.signatures[level](images=images)

@@ -13,8 +13,8 @@ from PIL import Image
 from core.contract import CLASS_NAMES, METADATA_FILE, version_dirs
 from tests.synthetic import shape_arrays
 from training import reports
-from training.regenerate_report import main as regenerate_main
-from training.regenerate_report import regenerate
+from training.cli import main
+from training.regenerate_report import regenerate_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -118,7 +118,7 @@ def test_regenerating_rewrites_the_report_from_the_exported_model(
     shutil.copytree(version_dirs(trained_model_dir)[-1][1], version_dir)
     shutil.rmtree(version_dir / reports.REPORT_DIR)
     metadata = json.loads((version_dir / METADATA_FILE).read_text())
-    accuracy = regenerate(version_dir, shapes_dataset, cache_dir=None)
+    accuracy = regenerate_report(version_dir, shapes_dataset, cache_dir=None)
     assert round(accuracy, 4) == metadata["val_accuracy"]
     assert sorted(path.name for path in (version_dir / reports.REPORT_DIR).iterdir()) == sorted(
         [reports.CURVES_PNG, reports.CONFUSION_PNG, reports.PER_CLASS_MD, reports.PREDICTIONS_PNG,
@@ -132,7 +132,23 @@ def test_regenerating_from_other_data_is_refused_naming_both_hashes(
 
     other = write_image_folder(tmp_path / "other", train_per_class=3, seed=1)
     version_dir = version_dirs(trained_model_dir)[-1][1]
-    assert regenerate_main([str(version_dir), "--data", str(other), "--cache-dir", str(tmp_path / "cache")]) == 1
+    assert main(["report", str(version_dir), "--data", str(other), "--cache-dir", str(tmp_path / "cache")]) == 1
     error = capsys.readouterr().err
     recorded = json.loads((version_dir / METADATA_FILE).read_text())["data"]["sha256"]
     assert error.startswith(f"error: {other}: sha256 ") and recorded in error
+
+
+@pytest.mark.parametrize(("metadata", "words"), [
+    (None, "metadata.json: no such file. Pass an exported version directory"),
+    ("{not json", "is not readable JSON"),
+    ('{"val_accuracy": 0.5}', "has no architecture, class_names, data, history, seed, val_images"),
+])
+def test_a_folder_that_is_not_an_export_is_refused_naming_the_file(metadata: str | None, words: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    version_dir = tmp_path / "3"
+    version_dir.mkdir()
+    if metadata is not None:
+        (version_dir / METADATA_FILE).write_text(metadata)
+    assert main(["report", str(version_dir), "--data", str(tmp_path / "data")]) == 1
+    [error] = capsys.readouterr().err.splitlines()
+    assert error.startswith(f"error: {version_dir / METADATA_FILE}") and words in error, error

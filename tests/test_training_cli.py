@@ -1,4 +1,4 @@
-"""The training command as a user runs it: help, errors, resume, run folders and their promotion."""
+"""The training command as a user runs it: subcommands, help, errors, resume, run folders and their promotion."""
 
 import json
 import re
@@ -12,7 +12,7 @@ from core.contract import METADATA_FILE, SAVED_MODEL_FILE, version_dirs
 from tests.model_versions import write_model
 from tests.synthetic import write_image_folder
 from tests.test_promote import tree_digest
-from training.cli import build_parser, config_from_args, main
+from training.cli import COMMANDS, build_parser, config_from_args, main
 from training.recipes import RECIPES
 
 
@@ -21,10 +21,22 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           check=False, cwd=cwd)
 
 
-def test_help_explains_every_option() -> None:
-    result = run_cli("--help")
+def test_every_subcommand_is_listed_and_none_is_an_error_naming_them() -> None:
+    listed = run_cli("--help")
+    assert listed.returncode == 0 and listed.stderr == ""  # no TensorFlow notices after (or before) the help
+    for command in COMMANDS:
+        assert f"\n    {command} " in listed.stdout, listed.stdout
+        helped = run_cli(command, "--help")
+        assert helped.returncode == 0 and helped.stdout.startswith(f"usage: python -m training {command} ")
+    bare = run_cli()
+    assert bare.returncode == 2 and "Traceback" not in bare.stderr
+    assert "name a command: train, promote, reexport, report" in bare.stderr
+
+
+def test_train_help_explains_every_option() -> None:
+    result = run_cli("train", "--help")
     assert result.returncode == 0
-    assert result.stderr == ""  # no TensorFlow notices after (or before) the help
+    assert result.stderr == ""
     options = re.split(r"\n  (?=-)", result.stdout.split("options:")[1])
     for option in options:
         text = " ".join(option.split())
@@ -32,12 +44,12 @@ def test_help_explains_every_option() -> None:
         assert "(default: None)" not in text and "(default: False)" not in text, text
     recipes = " ".join(next(option for option in options if option.startswith("--recipe")).split())
     recipes = re.sub(r"(\w)- (\w)", r"\1-\2", recipes)  # argparse wraps lines at hyphens too
-    starts = [recipes.index(f" {name}: ") for name in RECIPES] + [recipes.index("Former names")]
+    starts = [recipes.index(f" {name}: ") for name in RECIPES] + [recipes.index("(default: airbench)")]
     for recipe, start, end in zip(RECIPES.values(), starts, starts[1:], strict=False):
         described = recipes[start:end]
         assert described.count(f"batch {recipe.batch_size}") == 1, described
         assert f"{recipe.epochs} epochs" in described
-    for option in ("--data", "--recipe", "--arch", "--epochs", "--batch-size", "--seed", "--out", "--resume",
+    for option in ("--data", "--recipe", "--epochs", "--batch-size", "--seed", "--out", "--resume",
                    "--threads", "--val-size", "--cache-dir", "--run-dir", "promote", *RECIPES):
         assert option in result.stdout
 
@@ -48,8 +60,8 @@ def test_a_run_without_out_writes_a_run_folder_leaves_models_alone_and_prints_it
     checkout = tmp_path / "checkout"
     write_model(checkout / "models" / "cifar10" / "1", val_accuracy=0.0)
     served = tree_digest(checkout / "models")
-    trained = run_cli("--data", str(data), "--recipe", "tutorial-rgb", "--epochs", "1", "--no-cache", "--threads",
-                      "2", "--quiet", cwd=checkout)
+    trained = run_cli("train", "--data", str(data), "--recipe", "tutorial-rgb", "--epochs", "1", "--no-cache",
+                      "--threads", "2", "--quiet", cwd=checkout)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert tree_digest(checkout / "models") == served
     [run] = (checkout / "runs").iterdir()
@@ -69,8 +81,8 @@ def test_a_run_without_out_writes_a_run_folder_leaves_models_alone_and_prints_it
 
 
 def test_resume_needs_the_run_folder() -> None:
-    result = run_cli("--resume")
-    assert result.returncode == 2 and "--run-dir" in result.stderr
+    result = run_cli("train", "--resume")
+    assert result.returncode == 2 and "--run-dir" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("bad", ["missing", "not-an-image"])
@@ -79,7 +91,7 @@ def test_bad_data_is_one_line_naming_the_file_and_exit_1(tmp_path: Path, bad: st
     if bad == "not-an-image":
         data = write_image_folder(tmp_path / "data", train_per_class=2)
         (data / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    result = run_cli("--data", str(data), "--out", str(tmp_path / "models" / "x"), "--no-cache")
+    result = run_cli("train", "--data", str(data), "--out", str(tmp_path / "models" / "x"), "--no-cache")
     assert result.returncode == 1
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, result.stderr
@@ -88,38 +100,34 @@ def test_bad_data_is_one_line_naming_the_file_and_exit_1(tmp_path: Path, bad: st
     assert not (tmp_path / "models" / "x").exists() or not any((tmp_path / "models" / "x").iterdir())
 
 
-@pytest.mark.parametrize(("argv", "recipe"), [
-    ([], "airbench"),
-    (["--recipe", "tutorial-rgb"], "tutorial-rgb"),
-    (["--recipe", "seed-rgb"], "tutorial-rgb"),  # former names, accepted for one release
-    (["--recipe", "seed-gray"], "tutorial-gray"),
-    (["--arch", "seed-gray"], "tutorial-gray"),  # --arch: the former name of --recipe
-    (["--arch", "airbench"], "airbench"),
-])
-def test_recipe_and_its_former_names(argv: list[str], recipe: str, capsys: pytest.CaptureFixture) -> None:
-    config = config_from_args(build_parser().parse_args([*argv, "--seed", "3"]))
+@pytest.mark.parametrize(("argv", "recipe"), [([], "airbench"), (["--recipe", "tutorial-rgb"], "tutorial-rgb")])
+def test_recipe_names_the_run_folder(argv: list[str], recipe: str) -> None:
+    config = config_from_args(build_parser().parse_args(["train", *argv, "--seed", "3"]))
     assert config.recipe == recipe
     assert config.run_dir.parent == Path("runs") and config.run_dir.name.startswith(f"{recipe}-20")
-    notes = capsys.readouterr().err
-    for former in ("--arch", "seed-rgb", "seed-gray"):
-        assert (former in notes) == (former in argv), notes
 
 
-def test_an_unknown_recipe_is_refused_with_the_choices(capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("refused", [["--recipe", "resnet"], ["--recipe", "seed-rgb"], ["--arch", "airbench"]])
+def test_an_unknown_recipe_or_option_is_refused_with_the_choices(refused: list[str],
+                                                                 capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args(["--recipe", "resnet"])
+        build_parser().parse_args(["train", *refused])
     assert exit_info.value.code == 2
-    assert "tutorial-rgb" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert ("tutorial-rgb" in error) == (refused[0] == "--recipe"), error
 
 
-def test_non_positive_numbers_are_refused(capsys: pytest.CaptureFixture) -> None:
-    assert main(["--epochs", "0"]) == 2
-    assert "--epochs must be a positive integer" in capsys.readouterr().err
+@pytest.mark.parametrize("option", ["--epochs", "--batch-size", "--val-size", "--threads"])
+def test_non_positive_numbers_are_refused(option: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", option, "0"])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", train_per_class=10)
-    common = ["--data", str(data), "--recipe", "tutorial-rgb", "--out", str(tmp_path / "models" / "shapes"),
+    common = ["train", "--data", str(data), "--recipe", "tutorial-rgb", "--out", str(tmp_path / "models" / "shapes"),
               "--run-dir", str(tmp_path / "run"), "--no-cache", "--threads", "2", "--quiet"]
     first = run_cli(*common, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -140,8 +148,8 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
 
 def test_progress_says_what_happens_on_lines_of_their_own(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", train_per_class=10)
-    result = run_cli("--data", str(data), "--recipe", "tutorial-rgb", "--epochs", "2", "--no-cache", "--threads", "2",
-                     "--out", str(tmp_path / "models" / "shapes"), "--run-dir", str(tmp_path / "run"))
+    result = run_cli("train", "--data", str(data), "--recipe", "tutorial-rgb", "--epochs", "2", "--no-cache",
+                     "--threads", "2", "--out", str(tmp_path / "models" / "shapes"), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert not [notice for notice in ("oneDNN", "absl", "cpu_feature_guard") if notice in result.stderr], result.stderr
     lines = result.stdout.splitlines()

@@ -1,6 +1,7 @@
 """Training end to end on synthetic shapes, and the export contract every architecture keeps."""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,12 +20,12 @@ from core.contract import (
     METADATA_FILE,
     OUTPUT_NAME,
     SIGNATURE_NAME,
-    level_for_tta,
     version_dirs,
 )
-from tests.synthetic import shape_arrays
-from training import calibration, export, ood_export
+from tests.synthetic import shape_arrays, write_image_folder
+from training import calibration, ood_export, signatures
 from training.architectures import airbench_cnn, init_whitening
+from training.cli import main
 from training.publish import publish_next_version, staging_dir
 from training.recipes import AIRBENCH_NETWORK, AIRBENCH_WHITENING_EPSILON, RECIPES, BiasScaledSGD
 
@@ -82,7 +83,7 @@ def test_metadata_and_reports(trained_model_dir: Path) -> None:
     images, _ = shape_arrays(per_class=4, seed=0)
     norms = signature(**{INPUT_NAME: tf.constant(images)})[FEATURE_NORM_NAME].numpy()
     assert np.all(norms > 0)
-    # Every level with its own temperature and figures; seed-rgb has no test-time views by default.
+    # Every level with its own temperature and figures; tutorial-rgb has no test-time views by default.
     assert metadata["default_level"] == "fast" and list(metadata["levels"]) == list(LEVEL_NAMES)
     for name, figures in metadata["levels"].items():
         assert figures["signature"] == name and figures["temperature"] > 0 and 0 <= figures["val_ece"] <= 1
@@ -90,7 +91,7 @@ def test_metadata_and_reports(trained_model_dir: Path) -> None:
         assert set(figures["images_per_second"]) == {"batch_1", "batch_64"}
         assert all(value > 0 for value in figures["images_per_second"].values())
     assert metadata["levels"]["fast"]["temperature"] == metadata["temperature"]
-    # seed-rgb trains in float32: no bfloat16 signatures, so no batch size uses them.
+    # tutorial-rgb trains in float32: no bfloat16 signatures, so no batch size uses them.
     assert metadata["precision"]["bfloat16_batch_sizes"] == {name: [] for name in LEVEL_NAMES}
     report = version_dir / "report"
     # model.png too: the diagram needs no Graphviz, so a default install always draws it.
@@ -125,9 +126,10 @@ def test_every_recipe_trains_a_step_and_exports_the_same_contract(name: str, tmp
     model.fit(images.astype("float32"), keras.utils.to_categorical(labels, 10), batch_size=20, epochs=1, verbose=0)
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
     temperatures = {"fast": 1.5, "balanced": 2.0, "accurate": 0.5}
-    bfloat16 = export.mixed_bfloat16_policies(recipe.build) if recipe.mixed_bfloat16 else None
-    default = level_for_tta(recipe.tta)
-    export.write_saved_model(tmp_path / "1", model, export.level_signatures(model, temperatures, default, bfloat16))
+    bfloat16 = signatures.mixed_bfloat16_policies(recipe.build) if recipe.mixed_bfloat16 else None
+    default = recipe.default_level
+    signatures.write_saved_model(tmp_path / "1", model, signatures.level_signatures(model, temperatures, default,
+                                                                                   bfloat16))
     loaded, signature = load_signature(tmp_path)
     expected_names = {SIGNATURE_NAME, *LEVEL_NAMES} | ({f"{n}_bfloat16" for n in LEVEL_NAMES} if bfloat16 else set())
     assert set(loaded.signatures) == expected_names
@@ -136,7 +138,8 @@ def test_every_recipe_trains_a_step_and_exports_the_same_contract(name: str, tmp
     for level in LEVELS:
         probabilities = loaded.signatures[level.name](**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy()
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-        expected = calibration.softmax(export.logits_with_tta(model, images[:3], level.tta), temperatures[level.name])
+        logits = signatures.logits_with_tta(model, images[:3], level.tta)
+        expected = calibration.softmax(logits, temperatures[level.name])
         np.testing.assert_allclose(probabilities, expected, atol=1e-4)
         if bfloat16:
             reduced = loaded.signatures[f"{level.name}_bfloat16"](**{INPUT_NAME: tf.constant(images[:3])})
@@ -201,13 +204,14 @@ def test_temperature_fit_recovers_a_known_temperature() -> None:
 def test_tta_modes_average_the_views_they_name() -> None:
     model = RECIPES["tutorial-rgb"].build()
     images, _ = shape_arrays(per_class=1, seed=4)
-    plain = export.logits_with_tta(model, images, "none")
+    alone, pair, six = (level.tta for level in LEVELS)
+    plain = signatures.logits_with_tta(model, images, alone)
     mirrored = model.predict(images[:, :, ::-1].astype("float32"), verbose=0)
-    np.testing.assert_allclose(export.logits_with_tta(model, images, "flip"), (plain + mirrored) / 2, atol=1e-4)
-    six_views = export.logits_with_tta(model, images, "flip-translate")
+    np.testing.assert_allclose(signatures.logits_with_tta(model, images, pair), (plain + mirrored) / 2, atol=1e-4)
+    six_views = signatures.logits_with_tta(model, images, six)
     assert six_views.shape == (10, 10) and not np.allclose(six_views, plain, atol=1e-3)
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
-        export.logits_with_tta(model, images, "rotate")
+        signatures.logits_with_tta(model, images, "rotate")
 
 
 def test_lookahead_keeps_the_average_not_the_latest_step() -> None:
@@ -247,3 +251,33 @@ def test_bias_scaled_sgd_moves_batchnorm_shifts_that_many_times_further() -> Non
     for name in plain:
         ratio = scaled[name] / plain[name]
         assert ratio == pytest.approx(64.0 if name.startswith("beta") else 1.0, rel=1e-3), name
+
+
+def test_reexport_publishes_the_same_weights_through_the_export_path(trained_model_dir: Path, shapes_dataset: Path,
+                                                                      tmp_path: Path) -> None:
+    models = tmp_path / "shapes"
+    shutil.copytree(version_dirs(trained_model_dir)[-1][1], models / "1")
+    assert main(["reexport", str(models / "1"), "--data", str(shapes_dataset), "--threads", "2",
+                 "--timing-seconds", "0.02", "--cache-dir", str(tmp_path / "cache")]) == 0
+    before = json.loads((models / "1" / METADATA_FILE).read_text())
+    after = json.loads((models / "2" / METADATA_FILE).read_text())
+    assert after["reexported_from"]["version"] == "1"
+    assert after["reexported_from"]["max_probability_difference"] <= 1e-4
+    for key in ("class_names", "architecture", "seed", "history", "data", "val_accuracy", "test_accuracy", "tta",
+                "default_level", "input_contract"):
+        assert after[key] == before[key], key
+    for name, figures in after["levels"].items():
+        assert figures["val_accuracy"] == before["levels"][name]["val_accuracy"], name
+        assert figures["temperature"] == pytest.approx(before["levels"][name]["temperature"], rel=1e-3), name
+    assert (models / "2" / "report" / "per_class.md").is_file()
+
+
+def test_reexport_from_other_data_is_refused_and_writes_nothing(trained_model_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    models = tmp_path / "shapes"
+    shutil.copytree(version_dirs(trained_model_dir)[-1][1], models / "1")
+    other = write_image_folder(tmp_path / "other", train_per_class=3, seed=1)
+    assert main(["reexport", str(models / "1"), "--data", str(other), "--cache-dir", str(tmp_path / "cache")]) == 1
+    [error] = capsys.readouterr().err.splitlines()
+    assert error.startswith(f"error: {other}: sha256 ") and "pass that archive with --data" in error
+    assert [path.name for path in models.iterdir()] == ["1"]

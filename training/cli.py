@@ -1,53 +1,53 @@
-"""``python -m training`` / ``cifar10-train``: train a CIFAR-10 model and export a SavedModel."""
+"""``python -m training COMMAND``: the training command line, one subcommand per job, one help style.
+
+Each subcommand calls one plain function (``train``, ``promote``, ``reexport``, ``regenerate_report``)
+that raises :class:`training.errors.TrainingError` for what its user can fix; here that becomes one
+``error:`` line and exit status 1. Usage errors exit 2 (argparse's), an interrupted training run 130.
+"""
 
 import argparse
 import datetime as dt
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from core.cpus import available_cpus
 from training.augment import FLIP_MODES
-from training.data import DatasetError, default_cache_dir
-from training.recipes import DEFAULT_RECIPE, RECIPE_ALIASES, RECIPES, Recipe, recipe_name
+from training.data import default_cache_dir
+from training.errors import TrainingError
+from training.evaluation import TIMING_SECONDS
+from training.promote import promote
+from training.publish import DEFAULT_MODEL_ROOT
+from training.recipes import DEFAULT_RECIPE, RECIPES, Recipe
+from training.reexport import reexport
+from training.regenerate_report import regenerate_report
+from training.reports import REPORT_DIR
+from training.train import TrainConfig, train
 
 RUNS_DIR = Path("runs")
-
-if TYPE_CHECKING:
-    from training.train import TrainConfig
-
-
-class RenamedOption(argparse.Action):
-    """A former option name, still accepted for one release: stores the value and names the new option."""
-
-    def __init__(self, *args: Any, new_name: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.new_name = new_name
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        print(f"note: {option_string} is now {self.new_name}; the old name will go in a later release",
-              file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def current_recipe_name(name: str) -> str:
-    """argparse type of --recipe: a former recipe name becomes the current one, with a note."""
-    if name in RECIPE_ALIASES:
-        print(f"note: recipe {name} is now called {RECIPE_ALIASES[name]}", file=sys.stderr)
-    try:
-        return recipe_name(name)
-    except KeyError:
-        return name  # argparse's choices check names the valid recipes
-
-
-def add_recipe_option(parser: argparse.ArgumentParser, help_text: str) -> None:
-    """``--recipe NAME`` (also under its former name ``--arch``), taking former recipe names too."""
-    former_names = ", ".join(f"{old} for {new}" for old, new in RECIPE_ALIASES.items())
-    parser.add_argument("--recipe", type=current_recipe_name, choices=list(RECIPES), default=DEFAULT_RECIPE,
-                        help=f"{help_text}. Former names still accepted: {former_names}")
-    parser.add_argument("--arch", dest="recipe", type=current_recipe_name, choices=list(RECIPES),
-                        action=RenamedOption, new_name="--recipe", help="former name of --recipe")
+# Each subcommand: its one-line summary (the top-level help lists it) and what more its own --help says.
+HELP: dict[str, tuple[str, str]] = {
+    "train": (
+        "Train a CIFAR-10 classifier into a run folder",
+        "The run folder (runs/<recipe>-<UTC time>/) holds the SavedModel with metadata.json and report/ in "
+        "model/, checkpoints and history.csv. The served models are never touched: `python -m training promote "
+        "RUN_DIR` checks a run and publishes it."),
+    "promote": (
+        "Publish a finished training run as the next served version",
+        "Checks the export contract, runs the model on a few images, refuses a validation accuracy below the "
+        "served version's unless --force, and publishes a copy atomically (an existing version is never "
+        "changed)."),
+    "reexport": (
+        "Write an exported version's weights again through today's export path",
+        "No training: the weights are read back, the validation split rebuilt from the data, and every level "
+        "calibrated, written, evaluated and reported as a new version. Nothing is written unless the new "
+        "default level answers as the source does."),
+    "report": (
+        f"Draw an exported version's {REPORT_DIR}/ again",
+        "Re-evaluates it on the validation split its metadata.json records (same data, checked by sha256), "
+        "checks the recorded accuracy, and redraws the pictures and tables with today's code."),
+}
+COMMANDS = tuple(HELP)
 
 
 class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -61,41 +61,111 @@ class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error(f"name a command: {', '.join(COMMANDS)} (e.g. `python -m training train --help`)")
+    try:
+        return args.run(args)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train CIFAR-10 classifiers and publish them to the service's model folder. A training "
+        "run never touches the served models: `train` writes a run folder, `promote` checks it and publishes "
+        "it as the next version of models/cifar10.",
+        formatter_class=DefaultsOnceFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for add in (add_train, add_promote, add_reexport, add_report):
+        add(commands)
+    return parser
+
+
+def subcommand(commands: argparse._SubParsersAction, name: str,
+               run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    summary, description = HELP[name]
+    parser = commands.add_parser(name, help=summary, description=f"{summary}. {description}",
+                                 formatter_class=DefaultsOnceFormatter)
+    parser.set_defaults(run=run, parser=parser)
+    return parser
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    return value
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value:g}")
+    return value
+
+
+def add_recipe_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE, help=help_text)
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=positive_int, default=available_cpus(),
+                        help="TensorFlow intra- and inter-op threads (default: the CPUs this process may use)")
+
+
+def add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+                        help="where decoded ImageFolder arrays are cached, keyed by the data's hash")
+
+
+def add_exported_version(parser: argparse.ArgumentParser) -> None:
+    """VERSION_DIR and the --data it was trained on: what reexport and report read back."""
+    parser.add_argument("version_dir", type=Path, metavar="VERSION_DIR",
+                        help="an exported version directory, e.g. models/cifar10/3")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="the ImageFolder dataset it was trained on (its sha256 must match its metadata.json)")
+
+
 def recipe_defaults(recipe: Recipe) -> str:
     """Its epochs and batch size, the batch size unless its description already gives it."""
     batch = f"batch {recipe.batch_size}"
     return f"{recipe.epochs} epochs" + ("" if batch in recipe.description else f", {batch}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    recipe_help = "; ".join(f"{name}: {recipe.description} ({recipe_defaults(recipe)})"
-                            for name, recipe in RECIPES.items())
-    parser = argparse.ArgumentParser(
-        prog="python -m training",
-        description="Train a CIFAR-10 classifier into a run folder (runs/<recipe>-<UTC time>/: the SavedModel "
-        "with metadata.json and report/ in model/, checkpoints, history.csv). The served models are never "
-        "touched: `python -m training promote RUN_DIR` checks a run and publishes it as the next version "
-        "of models/cifar10 (see `python -m training promote --help`).",
-        formatter_class=DefaultsOnceFormatter,
-    )
+# --- train ---------------------------------------------------------------------------------------------
+
+def add_train(commands: argparse._SubParsersAction) -> None:
+    parser = subcommand(commands, "train", run_train)
     parser.add_argument("--data", type=Path, default=None,
                         help="ImageFolder dataset: a directory or .tar.gz/.tgz/.tar/.zip archive holding "
                         "train/<class>/* and optionally test/<class>/*. Default: download CIFAR-10 "
                         "with keras.datasets.cifar10 (train and test splits).")
-    add_recipe_option(parser, recipe_help)
-    parser.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the recipe's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
+    add_recipe_option(parser, "; ".join(f"{name}: {recipe.description} ({recipe_defaults(recipe)})"
+                                        for name, recipe in RECIPES.items()))
+    parser.add_argument("--epochs", type=positive_int, default=None, help="epochs to train (default: the recipe's)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
-    parser.add_argument("--val-size", type=int, default=None,
+    parser.add_argument("--val-size", type=positive_int, default=None,
                         help="validation images held out from train, stratified (default: 5000, or 10%% of "
                         "a smaller dataset)")
     parser.add_argument("--out", type=Path, default=None,
                         help="export straight into this model folder as its next integer version, without "
                         "promote's checks (default: into the run folder, RUN_DIR/model)")
-    parser.add_argument("--threads", type=int, default=available_cpus(),
-                        help="TensorFlow intra- and inter-op threads (default: the CPUs this process may use)")
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
-                        help="where decoded ImageFolder arrays are cached, keyed by the data's hash")
+    add_threads(parser)
+    add_cache_dir(parser)
     parser.add_argument("--no-cache", action="store_true",
                         help="decode the dataset without reading or writing the cache")
     parser.add_argument("--run-dir", type=Path, default=None,
@@ -108,47 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     distilling.add_argument("--teacher", type=Path, default=None,
                             help="a model version folder (e.g. models/cifar10/4) whose probabilities the student "
                             "learns as well as the labels; required by recipes that distill")
-    distilling.add_argument("--distill-weight", type=float, default=None,
+    distilling.add_argument("--distill-weight", type=share, default=None,
                             help="the teacher's share of each target, 0-1 (default: the recipe's)")
-    distilling.add_argument("--distill-temperature", type=float, default=None,
+    distilling.add_argument("--distill-temperature", type=positive_float, default=None,
                             help="softens (>1) or sharpens (<1) the teacher's probabilities (default: the recipe's)")
     distilling.add_argument("--flip", choices=FLIP_MODES, default=None,
                             help="mirror images at random each epoch, in alternating epochs, or never "
                             "(default: the recipe's)")
-    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["promote"]:
-        from training import promote
-
-        return promote.main(argv[1:])
-    args = build_parser().parse_args(argv)
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
-                        ("--threads", args.threads), ("--val-size", args.val_size)):
-        if value is not None and value < 1:
-            print(f"error: {flag} must be a positive integer, got {value}", file=sys.stderr)
-            return 2
-    if args.distill_weight is not None and not 0 <= args.distill_weight <= 1:
-        print(f"error: --distill-weight must be between 0 and 1, got {args.distill_weight}", file=sys.stderr)
-        return 2
-    if args.distill_temperature is not None and args.distill_temperature <= 0:
-        print(f"error: --distill-temperature must be positive, got {args.distill_temperature}", file=sys.stderr)
-        return 2
+def run_train(args: argparse.Namespace) -> int:
     if args.resume and args.run_dir is None:
-        print("error: --resume continues a run: name its folder with --run-dir (the runs/<recipe>-<time> "
-              "folder the interrupted run printed)", file=sys.stderr)
-        return 2
-    from training.distill import TeacherError
-    from training.train import train
-
+        args.parser.error("--resume continues a run: name its folder with --run-dir (the runs/<recipe>-<time> "
+                          "folder the interrupted run printed)")
     config = config_from_args(args)
     try:
         train(config)
-    except (DatasetError, TeacherError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"interrupted: resume with the same options plus --resume --run-dir {config.run_dir}",
               file=sys.stderr)
@@ -156,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def config_from_args(args: argparse.Namespace) -> "TrainConfig":
-    from training.train import TrainConfig
-
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         recipe=args.recipe,
         data=args.data,
@@ -186,3 +229,57 @@ def new_run_dir(recipe: str) -> Path:
     while path.exists():
         path, suffix = RUNS_DIR / f"{recipe}-{stamp}-{suffix}", suffix + 1
     return path
+
+
+# --- promote -------------------------------------------------------------------------------------------
+
+def add_promote(commands: argparse._SubParsersAction) -> None:
+    parser = subcommand(commands, "promote", run_promote)
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="the run folder a training run printed (runs/<recipe>-<time>/), or an export folder")
+    parser.add_argument("--to", type=Path, default=DEFAULT_MODEL_ROOT, dest="model_root",
+                        help="the served model folder; the run becomes its next integer version")
+    parser.add_argument("--force", action="store_true",
+                        help="publish even if its validation accuracy is below the served version's")
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    promotion = promote(args.run_dir, args.model_root, args.force)
+    before = ("" if promotion.served is None else
+              f"; version {promotion.served[0]} had {promotion.served[1]:.2%}")
+    print(f"published {promotion.version_dir} (validation accuracy {promotion.val_accuracy:.2%}{before}). "
+          f"A service serving {args.model_root} loads it within MODEL_POLL_SECONDS, or at its next start.")
+    return 0
+
+
+# --- reexport ------------------------------------------------------------------------------------------
+
+def add_reexport(commands: argparse._SubParsersAction) -> None:
+    parser = subcommand(commands, "reexport", run_reexport)
+    add_exported_version(parser)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="model folder for the new version (default: VERSION_DIR's parent)")
+    add_threads(parser)
+    add_cache_dir(parser)
+    parser.add_argument("--timing-seconds", type=float, default=TIMING_SECONDS,
+                        help="seconds timing each level, precision and batch size for metadata.json")
+
+
+def run_reexport(args: argparse.Namespace) -> int:
+    reexport(args.version_dir, args.data, args.out or args.version_dir.parent, args.cache_dir, args.threads,
+             args.timing_seconds)
+    return 0
+
+
+# --- report --------------------------------------------------------------------------------------------
+
+def add_report(commands: argparse._SubParsersAction) -> None:
+    parser = subcommand(commands, "report", run_report)
+    add_exported_version(parser)
+    add_cache_dir(parser)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    accuracy = regenerate_report(args.version_dir, args.data, args.cache_dir)
+    print(f"wrote {args.version_dir / REPORT_DIR}/ (validation accuracy {accuracy:.2%}, as recorded)")
+    return 0

@@ -21,13 +21,14 @@ import numpy as np
 
 from core.contract import CLASS_NAMES
 from core.preprocessing import ImageError, image_bytes_to_array
+from training.errors import TrainingError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 KERAS_SOURCE = "keras.datasets.cifar10"
 CACHE_FORMAT = 1  # bump when the decoded arrays would differ, so old caches are not reused
 
 
-class DatasetError(Exception):
+class DatasetError(TrainingError):
     """A dataset problem a user can fix; the message names the file and what to do."""
 
 

@@ -25,11 +25,12 @@ from core.contract import (
     level_signature,
 )
 from core.cpus import cpu_flags, has_bfloat16
+from training.errors import TrainingError
 
 TEACHER_BATCH_SIZE = 256
 
 
-class TeacherError(Exception):
+class TeacherError(TrainingError):
     """The teacher cannot be used; the message names the folder and the fix."""
 
 

@@ -1,155 +1,153 @@
-"""Writes a trained Keras model as a SavedModel that keeps the export contract (core.contract)."""
+"""The export path, top to bottom: calibrate every level, write the SavedModel, evaluate it, draw the
+report, write metadata.json.
 
+``train`` runs it on the weights it has just fitted, ``reexport`` on weights read back from an exported
+version; both run it inside a staging folder (training.publish) and publish that folder after. A step
+added to every export (a conversion for another runtime, a threshold fitted on validation) goes into
+:func:`export` where its comment says, and adds its entries to metadata.json there.
+"""
+
+import datetime as dt
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from core.contract import (
-    BFLOAT16,
-    FEATURE_NORM_NAME,
-    FLOAT32,
-    IMAGE_SIZE,
-    INPUT_NAME,
-    INPUT_SHAPE,
-    LEVELS,
-    METADATA_FILE,
-    NUM_CLASSES,
-    OUTPUT_NAME,
-    SIGNATURE_NAME,
-    level_signature,
-)
-from training import ood_export
-
-TTA_MODES = ("none", "flip", "flip-translate")
-# Images per call when a whole split is run through a model after training (validation, test,
-# temperature fitting): large enough to keep the cores busy, small enough for the six TTA views' memory.
-EVALUATION_BATCH_SIZE = 500
+from core.contract import LEVELS, METADATA_FILE, SIGNATURE_NAME, export_contract, level_named
+from training import calibration, evaluation, ood_export, reports, signatures
+from training.calibration import FittedTemperature
+from training.data import Split
+from training.recipes import Recipe
 
 
-def tta_logits(model: keras.Model, pixels: tf.Tensor, tta: str, own_logits: tf.Tensor | None = None) -> tf.Tensor:
-    """Logits averaged over test-time views of float32 RGB ``pixels`` (airbench's TTA levels 0-2).
+@dataclass(frozen=True)
+class Trained:
+    """One set of trained weights and what metadata.json says about how they were trained."""
 
-    ``flip``: the image and its mirror. ``flip-translate``: half that, plus a quarter each for the
-    same pair shifted one pixel up-left and one pixel down-right (reflect-padded). ``own_logits``: the
-    image's own logits when the caller computed them already (with its features), so they are not
-    computed twice.
-    """
-
-    def logits(images: tf.Tensor) -> tf.Tensor:
-        return tf.cast(model(images, training=False), tf.float32)
-
-    def mirrored_pair(images: tf.Tensor, first: tf.Tensor | None = None) -> tf.Tensor:
-        return ((logits(images) if first is None else first) + logits(tf.reverse(images, axis=[2]))) / 2.0
-
-    if tta == "none":
-        return logits(pixels) if own_logits is None else own_logits
-    if tta == "flip":
-        return mirrored_pair(pixels, own_logits)
-    if tta == "flip-translate":
-        padded = tf.pad(pixels, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-        shifted = (mirrored_pair(padded[:, :IMAGE_SIZE, :IMAGE_SIZE]) + mirrored_pair(padded[:, 2:, 2:])) / 2.0
-        return (mirrored_pair(pixels, own_logits) + shifted) / 2.0
-    raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
+    model: keras.Model  # float32: every level is traced from it (bfloat16 signatures too, with its weights)
+    recipe: Recipe
+    default_level: str  # the level exported as serving_default
+    history: dict[str, list[float]]  # per epoch, for the report's curves
+    seed: int  # the run's; the report draws its sample images with it
+    description: dict[str, Any]  # metadata.json's entries about the training: class_names, recipe, data, ...
 
 
-def serving_function(model: keras.Model, tta: str, temperature: float) -> Callable:
-    """uint8 RGB images -> softmax probabilities, with TTA and temperature inside the graph, and the norm of
-    the image's penultimate features (FEATURE_NORM_NAME, for core.ood) from the same forward pass."""
-    spec = tf.TensorSpec(INPUT_SHAPE, tf.uint8, name=INPUT_NAME)
-    heads = ood_export.features_and_logits(model)
+@dataclass(frozen=True)
+class Evaluation:
+    """Figures of the written SavedModel, called as the service calls it."""
 
-    @tf.function(input_signature=[spec])
-    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = tf.cast(images, tf.float32)
-        if heads is None:
-            return {OUTPUT_NAME: tf.nn.softmax(tta_logits(model, pixels, tta) / temperature, axis=-1)}
-        features, own_logits = heads(pixels, training=False)
-        logits = tta_logits(model, pixels, tta, tf.cast(own_logits, tf.float32))
-        return {OUTPUT_NAME: tf.nn.softmax(logits / temperature, axis=-1),
-                FEATURE_NORM_NAME: ood_export.feature_norm(features)}
+    default_level: str
+    level_probabilities: dict[str, np.ndarray]  # each level's validation probabilities, float32
+    val_accuracy: float
+    test_accuracy: float | None  # None without a test split
+    levels: dict[str, dict[str, Any]]  # metadata.json's "levels": every level's figures
+    precision: dict[str, Any]  # metadata.json's "precision": bfloat16 against float32, and where it is used
 
-    return serve
+    @property
+    def val_probabilities(self) -> np.ndarray:
+        """The default level's validation probabilities."""
+        return self.level_probabilities[self.default_level]
 
 
-def logits_with_tta(model: keras.Model, images: np.ndarray, tta: str,
-                    batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
-    """The logits the exported graph softmaxes, for fitting its temperature: the same views, uncalibrated."""
-    spec = tf.TensorSpec(INPUT_SHAPE, tf.uint8)
-    compute = tf.function(lambda batch: tta_logits(model, tf.cast(batch, tf.float32), tta), input_signature=[spec])
-    outputs = [compute(tf.constant(images[start : start + batch_size])).numpy()
-               for start in range(0, len(images), batch_size)]
-    return np.concatenate(outputs).astype("float64")
+@dataclass(frozen=True)
+class Exported:
+    metadata: dict[str, Any]
+    val_probabilities: np.ndarray  # the default level's, as its signature answers
 
 
-@contextmanager
-def compute_policies(model: keras.Model, policies: list[str] | None) -> Iterator[None]:
-    """Run ``model``'s layers under ``policies`` (one dtype policy name per layer) for a while.
-
-    Tracing a signature inside this block computes in those dtypes with the model's own float32
-    variables, so float32 and bfloat16 signatures share one set of weights in the SavedModel."""
-    if policies is None:
-        yield
-        return
-    original = [layer.dtype_policy for layer in model.layers]
-    try:
-        for layer, policy in zip(model.layers, policies, strict=True):
-            layer.dtype_policy = policy
-        yield
-    finally:
-        for layer, policy in zip(model.layers, original, strict=True):
-            layer.dtype_policy = policy
-
-
-def mixed_bfloat16_policies(build: Callable[[], keras.Model]) -> list[str]:
-    """The dtype policy of each layer when ``build`` runs under mixed_bfloat16: the layers a recipe
-    keeps in float32 (a whitening stem, the logits) stay float32."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        return [layer.dtype_policy.name for layer in build().layers]
-    finally:
-        keras.config.set_dtype_policy(previous)
+def export(directory: Path, trained: Trained, val: Split, test: Split | None, name: str, threads: int,
+           timing_seconds: float = evaluation.TIMING_SECONDS) -> Exported:
+    """Write ``trained`` into ``directory`` as a complete version: SavedModel, report/ and metadata.json."""
+    temperatures = calibrate(trained.model, val)
+    signatures.write_saved_model(directory, trained.model, signatures.level_signatures(
+        trained.model, {level: fitted.temperature for level, fitted in temperatures.items()},
+        trained.default_level, bfloat16_policies(trained.recipe)))
+    measured = evaluate(directory, val, test, temperatures, trained.default_level, timing_seconds)
+    # Further export steps go here: each reads the written, measured SavedModel in `directory` (and `val`)
+    # and adds its metadata.json entries to `further` (e.g. a conversion for another runtime).
+    further: dict[str, Any] = {
+        "ood": ood_export.fit_ood(directory, val.images, measured.level_probabilities),  # "none of these"
+    }
+    reports.write_report(directory / reports.REPORT_DIR, trained.history, val.images, val.labels,
+                         measured.val_probabilities, trained.description["class_names"], trained.model, trained.seed)
+    metadata = build_metadata(trained.description, measured, further, name, threads)
+    write_metadata(directory, metadata)
+    return Exported(metadata, measured.val_probabilities)
 
 
-def level_signatures(model: keras.Model, temperatures: dict[str, float], default_level: str,
-                     bfloat16_policies: list[str] | None) -> dict[str, Callable]:
-    """Signature name -> traced serving function: every level in float32 (``serving_default`` is
-    ``default_level``'s), and in bfloat16 when ``bfloat16_policies`` is given."""
-    signatures: dict[str, Callable] = {}
-    for precision, policies in ((FLOAT32, None), (BFLOAT16, bfloat16_policies)):
-        if precision == BFLOAT16 and policies is None:
-            continue
-        with compute_policies(model, policies):
-            for level in LEVELS:
-                function = serving_function(model, level.tta, temperatures[level.name])
-                function.get_concrete_function()  # traced now, under this block's dtype policies
-                signatures[level_signature(level.name, precision)] = function
-    signatures[SIGNATURE_NAME] = signatures[default_level]
-    return signatures
+def calibrate(model: keras.Model, val: Split) -> dict[str, FittedTemperature]:
+    """Per level, the temperature minimising validation NLL of that level's own view-averaged logits."""
+    fitted = {}
+    for level in LEVELS:
+        logits = signatures.logits_with_tta(model, val.images, level.tta)
+        before = calibration.expected_calibration_error(calibration.softmax(logits), val.labels)
+        fitted[level.name] = FittedTemperature(calibration.fit_temperature(logits, val.labels), before)
+    return fitted
 
 
-def write_saved_model(directory: Path, model: keras.Model, signatures: dict[str, Callable]) -> None:
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    for name, function in signatures.items():
-        archive.add_endpoint(name=name, fn=function)
-    archive.write_out(str(directory), verbose=False)
+def bfloat16_policies(recipe: Recipe) -> list[str] | None:
+    """Each layer's dtype policy for the bfloat16 signatures; None (float32 only) unless the recipe trains in it."""
+    return signatures.mixed_bfloat16_policies(recipe.build) if recipe.mixed_bfloat16 else None
 
 
-def write_metadata(directory: Path, metadata: dict[str, object]) -> None:
+def evaluate(directory: Path, val: Split, test: Split | None, temperatures: dict[str, FittedTemperature],
+             default_level: str, timing_seconds: float) -> Evaluation:
+    """Accuracy, calibration and speed of every level of the SavedModel in ``directory``, through its signatures."""
+    level_figures, precision, probabilities = evaluation.evaluate_levels(
+        directory, val.images, val.labels, temperatures, timing_seconds=timing_seconds)
+    test_accuracy = None
+    if test is not None:
+        saved = tf.saved_model.load(str(directory))  # bound: its signatures hold only weak references to it
+        test_accuracy = accuracy(signatures.predict_saved_model(saved.signatures[SIGNATURE_NAME], test.images),
+                                 test.labels)
+    return Evaluation(default_level, probabilities, accuracy(probabilities[default_level], val.labels),
+                      test_accuracy, level_figures, precision)
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(probabilities.argmax(axis=1) == labels))
+
+
+def build_metadata(description: dict[str, Any], measured: Evaluation, further: dict[str, Any], name: str,
+                   threads: int) -> dict[str, Any]:
+    """metadata.json: how the weights were trained (``description``), then what this export wrote and
+    measured (README, "The export contract")."""
+    default = measured.levels[measured.default_level]
+    return {
+        **description,
+        "name": name,
+        "input_contract": export_contract(),
+        "val_accuracy": round(measured.val_accuracy, 4),
+        "test_accuracy": None if measured.test_accuracy is None else round(measured.test_accuracy, 4),
+        "tta": level_named(measured.default_level).tta,
+        # The default level's calibration under the keys metadata.json had before levels (read by older tools).
+        **{key: default[key] for key in ("temperature", "val_ece_before_temperature", "val_ece")},
+        "default_level": measured.default_level,
+        "levels": measured.levels,
+        "precision": measured.precision,
+        **further,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "git_commit": git_commit(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "threads": threads,
+    }
+
+
+def write_metadata(directory: Path, metadata: dict[str, Any]) -> None:
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def predict_saved_model(signature: Callable, images: np.ndarray,
-                        batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
-    """Probabilities from the exported signature, exactly as the service will get them."""
-    outputs = [
-        signature(**{INPUT_NAME: tf.constant(images[start : start + batch_size])})[OUTPUT_NAME].numpy()
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), dtype="float32")
+def git_commit() -> str | None:
+    """The commit of this checkout, for metadata.json; None outside a git checkout."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None

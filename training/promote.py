@@ -6,10 +6,8 @@ accuracy with the version served from the target folder (refusing a worse one un
 publishes a copy atomically as the next integer version. A service polling that folder picks it up.
 """
 
-import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -18,14 +16,14 @@ from typing import Any
 
 from core.contract import CLASS_NAMES, METADATA_FILE, export_contract, missing_files, next_version, version_dirs
 from core.versions import ModelLoadError, check_answers, load_version
-from training.cli import DefaultsOnceFormatter
+from training.errors import TrainingError
 from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, staging_dir
 
 # Batch sizes of the trial run: one image, and a batch, since a graph can fail at either.
 TRIAL_BATCHES = (1, 8)
 
 
-class PromotionError(RuntimeError):
+class PromotionError(TrainingError):
     """The run cannot be published; the message names the file or figure and what to do."""
 
 
@@ -65,7 +63,7 @@ def read_metadata(export_dir: Path) -> dict[str, Any]:
         problems.append("val_accuracy must be a number from 0 to 1 (the validation accuracy of the export)")
     if problems:
         raise PromotionError(f"{path} breaks the export contract: {'; '.join(problems)}. "
-                             "Export it with `python -m training`.")
+                             "Export it with `python -m training train`.")
     return metadata
 
 
@@ -97,6 +95,7 @@ def check_run(export_dir: Path, version: int) -> dict[str, Any]:
 
 
 def promote(run_dir: Path, model_root: Path = DEFAULT_MODEL_ROOT, force: bool = False) -> Promotion:
+    """Check the run in ``run_dir`` and publish it as the next version of ``model_root``."""
     export_dir = export_dir_of(run_dir)
     metadata = check_run(export_dir, next_version(model_root))
     accuracy = float(metadata["val_accuracy"])
@@ -128,33 +127,3 @@ def promote(run_dir: Path, model_root: Path = DEFAULT_MODEL_ROOT, force: bool = 
         previous = (served[0], float(served_accuracy))
     return Promotion(version_dir, accuracy, previous)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training promote",
-        description="Check a finished training run and publish it as the next version of a served model "
-        "folder (atomically; an existing version is never changed).",
-        formatter_class=DefaultsOnceFormatter,
-    )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
-                        help="the run folder a training run printed (runs/<recipe>-<time>/), or an export folder")
-    parser.add_argument("--to", type=Path, default=DEFAULT_MODEL_ROOT, dest="model_root",
-                        help="the served model folder; the run becomes its next integer version")
-    parser.add_argument("--force", action="store_true",
-                        help="publish even if its validation accuracy is below the served version's")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the checks load TensorFlow: keep its start-up chatter out
-    try:
-        promotion = promote(args.run_dir, args.model_root, args.force)
-    except PromotionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    before = ("" if promotion.served is None else
-              f"; version {promotion.served[0]} had {promotion.served[1]:.2%}")
-    print(f"published {promotion.version_dir} (validation accuracy {promotion.val_accuracy:.2%}{before}). "
-          f"A service serving {args.model_root} loads it within MODEL_POLL_SECONDS, or at its next start.")
-    return 0

@@ -1,6 +1,6 @@
 """Training recipes: every hyperparameter of every architecture, each named once, here.
 
-A recipe is a network and the way to train it: ``python -m training --recipe NAME`` picks one.
+A recipe is a network and the way to train it: ``python -m training train --recipe NAME`` picks one.
 
 ``airbench`` is the default and the shipped model: Keller Jordan's airbench94 recipe
 (arXiv:2404.00498) carried over to Keras. Its PyTorch hyperparameters are written for a
@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import keras
 import numpy as np
 
+from core.contract import LevelName, level_named
 from training.architectures import AirbenchNetwork, TutorialNetwork, airbench_cnn, init_whitening, tutorial_cnn
 from training.augment import Augmentation
 from training.distill import Distillation
@@ -41,7 +42,7 @@ class Recipe:
     make_optimizer: Callable[[int], keras.optimizers.Optimizer]  # total optimizer steps -> optimizer
     label_smoothing: float = 0.0
     augmentation: Augmentation = NO_AUGMENTATION
-    tta: str = "none"  # test-time augmentation inside the export: "none", "flip" or "flip-translate"
+    default_level: LevelName = "fast"  # the accuracy level (test-time views, core.contract.LEVELS) served by default
     mixed_bfloat16: bool = False  # train in bfloat16 (2x on AVX512-BF16 CPUs); export stays float32
     data_init: Callable[[keras.Model, np.ndarray, int], None] | None = None  # (model, train images, seed)
     lookahead: LookaheadSchedule | None = None
@@ -164,7 +165,7 @@ AIRBENCH_LABEL_SMOOTHING = 0.2
 AIRBENCH_AUGMENTATION = Augmentation(flip="random", translate_pixels=2, cutout_pixels=8)
 AIRBENCH_WHITENING_IMAGES = 5000
 AIRBENCH_LOOKAHEAD = LookaheadSchedule(decay_base=0.95, decay_pow=3.0, every_steps=5)
-AIRBENCH_TTA = "flip-translate"  # airbench's TTA level 2: 6 views, 3x the inference of flip alone
+AIRBENCH_DEFAULT_LEVEL: LevelName = "accurate"  # airbench's TTA level 2: 6 views, 3x the inference of its mirror pair
 AIRBENCH_WHITENING_EPSILON = 5e-4  # added to each eigenvalue before its 1/sqrt
 # Muon on the conv filters (the ablation's row, docs/training.md): Keras' Muon scales each update
 # to Adam's RMS (rms_rate 0.2), so Adam-sized rates apply to both halves; untuned until that row runs.
@@ -221,14 +222,15 @@ def _tutorial_recipe(network: TutorialNetwork) -> Recipe:
 AIRBENCH = Recipe(
     description="airbench94 CNN (whitened 2x2 stem, conv groups "
     f"{'/'.join(map(str, AIRBENCH_NETWORK.widths))}, BatchNorm, GELU): "
-    "Nesterov SGD with warm-up and linear decay, label smoothing, flip, translate, cutout; flip-translate TTA",
+    "Nesterov SGD with warm-up and linear decay, label smoothing, flip, translate, cutout; "
+    f"{level_named(AIRBENCH_DEFAULT_LEVEL).views}-view TTA",
     build=lambda: airbench_cnn(AIRBENCH_NETWORK),
     epochs=AIRBENCH_EPOCHS,
     batch_size=AIRBENCH_BATCH_SIZE,
     make_optimizer=_airbench_sgd,
     label_smoothing=AIRBENCH_LABEL_SMOOTHING,
     augmentation=AIRBENCH_AUGMENTATION,
-    tta=AIRBENCH_TTA,
+    default_level=AIRBENCH_DEFAULT_LEVEL,
     mixed_bfloat16=True,
     data_init=_airbench_whitening,
     lookahead=AIRBENCH_LOOKAHEAD,
@@ -245,13 +247,3 @@ RECIPES: dict[str, Recipe] = {
     "tutorial-gray": _tutorial_recipe(TUTORIAL_GRAY_NETWORK),
 }
 DEFAULT_RECIPE = "airbench"
-# Former names, still accepted for one release: "seed" read like the random seed (runs/seed-rgb-seed0).
-RECIPE_ALIASES: dict[str, str] = {"seed-rgb": "tutorial-rgb", "seed-gray": "tutorial-gray"}
-
-
-def recipe_name(name: str) -> str:
-    """The current name of recipe ``name``, which may be a former name (a KeyError if it is neither)."""
-    current = RECIPE_ALIASES.get(name, name)
-    if current not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return current

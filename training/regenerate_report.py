@@ -1,4 +1,4 @@
-"""``python -m training.regenerate_report models/cifar10/3 --data PATH``: redraw an exported model's report.
+"""``python -m training report VERSION_DIR --data PATH``: draw an exported model's report again.
 
 Re-evaluates the exported SavedModel (as the service calls it) on the validation split its
 ``metadata.json`` records (same data, checked by sha256; same seed and size), checks the accuracy
@@ -6,70 +6,61 @@ against the recorded one, and rewrites ``report/`` with the current :mod:`traini
 is trained; the curves come from the recorded history.
 """
 
-import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from core.contract import METADATA_FILE, SIGNATURE_NAME
-from training import export, reports
-from training.data import DatasetError, default_cache_dir, load_image_folder, stratified_split
-from training.recipes import RECIPES, recipe_name
+from training import reports, signatures
+from training.data import DatasetError, load_image_folder, stratified_split
+from training.errors import TrainingError
+from training.recipes import RECIPES
+
+# What this command reads from metadata.json: every export of this code writes them.
+REQUIRED_KEYS = ("architecture", "class_names", "data", "history", "seed", "val_accuracy", "val_images")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.regenerate_report", description=__doc__.split("\n")[0])
-    parser.add_argument("version_dir", type=Path, help="an exported version directory, e.g. models/cifar10/3")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="the ImageFolder dataset the model was trained on (its sha256 must match metadata.json)")
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
-                        help="where decoded ImageFolder arrays are cached (default: %(default)s)")
-    return parser
+class ReportError(TrainingError):
+    """The version folder cannot be reported on; the message names the file and the fix."""
 
 
-def regenerate(version_dir: Path, data: Path, cache_dir: Path | None) -> float:
+def regenerate_report(version_dir: Path, data: Path, cache_dir: Path | None) -> float:
     """Rewrite ``version_dir/report``; returns the re-measured validation accuracy."""
-    metadata = json.loads((version_dir / METADATA_FILE).read_text())
+    metadata = read_metadata(version_dir)
     dataset = load_image_folder(data, cache_dir)
     if dataset.sha256 != metadata["data"]["sha256"]:
         raise DatasetError(f"{data}: sha256 {dataset.sha256} is not the {metadata['data']['sha256']} that "
                            f"{version_dir / METADATA_FILE} records. Pass the dataset this model was trained on.")
     _, val_split = stratified_split(dataset.train, metadata["val_images"], metadata["seed"])
     saved = tf.saved_model.load(str(version_dir))  # bound: its signatures hold only weak references to it
-    probabilities = export.predict_saved_model(saved.signatures[SIGNATURE_NAME], val_split.images)
+    probabilities = signatures.predict_saved_model(saved.signatures[SIGNATURE_NAME], val_split.images)
     accuracy = float(np.mean(probabilities.argmax(axis=1) == val_split.labels))
     if round(accuracy, 4) != metadata["val_accuracy"]:
-        raise DatasetError(f"{version_dir}: validation accuracy re-measured as {accuracy:.4f}, metadata.json "
-                           f"says {metadata['val_accuracy']}: this is not the split the model was measured on.")
-    history = metadata["history"]
-    # Only its layers are drawn: no weights needed. Models trained before the rename record former names.
-    model = RECIPES[recipe_name(metadata["architecture"])].build()
-    reports.write_report(version_dir / reports.REPORT_DIR, history, val_split.images, val_split.labels, probabilities,
-                         metadata["class_names"], model, metadata["seed"])
+        raise ReportError(f"{version_dir}: validation accuracy re-measured as {accuracy:.4f}, metadata.json "
+                          f"says {metadata['val_accuracy']}: this is not the split the model was measured on.")
+    model = RECIPES[metadata["architecture"]].build()  # only its layers are drawn: no weights needed
+    reports.write_report(version_dir / reports.REPORT_DIR, metadata["history"], val_split.images, val_split.labels,
+                         probabilities, metadata["class_names"], model, metadata["seed"])
     return accuracy
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def read_metadata(version_dir: Path) -> dict[str, Any]:
+    path = version_dir / METADATA_FILE
     try:
-        accuracy = regenerate(args.version_dir, args.data, args.cache_dir)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except FileNotFoundError as error:
-        print(f"error: {error.filename}: no such file. Pass an exported version directory such as "
-              "models/cifar10/3.", file=sys.stderr)
-        return 1
-    except KeyError as error:
-        print(f"error: {args.version_dir / METADATA_FILE} has no {error} entry: it was not written by this "
-              "training command.", file=sys.stderr)
-        return 1
-    print(f"wrote {args.version_dir / reports.REPORT_DIR}/ (validation accuracy {accuracy:.2%}, as recorded)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        metadata = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file. Pass an exported version directory such as "
+                          "models/cifar10/3.") from None
+    except (OSError, ValueError) as error:
+        raise ReportError(f"{path} is not readable JSON ({error}); export the model again with "
+                          "`python -m training reexport`.") from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(metadata, dict) or key not in metadata]
+    if missing:
+        raise ReportError(f"{path} has no {', '.join(missing)}: it was not written by this training command.")
+    if metadata["architecture"] not in RECIPES:
+        raise ReportError(f"{path}: architecture {metadata['architecture']!r} is not a recipe of this code "
+                          f"({sorted(RECIPES)}); draw its report with the code that trained it.")
+    return metadata

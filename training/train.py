@@ -1,12 +1,10 @@
-"""The training run, top to bottom: data, fit, calibrate, export, evaluate, report, metadata.
+"""The training run, top to bottom: data, fit, a float32 copy, then the export path (training.export).
 
 :func:`train` reads as that list; each stage is the function of the same name below it.
 """
 
-import datetime as dt
 import json
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,19 +12,11 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from core.contract import (
-    CLASS_NAMES,
-    METADATA_FILE,
-    NUM_CLASSES,
-    SIGNATURE_NAME,
-    export_contract,
-    level_for_tta,
-)
+from core.contract import CLASS_NAMES, METADATA_FILE, NUM_CLASSES
 from core.cpus import cpu_flags, has_bfloat16
 from core.tensorflow_runtime import set_tensorflow_threads
-from training import distill, export, levels, ood_export, reports
+from training import distill, evaluation, export, reports, signatures
 from training.augment import EpochCounter
 from training.data import (
     KERAS_SOURCE,
@@ -40,12 +30,12 @@ from training.data import (
 )
 from training.pipeline import make_pipeline
 from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, publish_replacing, staging_dir
-from training.recipes import DEFAULT_DISTILLATION, RECIPES, Lookahead, Recipe, recipe_name
+from training.recipes import DEFAULT_DISTILLATION, RECIPES, Lookahead, Recipe
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    recipe: str  # a name in training.recipes.RECIPES (or a former name, RECIPE_ALIASES)
+    recipe: str  # a name in training.recipes.RECIPES
     data: Path | None  # None: keras.datasets.cifar10
     out: Path | None  # models/<name>: export to its next integer version; None: to run_dir/model, for promote
     epochs: int | None  # None: the recipe's
@@ -59,7 +49,7 @@ class TrainConfig:
     verbose: int = 1
     teacher: Path | None = None  # a model version whose probabilities a distilling recipe learns from
     recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes: flip, distillation
-    timing_seconds: float = levels.TIMING_SECONDS  # per level, precision and batch size, for metadata.json
+    timing_seconds: float = evaluation.TIMING_SECONDS  # per level, precision and batch size, for metadata.json
 
 
 @dataclass(frozen=True)
@@ -78,44 +68,20 @@ class Fitted:
     precision: str  # the Keras dtype policy it trained under
 
 
-@dataclass(frozen=True)
-class Calibrated:
-    model: keras.Model  # the trained weights in a float32 copy: what is exported
-    levels: dict[str, dict[str, float]]  # per accuracy level: temperature, validation ECE before it
-    default_level: str  # the recipe's test-time augmentation: serving_default
-    bfloat16_policies: list[str] | None  # each layer's policy for the bfloat16 signatures; None: float32 only
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Figures of the exported SavedModel, called as the service calls it."""
-
-    val_probabilities: np.ndarray  # the default level's
-    val_accuracy: float
-    test_accuracy: float | None  # None without a test split
-    levels: dict[str, dict[str, Any]]  # metadata.json's "levels": every level's figures
-    precision: dict[str, Any]  # metadata.json's "precision": bfloat16 against float32, and where it is used
-    ood: dict[str, Any]  # metadata.json's "ood": the "none of these" score and its thresholds (training.ood_export)
-
-
 def train(config: TrainConfig) -> Path:
     """Train, calibrate and export one model; returns the export directory (``run_dir/model``, or the
     new version in ``out``)."""
     set_tensorflow_threads(config.threads)
-    recipe = changed_recipe(RECIPES[recipe_name(config.recipe)], config)
+    recipe = changed_recipe(RECIPES[config.recipe], config)
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
     fitted = fit(config, recipe, splits)
-    calibrated = calibrate(recipe, fitted.model, splits.val)
+    trained = export.Trained(float32_copy(recipe, fitted.model), recipe, recipe.default_level, fitted.history,
+                             config.seed, describe_training(config, recipe, splits, fitted))
     with staging_dir(config.out or config.run_dir) as staging:
-        temperatures = {name: figures["temperature"] for name, figures in calibrated.levels.items()}
-        export.write_saved_model(staging, calibrated.model, export.level_signatures(
-            calibrated.model, temperatures, calibrated.default_level, calibrated.bfloat16_policies))
-        evaluation = evaluate(staging, splits, calibrated, config.timing_seconds)
-        reports.write_report(staging / reports.REPORT_DIR, fitted.history, splits.val.images, splits.val.labels,
-                             evaluation.val_probabilities, splits.dataset.class_names, fitted.model, config.seed)
-        metadata = describe_run(config, recipe, splits, fitted, calibrated, evaluation)
-        export.write_metadata(staging, metadata)
+        name = (config.out or DEFAULT_MODEL_ROOT).name
+        metadata = export.export(staging, trained, splits.val, splits.dataset.test, name, config.threads,
+                                 config.timing_seconds).metadata
         # An experiment never lands in the served folder by itself: promote checks and publishes it.
         export_dir = (publish_next_version(staging, config.out) if config.out
                       else publish_replacing(staging, config.run_dir / RUN_EXPORT_DIR))
@@ -182,7 +148,7 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
     model.fit(
         make_pipeline(splits.train, batch_size, config.seed, recipe.augmentation, epoch_counter.epoch, teacher,
                       recipe.distillation.weight if recipe.distillation else 0.0),
-        validation_data=make_pipeline(splits.val, export.EVALUATION_BATCH_SIZE, config.seed),
+        validation_data=make_pipeline(splits.val, signatures.EVALUATION_BATCH_SIZE, config.seed),
         epochs=epochs,
         shuffle=False,  # the pipeline shuffles, reproducibly from the seed
         verbose=config.verbose,
@@ -226,63 +192,35 @@ def changed_recipe(recipe: Recipe, config: TrainConfig) -> Recipe:
         temperature=changes.get("distill_temperature", distillation.temperature)))
 
 
-def calibrate(recipe: Recipe, trained: keras.Model, val_split: Split) -> Calibrated:
-    """A float32 copy of the trained model and, per accuracy level, the temperature fitted on validation NLL."""
-    # The weights are float32; every level is exported in float32 and, where the recipe trains in
-    # bfloat16, in bfloat16 too (the service picks per batch size what metadata.json found faster).
+def float32_copy(recipe: Recipe, trained: keras.Model) -> keras.Model:
+    """The trained weights in a float32 model: what is exported. Every level is exported in float32 and, where
+    the recipe trains in bfloat16, in bfloat16 too (the service picks per batch size what metadata.json found
+    faster)."""
     keras.config.set_dtype_policy("float32")
-    serving_model = recipe.build()
-    serving_model.set_weights(trained.get_weights())
-    fitted = levels.fit_temperatures(serving_model, val_split.images, val_split.labels)
-    policies = export.mixed_bfloat16_policies(recipe.build) if recipe.mixed_bfloat16 else None
-    return Calibrated(serving_model, fitted, level_for_tta(recipe.tta), policies)
+    model = recipe.build()
+    model.set_weights(trained.get_weights())
+    return model
 
 
-def evaluate(version_dir: Path, splits: Splits, calibrated: Calibrated, timing_seconds: float) -> Evaluation:
-    """Accuracy, calibration and speed of every level of the SavedModel just written, through its signatures."""
-    level_figures, precision, probabilities = levels.evaluate_levels(
-        version_dir, splits.val.images, splits.val.labels, calibrated.levels, timing_seconds=timing_seconds)
-    val_probabilities = probabilities[calibrated.default_level]
-    val_accuracy = float(np.mean(val_probabilities.argmax(axis=1) == splits.val.labels))
-    test_accuracy = None
-    if splits.dataset.test is not None:
-        saved = tf.saved_model.load(str(version_dir))  # bound: its signatures hold only weak references to it
-        test_probabilities = export.predict_saved_model(saved.signatures[SIGNATURE_NAME], splits.dataset.test.images)
-        test_accuracy = float(np.mean(test_probabilities.argmax(axis=1) == splits.dataset.test.labels))
-    return Evaluation(val_probabilities, val_accuracy, test_accuracy, level_figures, precision,
-                      ood_export.fit_ood(version_dir, splits.val.images, probabilities))
-
-
-def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fitted, calibrated: Calibrated,
-                 evaluation: Evaluation) -> dict[str, object]:
-    """metadata.json: what was trained, how, on what, and how well (README, "The export contract")."""
+def describe_training(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fitted) -> dict[str, Any]:
+    """metadata.json's entries about the training: what was trained, how and on what."""
     history, dataset = fitted.history, splits.dataset
     return {
-        "name": (config.out or DEFAULT_MODEL_ROOT).name,
         "class_names": list(dataset.class_names),
-        "input_contract": export_contract(),
-        "architecture": recipe_name(config.recipe),  # the recipe's name (the key predates recipes)
+        "architecture": config.recipe,  # the recipe's name (the key predates recipes)
         "description": recipe.description,
-        "params": int(calibrated.model.count_params()),
+        "params": int(fitted.model.count_params()),
         "epochs": fitted.epochs,
         "epochs_completed": len(history.get("epoch", [])),
         "batch_size": fitted.batch_size,
         "seed": config.seed,
         "train_images": len(splits.train.labels),
         "val_images": len(splits.val.labels),
-        "val_accuracy": round(evaluation.val_accuracy, 4),
-        "test_accuracy": None if evaluation.test_accuracy is None else round(evaluation.test_accuracy, 4),
-        "tta": recipe.tta,
         "flip": recipe.augmentation.flip,
         "distillation": None if recipe.distillation is None else {
             "teacher": config.teacher.as_posix() if config.teacher else None,
             "level": recipe.distillation.teacher_level, "weight": recipe.distillation.weight,
             "temperature": recipe.distillation.temperature},
-        **default_level_figures(calibrated.default_level, evaluation.levels),
-        "default_level": calibrated.default_level,
-        "levels": evaluation.levels,
-        "precision": evaluation.precision,
-        "ood": evaluation.ood,
         "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
         "seconds_per_epoch": [round(s, 1) for s in history.get("epoch_seconds", [])],
         "train_images_per_second": round(float(np.mean(history["images_per_second"])), 1)
@@ -290,27 +228,8 @@ def describe_run(config: TrainConfig, recipe: Recipe, splits: Splits, fitted: Fi
         "history": {k: [round(v, 4) for v in vs] for k, vs in history.items() if k != "epoch"},
         "data": {"source": dataset.source if dataset.source == KERAS_SOURCE else Path(dataset.source).name,
                  "sha256": dataset.sha256},
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "git_commit": git_commit(),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "threads": config.threads,
         "train_precision": fitted.precision,
     }
-
-
-def default_level_figures(default_level: str, level_figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The default level's calibration under the keys metadata.json had before levels (read by older tools)."""
-    return {key: level_figures[default_level][key] for key in ("temperature", "val_ece_before_temperature", "val_ece")}
-
-
-def git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
 
 
 class EpochTimer(keras.callbacks.Callback):

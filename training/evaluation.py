@@ -1,9 +1,9 @@
-"""Every accuracy level of one set of weights: calibrate, export, evaluate and time each.
+"""Every accuracy level of a written SavedModel, measured through its signatures as the service calls them.
 
 The export holds one signature per level (core.contract.LEVELS) in float32, and the same in bfloat16
-when the recipe can compute in it. Each level gets its own temperature, fitted on validation NLL of
-its own view-averaged logits. bfloat16 is then kept only for the batch sizes where it measured
-faster here, and only if no level's validation accuracy moves by more than
+when the recipe can compute in it. Each level's accuracy and calibration are measured on validation,
+its speed at the batch sizes the service forms. bfloat16 is kept only for the batch sizes where it
+measured faster here, and only if no level's validation accuracy moves by more than
 BFLOAT16_MAX_ACCURACY_CHANGE and every probability row still sums to 1 within BFLOAT16_MAX_SUM_ERROR.
 """
 
@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from core.contract import BFLOAT16, FLOAT32, INPUT_NAME, LEVELS, level_signature
-from training import calibration, export
+from training import calibration, signatures
+from training.calibration import FittedTemperature
 
 # The batch sizes the service's micro-batcher forms (1 up to MAX_BATCH_SIZE, 64 by default):
 # bfloat16 is timed against float32 at each of these.
@@ -28,30 +28,18 @@ TIMING_SECONDS = 1.0  # per signature and batch size
 TIMING_ROUNDS = 5
 
 
-def fit_temperatures(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
-    """Per level: the temperature minimising validation NLL, and the ECE before it."""
-    fitted = {}
-    for level in LEVELS:
-        logits = export.logits_with_tta(model, images, level.tta)
-        fitted[level.name] = {
-            "temperature": calibration.fit_temperature(logits, labels),
-            "ece_before_temperature": calibration.expected_calibration_error(calibration.softmax(logits), labels),
-        }
-    return fitted
-
-
-def images_per_second(signatures: dict[str, Callable], images: np.ndarray, seconds: float = TIMING_SECONDS,
+def images_per_second(functions: dict[str, Callable], images: np.ndarray, seconds: float = TIMING_SECONDS,
                       rounds: int = TIMING_ROUNDS) -> dict[str, float]:
     """Throughput of each signature called on ``images`` as one batch, timed side by side: short turns in
     alternation, so a machine that gets busier or quieter meanwhile weighs on every signature alike."""
     batch = tf.constant(images)
-    for signature in signatures.values():
+    for signature in functions.values():
         for _ in range(3):  # first calls trace and allocate
             signature(**{INPUT_NAME: batch})
-    calls = dict.fromkeys(signatures, 0)
-    elapsed = dict.fromkeys(signatures, 0.0)
+    calls = dict.fromkeys(functions, 0)
+    elapsed = dict.fromkeys(functions, 0.0)
     for _ in range(rounds):
-        for name, signature in signatures.items():
+        for name, signature in functions.items():
             started = time.perf_counter()
             while True:
                 signature(**{INPUT_NAME: batch})
@@ -59,7 +47,7 @@ def images_per_second(signatures: dict[str, Callable], images: np.ndarray, secon
                 if time.perf_counter() - started >= seconds / rounds:
                     break
             elapsed[name] += time.perf_counter() - started
-    return {name: len(images) * calls[name] / elapsed[name] for name in signatures}
+    return {name: len(images) * calls[name] / elapsed[name] for name in functions}
 
 
 def bfloat16_batch_sizes(speeds: dict[str, dict[int, dict[str, float]]]) -> dict[str, list[int]]:
@@ -69,7 +57,7 @@ def bfloat16_batch_sizes(speeds: dict[str, dict[int, dict[str, float]]]) -> dict
 
 
 def evaluate_levels(saved_model_dir: Path, images: np.ndarray, labels: np.ndarray,
-                    fitted: dict[str, dict[str, float]], timing_images: np.ndarray | None = None,
+                    temperatures: dict[str, FittedTemperature], timing_images: np.ndarray | None = None,
                     timed_batch_sizes: tuple[int, ...] = TIMED_BATCH_SIZES, timing_seconds: float = TIMING_SECONDS,
                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
     """(levels metadata, precision metadata, each level's float32 validation probabilities).
@@ -82,7 +70,8 @@ def evaluate_levels(saved_model_dir: Path, images: np.ndarray, labels: np.ndarra
     outcomes: dict[str, dict[str, Any]] = {}
     for level in LEVELS:
         for precision in precisions:
-            probabilities = export.predict_saved_model(saved.signatures[level_signature(level.name, precision)], images)
+            signature = saved.signatures[level_signature(level.name, precision)]
+            probabilities = signatures.predict_saved_model(signature, images)
             outcomes.setdefault(level.name, {})[precision] = {
                 "probabilities": probabilities,
                 "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
@@ -122,9 +111,9 @@ def evaluate_levels(saved_model_dir: Path, images: np.ndarray, labels: np.ndarra
             "views": level.views,
             "tta": level.tta,
             "description": level.description,
-            "temperature": round(fitted[level.name]["temperature"], 4),
+            "temperature": round(temperatures[level.name].temperature, 4),
             "val_accuracy": round(chosen["accuracy"], 4),
-            "val_ece_before_temperature": round(fitted[level.name]["ece_before_temperature"], 4),
+            "val_ece_before_temperature": round(temperatures[level.name].ece_before, 4),
             "val_ece": round(chosen["ece"], 4),
             # The path the service takes at each batch size on a CPU with bfloat16 instructions.
             "images_per_second": {
@@ -150,13 +139,3 @@ def evaluate_levels(saved_model_dir: Path, images: np.ndarray, labels: np.ndarra
     return levels_metadata, precision_metadata, {name: by_precision[FLOAT32]["probabilities"]
                                                  for name, by_precision in outcomes.items()}
 
-
-def export_levels(model: keras.Model, directory: Path, images: np.ndarray, labels: np.ndarray, default_level: str,
-                  bfloat16_policies: list[str] | None, timing_seconds: float = TIMING_SECONDS,
-                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
-    """Calibrate every level on (``images``, ``labels``), write the SavedModel to ``directory``, evaluate it."""
-    fitted = fit_temperatures(model, images, labels)
-    temperatures = {name: figures["temperature"] for name, figures in fitted.items()}
-    export.write_saved_model(directory, model, export.level_signatures(model, temperatures, default_level,
-                                                                       bfloat16_policies))
-    return evaluate_levels(directory, images, labels, fitted, timing_seconds=timing_seconds)

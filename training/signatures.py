@@ -1,0 +1,155 @@
+"""The SavedModel's signatures: test-time views and temperature inside the graph (core.contract's export contract).
+
+One signature per accuracy level and precision, traced from one float32 Keras model; :func:`write_saved_model`
+writes them, :func:`predict_saved_model` runs one as the service will.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.contract import (
+    BFLOAT16,
+    FEATURE_NORM_NAME,
+    FLOAT32,
+    IMAGE_SIZE,
+    INPUT_NAME,
+    INPUT_SHAPE,
+    LEVELS,
+    NUM_CLASSES,
+    OUTPUT_NAME,
+    SIGNATURE_NAME,
+    TTA_NAMES,
+    level_signature,
+)
+from training import ood_export
+
+# The contract's three sets of views, in LEVELS order: the image alone, it and its mirror, and that pair
+# shifted too. Unpacked, so a change to LEVELS that this graph code does not handle fails at import.
+ALONE, MIRRORED, SHIFTED = TTA_NAMES
+# Images per call when a whole split is run through a model after training (validation, test,
+# temperature fitting): large enough to keep the cores busy, small enough for the six TTA views' memory.
+EVALUATION_BATCH_SIZE = 500
+
+
+def tta_logits(model: keras.Model, pixels: tf.Tensor, tta: str, own_logits: tf.Tensor | None = None) -> tf.Tensor:
+    """Logits averaged over test-time views of float32 RGB ``pixels`` (airbench's TTA levels 0-2).
+
+    MIRRORED: the image and its mirror. SHIFTED: half that, plus a quarter each for the same pair
+    shifted one pixel up-left and one pixel down-right (reflect-padded). ``own_logits``: the image's
+    own logits when the caller computed them already (with its features), so they are not computed twice.
+    """
+
+    def logits(images: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model(images, training=False), tf.float32)
+
+    def mirrored_pair(images: tf.Tensor, first: tf.Tensor | None = None) -> tf.Tensor:
+        return ((logits(images) if first is None else first) + logits(tf.reverse(images, axis=[2]))) / 2.0
+
+    if tta == ALONE:
+        return logits(pixels) if own_logits is None else own_logits
+    if tta == MIRRORED:
+        return mirrored_pair(pixels, own_logits)
+    if tta == SHIFTED:
+        padded = tf.pad(pixels, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        shifted = (mirrored_pair(padded[:, :IMAGE_SIZE, :IMAGE_SIZE]) + mirrored_pair(padded[:, 2:, 2:])) / 2.0
+        return (mirrored_pair(pixels, own_logits) + shifted) / 2.0
+    raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_NAMES}")
+
+
+def serving_function(model: keras.Model, tta: str, temperature: float) -> Callable:
+    """uint8 RGB images -> softmax probabilities, with TTA and temperature inside the graph, and the norm of
+    the image's penultimate features (FEATURE_NORM_NAME, for core.ood) from the same forward pass."""
+    spec = tf.TensorSpec(INPUT_SHAPE, tf.uint8, name=INPUT_NAME)
+    heads = ood_export.features_and_logits(model)
+
+    @tf.function(input_signature=[spec])
+    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.cast(images, tf.float32)
+        if heads is None:
+            return {OUTPUT_NAME: tf.nn.softmax(tta_logits(model, pixels, tta) / temperature, axis=-1)}
+        features, own_logits = heads(pixels, training=False)
+        logits = tta_logits(model, pixels, tta, tf.cast(own_logits, tf.float32))
+        return {OUTPUT_NAME: tf.nn.softmax(logits / temperature, axis=-1),
+                FEATURE_NORM_NAME: ood_export.feature_norm(features)}
+
+    return serve
+
+
+def logits_with_tta(model: keras.Model, images: np.ndarray, tta: str,
+                    batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
+    """The logits the exported graph softmaxes, for fitting its temperature: the same views, uncalibrated."""
+    spec = tf.TensorSpec(INPUT_SHAPE, tf.uint8)
+    compute = tf.function(lambda batch: tta_logits(model, tf.cast(batch, tf.float32), tta), input_signature=[spec])
+    outputs = [compute(tf.constant(images[start : start + batch_size])).numpy()
+               for start in range(0, len(images), batch_size)]
+    return np.concatenate(outputs).astype("float64")
+
+
+@contextmanager
+def compute_policies(model: keras.Model, policies: list[str] | None) -> Iterator[None]:
+    """Run ``model``'s layers under ``policies`` (one dtype policy name per layer) for a while.
+
+    Tracing a signature inside this block computes in those dtypes with the model's own float32
+    variables, so float32 and bfloat16 signatures share one set of weights in the SavedModel."""
+    if policies is None:
+        yield
+        return
+    original = [layer.dtype_policy for layer in model.layers]
+    try:
+        for layer, policy in zip(model.layers, policies, strict=True):
+            layer.dtype_policy = policy
+        yield
+    finally:
+        for layer, policy in zip(model.layers, original, strict=True):
+            layer.dtype_policy = policy
+
+
+def mixed_bfloat16_policies(build: Callable[[], keras.Model]) -> list[str]:
+    """The dtype policy of each layer when ``build`` runs under mixed_bfloat16: the layers a recipe
+    keeps in float32 (a whitening stem, the logits) stay float32."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        return [layer.dtype_policy.name for layer in build().layers]
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def level_signatures(model: keras.Model, temperatures: dict[str, float], default_level: str,
+                     bfloat16_policies: list[str] | None) -> dict[str, Callable]:
+    """Signature name -> traced serving function: every level in float32 (``serving_default`` is
+    ``default_level``'s), and in bfloat16 when ``bfloat16_policies`` is given."""
+    signatures: dict[str, Callable] = {}
+    for precision, policies in ((FLOAT32, None), (BFLOAT16, bfloat16_policies)):
+        if precision == BFLOAT16 and policies is None:
+            continue
+        with compute_policies(model, policies):
+            for level in LEVELS:
+                function = serving_function(model, level.tta, temperatures[level.name])
+                function.get_concrete_function()  # traced now, under this block's dtype policies
+                signatures[level_signature(level.name, precision)] = function
+    signatures[SIGNATURE_NAME] = signatures[default_level]
+    return signatures
+
+
+def write_saved_model(directory: Path, model: keras.Model, signatures: dict[str, Callable]) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, function in signatures.items():
+        archive.add_endpoint(name=name, fn=function)
+    archive.write_out(str(directory), verbose=False)
+
+
+def predict_saved_model(signature: Callable, images: np.ndarray,
+                        batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
+    """Probabilities from the exported signature, exactly as the service will get them."""
+    outputs = [
+        signature(**{INPUT_NAME: tf.constant(images[start : start + batch_size])})[OUTPUT_NAME].numpy()
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), dtype="float32")
