@@ -1,6 +1,7 @@
 """The training command as a user runs it: subcommands, help, errors, resume, run folders and their promotion."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,19 +16,24 @@ from tests.test_promote import tree_digest
 from training.cli import COMMANDS, build_parser, config_from_args, main
 from training.recipes import RECIPES
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    # PYTHONPATH: run from another folder, the command is still this checkout's, not an installed copy's.
     return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, timeout=600,
-                          check=False, cwd=cwd)
+                          check=False, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def test_every_subcommand_is_listed_and_none_is_an_error_naming_them() -> None:
+def test_every_subcommand_is_listed_and_none_is_an_error_naming_them(capsys: pytest.CaptureFixture) -> None:
     listed = run_cli("--help")
     assert listed.returncode == 0 and listed.stderr == ""  # no TensorFlow notices after (or before) the help
     for command in COMMANDS:
         assert f"\n    {command} " in listed.stdout, listed.stdout
-        helped = run_cli(command, "--help")
-        assert helped.returncode == 0 and helped.stdout.startswith(f"usage: python -m training {command} ")
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: python -m training {command} ")
     bare = run_cli()
     assert bare.returncode == 2 and "Traceback" not in bare.stderr
     assert "name a command: train, promote, reexport, report" in bare.stderr
