@@ -98,7 +98,7 @@ class ClassifierService:
         try:
             image = await self.decode(data)
             occlusion = Occlusion()
-            levels = self.served.current.levels
+            levels = self.served.current.level_table
             level = EXPLAIN_LEVEL if EXPLAIN_LEVEL in levels.names else None  # a model without levels: its one
             answer = await self.classify(occlusion.batch(image), level)
         finally:

@@ -83,10 +83,10 @@ def rebuilt_model(model_dir: Path, metadata: dict):
     import keras
     import tensorflow as tf
 
-    from training.recipes import RECIPES, recipe_name
+    from training.recipes import RECIPES
 
     keras.config.set_dtype_policy("float32")
-    model = RECIPES[recipe_name(metadata["architecture"])].build()
+    model = RECIPES[metadata["architecture"]].build()
     saved = tf.saved_model.load(str(model_dir))
     model.set_weights([variable.numpy() for variable in saved.variables])
     return model, saved
@@ -109,14 +109,14 @@ def logits_per_level(model, saved, metadata: dict, images: dict[str, np.ndarray]
     """level -> set -> the view-averaged logits the level's signature divides by its temperature."""
     import tensorflow as tf
 
-    from training import export
+    from training import signatures
 
     out: dict[str, dict[str, np.ndarray]] = {}
     for level in LEVELS:
         if level.name not in levels:
             continue
         started = time.perf_counter()
-        out[level.name] = {name: export.logits_with_tta(model, batch, level.tta, batch_size=250)
+        out[level.name] = {name: signatures.logits_with_tta(model, batch, level.tta, batch_size=250)
                            for name, batch in images.items()}
         # The logits are the signature's: its probabilities are their softmax at the level's temperature.
         check = images["validation"][:200]

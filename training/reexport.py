@@ -47,7 +47,8 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
     keras.config.set_dtype_policy("float32")
     model = recipe.build()
     saved = tf.saved_model.load(str(source))
-    weights = [variable.numpy() for variable in saved.variables]
+    # Dropout layers save their random-number state beside the weights (tutorial recipes): not weights.
+    weights = [variable.numpy() for variable in saved.variables if "seed_generator_state" not in variable.name]
     if [w.shape for w in weights] != [tuple(w.shape) for w in model.weights]:
         raise ReexportError(f"{source}: its variables do not fit the {source_metadata['architecture']} recipe's "
                             "model; re-export it with the code that trained it.")
