@@ -21,6 +21,12 @@ that named its level always gets it. The model is asked for once per batch (``cu
 and every answer carries the model and the level that computed it. After a swap, the new model's first
 batch starts only once the old model's batches are done, so no client gets an answer from the old model
 after another got one from the new.
+
+Faults never leave a request waiting. If the worker task itself dies (a bug in this loop, not a model error,
+which goes to the requests of its batch), every queued request fails with :class:`BatcherFailedError`, which
+names the cause, and the worker is started again: it holds no state but the queue, which the failure has
+emptied, and the model stays loaded and warm. With ``answer_timeout_s`` set, a request that has no answer
+within it (queue and computation) gets :class:`AnswerTimeoutError` and is dropped from the queue.
 """
 
 import asyncio
@@ -39,6 +45,24 @@ logger = logging.getLogger("app.batching")
 
 class QueueFullError(RuntimeError):
     """More images are waiting for the model than the configured bound."""
+
+
+class BatcherFailedError(RuntimeError):
+    """The batching worker stopped on an unexpected error; the requests that were waiting for it get this."""
+
+    def __init__(self, cause: BaseException) -> None:
+        reason = (str(cause).strip().splitlines() or [""])[0][:200]
+        super().__init__(f"the batching worker failed ({type(cause).__name__}{': ' + reason if reason else ''}) "
+                         "and was restarted")
+        self.cause = cause
+
+
+class AnswerTimeoutError(TimeoutError):
+    """A request had no answer from the model within the deadline (queue and computation)."""
+
+    def __init__(self, timeout_s: float, queued_images: int) -> None:
+        super().__init__(f"no answer from the model within {timeout_s:g} s ({queued_images} images were waiting)")
+        self.timeout_s = timeout_s
 
 
 class BatchModel(Protocol):
@@ -83,6 +107,8 @@ class MicroBatcher:
         adapt_queue_images: int = 0,
         adapt_level: str | None = None,
         concurrency: int = 1,
+        answer_timeout_s: float | None = None,
+        on_restart: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._current_model = current_model
         self.adapt_queue_images = adapt_queue_images
@@ -99,6 +125,9 @@ class MicroBatcher:
         self._worker: asyncio.Task | None = None
         self._in_flight: set[asyncio.Task] = set()
         self._in_flight_model: BatchModel | None = None
+        self.answer_timeout_s = answer_timeout_s
+        self._on_restart = on_restart
+        self.restarts = 0
 
     @property
     def queued_images(self) -> int:
@@ -106,6 +135,26 @@ class MicroBatcher:
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+        self._worker.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, worker: asyncio.Task) -> None:
+        """The worker loops until stop() cancels it: any other end is a fault. Fail what waits, start again."""
+        if worker.cancelled():
+            return
+        cause = worker.exception() or RuntimeError("the worker returned")
+        failure = BatcherFailedError(cause)
+        waiting = [pending for pending in self._queue if not pending.future.done()]
+        self._queue.clear()
+        self._queued_images = 0
+        for pending in waiting:
+            pending.future.set_exception(failure)
+        self.restarts += 1
+        logger.error("batching worker failed; %d waiting requests answered 503, worker restarted (restart %d)",
+                     len(waiting), self.restarts, exc_info=cause)
+        if self._on_restart is not None:
+            with contextlib.suppress(Exception):  # a metrics fault must not stop the restart
+                self._on_restart(cause)
+        self.start()
 
     async def stop(self) -> None:
         """Finish what is queued, then stop the worker (called on shutdown, after requests drain)."""
@@ -137,7 +186,14 @@ class MicroBatcher:
         self._queue.append(_Pending(images, level, future))
         self._queued_images += count
         self._wakeup.set()
-        return await future
+        deadline = asyncio.timeout(self.answer_timeout_s)  # None: no deadline
+        try:
+            async with deadline:
+                return await future  # on the deadline the future is cancelled: a batch not yet formed skips it
+        except TimeoutError:
+            if not deadline.expired():  # the model's own TimeoutError, not the deadline
+                raise
+            raise AnswerTimeoutError(self.answer_timeout_s or 0.0, self._queued_images) from None
 
     async def _run(self) -> None:
         while True:
@@ -166,8 +222,8 @@ class MicroBatcher:
         return model.default_level
 
     async def _run_batch(self, batch: list[_Pending], model: BatchModel, level: str) -> None:
-        images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
-        try:
+        try:  # whatever fails here goes to the batch's requests: none may be left waiting
+            images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
             probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, model.predict, images,
                                                                              level)
         except Exception as error:  # handed to every waiting request

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.batching import QueueFullError
+from app.batching import AnswerTimeoutError, BatcherFailedError, QueueFullError
 from core.level_table import UnknownLevelError
 from core.preprocessing import ImageError
 
@@ -160,6 +160,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExplainBusyError)
     async def explain_busy(request: Request, error: ExplainBusyError) -> JSONResponse:
         return _json(503, str(error), {"Retry-After": RETRY_AFTER_SECONDS})
+
+    @app.exception_handler(BatcherFailedError)
+    async def batcher_failed(request: Request, error: BatcherFailedError) -> JSONResponse:
+        return _json(503, f"The server could not compute this answer: {error}; retry in a second.",
+                     {"Retry-After": RETRY_AFTER_SECONDS})
+
+    @app.exception_handler(AnswerTimeoutError)
+    async def answer_timeout(request: Request, error: AnswerTimeoutError) -> JSONResponse:
+        return _json(504, f"The server is too slow right now: {error}. Retry later, or ask for a cheaper "
+                     "level (?level=fast).")
 
     @app.exception_handler(NotReadyError)
     async def not_ready(request: Request, error: NotReadyError) -> JSONResponse:

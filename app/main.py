@@ -60,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher = MicroBatcher(lambda: served.current, settings.max_batch_size,
                                settings.max_batch_delay_ms / 1000.0, settings.max_queue_images,
                                on_batch=metrics.observe_batch, adapt_queue_images=settings.adapt_queue_images,
-                               adapt_level=settings.adapt_level, concurrency=settings.batch_concurrency)
+                               adapt_level=settings.adapt_level, concurrency=settings.batch_concurrency,
+                               answer_timeout_s=settings.inference_timeout_s,
+                               on_restart=lambda cause: metrics.batcher_restarts.inc())
         decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         service = ClassifierService(settings, served, batcher, metrics, decoder)
         app.state.service = service

@@ -22,6 +22,8 @@ class Metrics:
                                         "that computed them.", ["level"], registry=self.registry)
         self.rejected = Counter("cifar10_rejected_images", "Uploads refused before the model, by reason.",
                                 ["reason"], registry=self.registry)
+        self.batcher_restarts = Counter("cifar10_batcher_restarts", "Times the batching worker failed and was "
+                                        "restarted (the requests waiting for it got 503).", registry=self.registry)
         self.model_version = Gauge("cifar10_model_version", "Version of the model answering now.",
                                    registry=self.registry)
         self.model_swaps = Counter("cifar10_model_swaps", "Times a newer model version replaced the served one.",

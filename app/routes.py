@@ -64,8 +64,9 @@ def _errors(*statuses: int) -> dict[int | str, dict]:
              "first bytes, whatever its name or declared type: a text file, a PDF, an ICO…",
         422: "The form field is missing or repeated, or a query parameter is invalid (an unknown `level` is "
              "answered with the list of valid ones).",
-        503: "Model warming up, queue full, or (/explain) as many explanations running as the server allows; see "
-             "Retry-After.",
+        503: "Model warming up, queue full, the batching worker failed (restarted at once), or (/explain) as "
+             "many explanations running as the server allows; see Retry-After.",
+        504: "No answer from the model within INFERENCE_TIMEOUT_S (queue and computation).",
     }
     # The very messages the code sends (built by the same classes), so the docs and the code cannot differ.
     examples = {
@@ -85,7 +86,7 @@ def _errors(*statuses: int) -> dict[int | str, dict]:
     return responses
 
 
-IMAGE_ERRORS = _errors(400, 408, 413, 415, 422, 503)
+IMAGE_ERRORS = _errors(400, 408, 413, 415, 422, 503, 504)
 
 
 async def one_file_part(request: Request) -> None:

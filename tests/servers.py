@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -102,6 +105,32 @@ def ready_test_client(settings: Settings) -> Iterator[TestClient]:
             assert time.monotonic() < deadline, "the app never became ready"
             time.sleep(0.05)
         yield client
+
+
+@contextmanager
+def serving_in_thread(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
+    """The app under a real uvicorn on loopback, in a thread of this process: real HTTP requests, and the
+    test can still reach the app's objects (to break one on purpose). Yields the base URL and the app."""
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert thread.is_alive() and time.monotonic() < deadline, "the app never became ready"
+            time.sleep(0.05)
+        yield url, app
+    finally:
+        server.should_exit = True
+        thread.join(60)
 
 
 def rss_bytes(pid: int) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.batching import MicroBatcher, QueueFullError
+from app.batching import AnswerTimeoutError, BatcherFailedError, MicroBatcher, QueueFullError
 from app.service import is_small_image
 from core.preprocessing import open_image
 
@@ -376,5 +376,80 @@ def test_with_concurrency_a_new_model_starts_only_after_the_old_models_batches_a
         await asyncio.gather(running, later)
         await batcher.stop()
         assert answered == [1, 2]
+
+    run(scenario)
+
+
+def test_a_worker_that_dies_fails_the_waiting_requests_naming_the_cause_and_is_restarted() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        broken = [False]
+        restarts: list[BaseException] = []
+
+        def current_model() -> StandIn:  # the worker reads it once per batch, in its own loop
+            if broken[0]:
+                raise LookupError("no model to read")
+            return model
+
+        batcher = MicroBatcher(current_model, 64, 0.0, 512, on_restart=restarts.append)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_entered(model)
+        waiting = [asyncio.ensure_future(batcher.predict(image(tag))) for tag in (1, 2)]
+        await asyncio.sleep(0.01)
+        broken[0] = True  # the worker's next turn raises in the loop itself, outside any batch
+        model.release.set()
+        assert (await running).probabilities[0, 0] == 0  # the batch already computing still answers
+        for request in waiting:
+            with pytest.raises(BatcherFailedError, match=r"LookupError: no model to read\) and was restarted"):
+                await request
+        assert batcher.queued_images == 0 and batcher.restarts == 1 and isinstance(restarts[0], LookupError)
+        broken[0] = False
+        assert (await batcher.predict(image(3))).probabilities[0, 0] == 3  # the restarted worker serves
+        await batcher.stop()
+        assert model.calls == [1, 1]
+
+    run(scenario)
+
+
+def test_a_request_past_the_deadline_gets_a_timeout_and_a_queued_one_is_never_computed() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)  # a model call that does not return: a hung inference thread
+        batcher = MicroBatcher(lambda: model, 64, 0.0, 512, answer_timeout_s=0.2)
+        batcher.start()
+        began = time.perf_counter()
+        running = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_entered(model)
+        queued = asyncio.ensure_future(batcher.predict(image(1, 3)))
+        for request in (running, queued):
+            with pytest.raises(AnswerTimeoutError, match=r"within 0.2 s \(3 images were waiting\)"):
+                await request
+        assert time.perf_counter() - began < 2
+        model.release.set()
+        assert (await batcher.predict(image(2))).probabilities[0, 0] == 2
+        await batcher.stop()
+        assert model.calls == [1, 1]  # the timed-out queued request was dropped, not computed
+        assert batcher.queued_images == 0
+
+    run(scenario)
+
+
+def test_a_batch_that_cannot_be_formed_fails_its_requests_instead_of_leaving_them_waiting() -> None:
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        batcher = await started(model)
+        running = asyncio.ensure_future(batcher.predict(image(0)))
+        await wait_entered(model)
+        # Two requests of different image shapes queue for one batch: joining them raises.
+        odd = [asyncio.ensure_future(batcher.predict(images)) for images in
+               (image(1), np.zeros((1, 16, 16, 3), dtype=np.uint8))]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        await running
+        for request in odd:
+            with pytest.raises(ValueError):
+                await request
+        assert (await batcher.predict(image(2))).probabilities[0, 0] == 2
+        await batcher.stop()
 
     run(scenario)

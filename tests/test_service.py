@@ -213,7 +213,7 @@ def test_openapi_documents_the_upload_and_its_errors(client: TestClient) -> None
     schema = client.get("/openapi.json").json()
     predict = schema["paths"]["/predict"]["post"]
     assert "multipart/form-data" in predict["requestBody"]["content"]
-    assert {"200", "400", "413", "415", "422", "503"} <= set(predict["responses"])
+    assert {"200", "400", "413", "415", "422", "503", "504"} <= set(predict["responses"])
     level = next(p for p in predict["parameters"] if p["name"] == "level")
     for entry in LEVELS:  # every level with its views, from the contract's table
         assert f"`{entry.name}`: {entry.views} view" in level["description"], level["description"]
