@@ -121,7 +121,12 @@ class MicroBatcher:
         self._queued_images = 0
         self._wakeup = asyncio.Event()
         self.concurrency = concurrency
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="inference")
+        # One single-thread executor per inference thread, and a batch goes to the first free one: lone requests
+        # always run on the same thread. One shared pool hands work to its idle threads in turn, so once any
+        # burst had started the second thread, lone requests alternated between two threads (issue 24).
+        self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"inference-{index}")
+                           for index in range(concurrency)]
+        self._free_threads = list(range(concurrency))
         self._worker: asyncio.Task | None = None
         self._in_flight: set[asyncio.Task] = set()
         self._in_flight_model: BatchModel | None = None
@@ -166,7 +171,8 @@ class MicroBatcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     def ensure_room(self, count: int) -> None:
         """Raise :class:`QueueFullError` now if ``count`` more images would not fit in the queue.
@@ -210,7 +216,9 @@ class MicroBatcher:
             batch, level = self._take_batch(self._unnamed_level(model))
             if batch:
                 self._in_flight_model = model
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch, model, level))
+                thread = min(self._free_threads)  # one is free: fewer than `concurrency` batches are in flight
+                self._free_threads.remove(thread)
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, model, level, thread))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
 
@@ -221,16 +229,18 @@ class MicroBatcher:
             return self.adapt_level
         return model.default_level
 
-    async def _run_batch(self, batch: list[_Pending], model: BatchModel, level: str) -> None:
+    async def _run_batch(self, batch: list[_Pending], model: BatchModel, level: str, thread: int) -> None:
         try:  # whatever fails here goes to the batch's requests: none may be left waiting
             images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
-            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, model.predict, images,
-                                                                             level)
+            probabilities = await asyncio.get_running_loop().run_in_executor(self._executors[thread], model.predict,
+                                                                             images, level)
         except Exception as error:  # handed to every waiting request
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
+        finally:
+            self._free_threads.append(thread)
         start = 0
         for pending in batch:
             stop = start + len(pending.images)

@@ -453,3 +453,32 @@ def test_a_batch_that_cannot_be_formed_fails_its_requests_instead_of_leaving_the
         await batcher.stop()
 
     run(scenario)
+
+
+def test_with_concurrency_lone_requests_always_run_on_the_same_inference_thread() -> None:
+    async def scenario() -> None:
+        model = Gate()
+        threads: list[str] = []
+        recorded = model.predict
+
+        def predict(images: np.ndarray, level: str | None = None) -> np.ndarray:
+            threads.append(threading.current_thread().name)
+            return recorded(images, level)
+
+        model.predict = predict  # type: ignore[method-assign]
+        batcher = MicroBatcher(lambda: model, 64, 0.0, 512, concurrency=2)
+        batcher.start()
+        both = [asyncio.ensure_future(batcher.predict(image(0)))]
+        await wait_entered(model)
+        both.append(asyncio.ensure_future(batcher.predict(image(1))))
+        await wait_entered(model, calls=2)  # a burst: both inference threads started
+        model.release.set()
+        await asyncio.gather(*both)
+        threads.clear()
+        for tag in range(6):  # then lone requests, one after another
+            await batcher.predict(image(tag))
+        await batcher.stop()
+        # Not handed to the two threads in turn (what one shared pool did): the same thread, warm, every time.
+        assert threads == [threads[0]] * 6
+
+    run(scenario)
