@@ -731,6 +731,7 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"{label:<28}{lvl['concurrency']:>5}{lvl['ok_per_s']:>7.0f}{lat['p50']:>8.1f}"
                          f"{lat['p90']:>8.1f}{lat['p99']:>8.1f}{lat['max']:>8.0f}{lvl['rejected_503']:>7}"
                          f"{lvl['errors']:>5}{batch if batch is not None else '-':>6}{cpu['other']:>6.0%}  {answered}")
+    lines += lone_request_rows(results)
     lines += ["ok/s: 200 answers per second (one image each); batch: mean images per model call; other: share of",
               "all CPUs used by processes other than the server and wrk (anything else running on the machine).",
               ""]
@@ -748,6 +749,24 @@ def table(results: dict[str, Any]) -> str:
     for t in results["targets"]:
         lines.append(f"[{'met' if t['met'] else 'MISSED':>6}] {t['target']}: {t['measured']}")
     return "\n".join(lines)
+
+
+def lone_request_rows(results: dict[str, Any]) -> list[str]:
+    """Issue 24's lone-request target, one row per level: the service's 1-connection p50 against the same
+    level's in-process single-image p50 (bench/lone_request.py measures the same in alternating turns)."""
+    header = (f"{'1 connection, level':<28}{'in-process':>11}{'service':>9}{'diff':>8}"
+              "  target: service <= in-process + 2 ms")
+    rows = []
+    for ceiling_key, run_key in (("today_ceiling", "today"), ("ceiling", "levels")):
+        ceiling = results.get(ceiling_key) or {}
+        for name, figures in ceiling.get("levels", {}).items():
+            run = _run(results, run_key, 1, None if run_key == "today" else name)
+            if run:
+                alone, served = figures["single_image_ms"]["p50"], run["latency_ms"]["p50"]
+                label = f"v{ceiling['model']['version']} {name}" + (" (today)" if run_key == "today" else "")
+                rows.append(f"{label:<28}{alone:>8.1f} ms{served:>6.1f} ms{served - alone:>+8.1f}  "
+                            f"{'met' if served <= alone + 2 else 'MISSED'}")
+    return ["", header, "-" * len(header), *rows] if rows else []
 
 
 def _pct(values: list[float], q: float) -> float:
