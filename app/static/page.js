@@ -283,7 +283,7 @@
   }
 
   // What each accepted format's files start with, whatever their names say: the server's rule
-  // (app/preprocessing.py FORMAT_SIGNATURES) for telling a broken image (400) from another format (415).
+  // (core/preprocessing.py FORMAT_SIGNATURES) for telling a broken image (400) from another format (415).
   const SIGNATURES = {
     JPEG: [[0, [0xff, 0xd8, 0xff]]],
     PNG: [[0, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]]],
