@@ -1,4 +1,6 @@
-"""Every error the service returns, mapped to HTTP in this one place: JSON ``{"detail": "..."}``.
+"""Every error the service returns, mapped to HTTP in this one place: JSON ``{"detail": "..."}``, or
+``{"error": "..."}`` on the serving protocols' routes (``/v2``: the Open Inference Protocol, ``/v1/``:
+TensorFlow Serving's REST API), which is the form their clients read.
 
 Route errors reach the exception handlers below; the middleware that refuses a request before any
 route runs (headers or declared body too large) answers with :func:`send_refusal`, the same body.
@@ -44,6 +46,25 @@ class ExplainBusyError(RuntimeError):
         super().__init__(f"{limit} explanations are being computed, the most this server runs at once "
                          "(MAX_CONCURRENT_EXPLANATIONS); retry in a second. /predict is not limited by this.")
 
+class TooManyImagesError(ValueError):
+    """More images in one protocol request than MAX_BATCH_FILES allows."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"{count} images were sent in one request; this server takes at most {limit} "
+                         "(MAX_BATCH_FILES). Split them into several requests.")
+
+
+class BadRequestError(ValueError):
+    """A protocol request body the server cannot use (malformed JSON, a tensor off the model's contract...):
+    400, or ``status`` when another 4xx says it better (413 for a body that holds too much)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ModelNotServedError(LookupError):
+    """A protocol request named a model or version this server does not serve (404, naming what it serves)."""
 
 class TooManyFilesError(ValueError):
     def __init__(self, count: int, limit: int) -> None:
@@ -110,15 +131,24 @@ def image_error_status(error: ImageError) -> int:
     return IMAGE_ERROR_STATUS.get(error.kind, 400)
 
 
-def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+# The serving protocols' routes: their clients read errors as {"error": "..."} (both protocols say so).
+PROTOCOL_PATHS = ("/v2", "/v1/")
+
+
+def is_protocol_path(path: str) -> bool:
+    return path == PROTOCOL_PATHS[0] or path.startswith((PROTOCOL_PATHS[0] + "/", PROTOCOL_PATHS[1]))
+
+
+def _json(status: int, detail: str, headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    key = "error" if is_protocol_path(path) else "detail"
+    return JSONResponse({key: detail}, status_code=status, headers=headers)
 
 
 async def send_refusal(scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]], error: StarletteHTTPException) -> None:
     """Answer ``error`` from ASGI middleware, before any route has run: the handlers' JSON body, and
     ``Connection: close`` because the request body was never read."""
-    response = _json(error.status_code, str(error.detail), {"Connection": "close"})
+    response = _json(error.status_code, str(error.detail), {"Connection": "close"}, scope.get("path", ""))
     await response(scope, receive, send)
 
 
@@ -136,30 +166,45 @@ def _describe_validation(error: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    def answer(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return _json(status, detail, headers, request.url.path)
+
     @app.exception_handler(ImageError)
     async def image_error(request: Request, error: ImageError) -> JSONResponse:
-        return _json(image_error_status(error), error.message)
+        return answer(request, image_error_status(error), error.message)
 
     @app.exception_handler(TooManyFilesError)
     async def too_many_files(request: Request, error: TooManyFilesError) -> JSONResponse:
-        return _json(413, str(error))
+        return answer(request, 413, str(error))
+
+    @app.exception_handler(TooManyImagesError)
+    async def too_many_images(request: Request, error: TooManyImagesError) -> JSONResponse:
+        return answer(request, 413, str(error))
+
+    @app.exception_handler(BadRequestError)
+    async def bad_request(request: Request, error: BadRequestError) -> JSONResponse:
+        return answer(request, error.status, str(error))
+
+    @app.exception_handler(ModelNotServedError)
+    async def model_not_served(request: Request, error: ModelNotServedError) -> JSONResponse:
+        return answer(request, 404, str(error))
 
     @app.exception_handler(UnknownLevelError)
     async def unknown_level(request: Request, error: UnknownLevelError) -> JSONResponse:
-        return _json(422, str(error))
+        return answer(request, 422, str(error))
 
     @app.exception_handler(DuplicateFileError)
     async def duplicate_file(request: Request, error: DuplicateFileError) -> JSONResponse:
-        return _json(422, str(error))
+        return answer(request, 422, str(error))
 
     @app.exception_handler(QueueFullError)
     async def queue_full(request: Request, error: QueueFullError) -> JSONResponse:
-        return _json(503, f"The server is at capacity ({error}); retry in a second.",
-                     {"Retry-After": RETRY_AFTER_SECONDS})
+        return answer(request, 503, f"The server is at capacity ({error}); retry in a second.",
+                      {"Retry-After": RETRY_AFTER_SECONDS})
 
     @app.exception_handler(ExplainBusyError)
     async def explain_busy(request: Request, error: ExplainBusyError) -> JSONResponse:
-        return _json(503, str(error), {"Retry-After": RETRY_AFTER_SECONDS})
+        return answer(request, 503, str(error), {"Retry-After": RETRY_AFTER_SECONDS})
 
     @app.exception_handler(BatcherFailedError)
     async def batcher_failed(request: Request, error: BatcherFailedError) -> JSONResponse:
@@ -173,11 +218,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(NotReadyError)
     async def not_ready(request: Request, error: NotReadyError) -> JSONResponse:
-        return _json(503, "The model is still warming up; retry in a second.", {"Retry-After": RETRY_AFTER_SECONDS})
+        return answer(request, 503, "The model is still warming up; retry in a second.",
+                      {"Retry-After": RETRY_AFTER_SECONDS})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        return _json(422, _describe_validation(error))
+        return answer(request, 422, _describe_validation(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -187,10 +233,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if error.status_code == 400 and request.headers.get("content-type", "").startswith("multipart/"):
             # Starlette's multipart parser says what broke but not what a valid upload looks like.
             detail = f"{detail.rstrip('.')}. {MULTIPART_HINT}"
-        return _json(error.status_code, detail, dict(error.headers) if error.headers else None)
+        return answer(request, error.status_code, detail, dict(error.headers) if error.headers else None)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         # A fault of ours, never of the client's input: log it whole, tell the client nothing internal.
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _json(500, "Internal server error.")
+        return answer(request, 500, "Internal server error.")

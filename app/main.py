@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app import __version__
 from app.api_docs import router as docs_router
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
@@ -21,12 +22,15 @@ from app.logs import page_urls, seconds_since_start
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors, SecurityHeadersMiddleware
 from app.model_watcher import ModelWatcher, start_serving
+from app.open_inference_routes import router as open_inference_router
 from app.openapi import install_openapi, operation_id
 from app.pages import router as pages_router
+from app.protocol_docs import REQUEST_MODELS
 from app.routes import router
 from app.service import ClassifierService, warm_up_sizes
 from app.settings import Settings, get_settings
 from app.shutdown import hold_sigterm
+from app.tfserving_routes import router as tfserving_router
 from core.level_table import LevelSettings, LevelTable
 from core.tensorflow_runtime import quiet_tensorflow
 from core.versions import ModelLoadError
@@ -80,11 +84,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             decoder.shutdown(wait=True)
 
     # docs_url=None: app.api_docs serves /docs from local files instead of FastAPI's CDN-backed page.
-    app = FastAPI(title="CIFAR-10 image classifier", description=DESCRIPTION, version="1.0.0", lifespan=lifespan,
+    app = FastAPI(title="CIFAR-10 image classifier", description=DESCRIPTION, version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, generate_unique_id_function=operation_id)
-    install_openapi(app)
+    install_openapi(app, REQUEST_MODELS)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(open_inference_router)
+    app.include_router(tfserving_router)
     app.include_router(pages_router)
     app.include_router(docs_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)

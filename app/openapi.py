@@ -10,12 +10,15 @@ Operation ids are the route functions' names (``predict``, ``predict_batch``, ..
 client's calls read ``api.predict.predict`` rather than ``api.predict.predict_predict_post``.
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 UPLOAD_MEDIA_TYPE = "application/octet-stream"
+COMPONENTS = "#/components/schemas/"
 
 
 def operation_id(route: APIRoute) -> str:
@@ -34,13 +37,25 @@ def mark_uploads_binary(node: Any) -> None:
             mark_uploads_binary(value)
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Make ``app``'s /openapi.json (built once, on first use, as FastAPI does) mark its uploads."""
+def add_models(document: dict[str, Any], models: Iterable[type[BaseModel]]) -> None:
+    """Put ``models`` (and the models they use) in the document's components, for routes that refer to them."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        schema = model.model_json_schema(ref_template=f"{COMPONENTS}{{model}}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+
+
+def install_openapi(app: FastAPI, request_models: Iterable[type[BaseModel]] = ()) -> None:
+    """Make ``app``'s /openapi.json (built once, on first use, as FastAPI does) mark its uploads and hold
+    ``request_models``, the bodies of routes that read their request themselves."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            mark_uploads_binary(build())  # FastAPI caches what it built in app.openapi_schema
+            document = build()  # FastAPI caches what it built in app.openapi_schema
+            mark_uploads_binary(document)
+            add_models(document, request_models)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

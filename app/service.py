@@ -3,16 +3,17 @@
 import asyncio
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from app.batching import Answer, MicroBatcher
-from app.errors import ExplainBusyError, NotReadyError, TooManyFilesError, image_error_status
+from app.errors import ExplainBusyError, ModelNotServedError, NotReadyError, TooManyFilesError, image_error_status
+from app.image_inputs import ImageInputs
 from app.metrics import Metrics
 from app.model_watcher import ServedModel
 from app.overlay import LEGEND, overlay
@@ -32,7 +33,9 @@ from app.settings import Settings
 from core import ood
 from core.contract import CLASS_NAMES, NUM_CLASSES
 from core.preprocessing import ImageError, image_bytes_to_array, open_image, opened_image_to_array
-from core.versions import check_answers
+from core.versions import LoadedModel, check_answers
+
+T = TypeVar("T")
 
 
 class Upload(Protocol):
@@ -58,12 +61,10 @@ class ClassifierService:
     async def predict(self, data: bytes, preview: bool = False, level: str | None = None) -> Prediction:
         """One upload -> its prediction at ``level`` (None: the default). An unusable image raises ImageError,
         an unknown level UnknownLevelError, which app.errors maps."""
-        self.served.current.level_table.resolve(level)  # an unknown level is refused before the upload is decoded
+        self.check_level(level)  # an unknown level is refused before the upload is decoded
         image = await self.decode(data)
-        answer = await self.classify(image[np.newaxis], level)
-        prediction = self.to_prediction(answer.probabilities[0], answer, image if preview else None)
-        self.metrics.predicted.labels(prediction.label).inc()
-        return prediction
+        answer = await self.infer(image[np.newaxis], level)
+        return self.to_prediction(answer.probabilities[0], answer, image if preview else None)
 
     async def predict_batch(self, uploads: Sequence[Upload], preview: bool = False,
                             level: str | None = None) -> BatchPrediction:
@@ -72,12 +73,12 @@ class ClassifierService:
         The files that decode go to the model together, as one request to the batcher, at one level."""
         if len(uploads) > self.settings.max_batch_files:
             raise TooManyFilesError(len(uploads), self.settings.max_batch_files)
-        self.served.current.level_table.resolve(level)
+        self.check_level(level)
         decoded = [await self._decode_or_refuse(upload) for upload in uploads]
         good = [item for item in decoded if isinstance(item, np.ndarray)]
         if not good:
             return BatchPrediction(results=decoded)
-        answer = await self.classify(np.stack(good), level)  # one request to the batcher: one model answers all
+        answer = await self.infer(np.stack(good), level)  # one request to the batcher: one model answers all
         probabilities = iter(answer.probabilities)
         results: list[FilePrediction | FileError] = []
         for upload, item in zip(uploads, decoded, strict=True):
@@ -85,7 +86,6 @@ class ClassifierService:
                 results.append(item)
                 continue
             prediction = self.to_prediction(next(probabilities), answer, item if preview else None)
-            self.metrics.predicted.labels(prediction.label).inc()
             results.append(FilePrediction(**prediction.model_dump(), filename=upload.filename))
         return BatchPrediction(results=results)
 
@@ -137,10 +137,54 @@ class ClassifierService:
             self.metrics.rejected.labels(error.kind).inc()
             raise
 
+    async def classify_inputs(self, inputs: ImageInputs, level: str | None = None) -> Answer:
+        """A protocol request's images (pixels, or encoded files decoded here as /predict's are) -> one answer.
+
+        The first file that cannot be used refuses the whole request with its ImageError, naming it."""
+        self.check_level(level)
+        if inputs.pixels is not None:
+            return await self.infer(inputs.pixels, level)
+        images = []
+        for index, data in enumerate(inputs.files):
+            try:
+                images.append(await self.decode(data))
+            except ImageError as error:
+                if inputs.count == 1:
+                    raise
+                raise ImageError(error.kind, f"Image {index + 1} of {inputs.count}: {error.message}") from None
+        return await self.infer(np.stack(images), level)
+
+    async def infer(self, images: np.ndarray, level: str | None = None) -> Answer:
+        """uint8 ``(n, 32, 32, 3)`` -> the batcher's answer at ``level``; each image's top class is counted."""
+        answer = await self.classify(images, level)
+        for best in np.argmax(answer.probabilities[:, :NUM_CLASSES], axis=1):
+            self.metrics.predicted.labels(CLASS_NAMES[best]).inc()
+        return answer
+
     async def classify(self, images: np.ndarray, level: str | None = None) -> Answer:
         if not self.ready.is_set():
             raise NotReadyError()
         return await self.batcher.predict(images, level)
+
+    def check_level(self, level: str | None) -> None:
+        """UnknownLevelError now if the served model lacks ``level``, before any work is spent on the request."""
+        self.served.current.level_table.resolve(level)
+
+    def model_named(self, name: str, version: str | None = None) -> LoadedModel:
+        """The served model when ``name`` (and ``version``, if given) are its own; else ModelNotServedError."""
+        model = self.served.current
+        if name != model.name or (version is not None and version != str(model.version)):
+            asked = f"model '{name}'" + (f" version {version}" if version is not None else "")
+            raise ModelNotServedError(f"{asked} is not served here; this server serves model '{model.name}' "
+                                      f"version {model.version}.")
+        return model
+
+    async def off_loop(self, size: int, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on the event loop for a small body (``size`` bytes), in the decode pool for a
+        large one: parsing megabytes of JSON must not hold up every other request."""
+        if size <= INLINE_DECODE_MAX_BYTES:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.decoder, function, *args)
 
     def warm_up(self) -> None:
         """A batch of each warm-up size through the signature (checked), so the first client pays nothing."""

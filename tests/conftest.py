@@ -1,13 +1,18 @@
 """Shared fixtures: a real model trained by the project's own training code on synthetic shapes."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tests.synthetic import write_image_folder
+
+if TYPE_CHECKING:
+    from tests.servers import Server
 
 TEST_THREADS = 2
 
@@ -37,3 +42,23 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, shapes_dataset: 
                       val_size=None, threads=TEST_THREADS, cache_dir=None, run_dir=root / "run", resume=False,
                       verbose=0, timing_seconds=0.05))
     return out
+
+
+@pytest.fixture(scope="session")
+def levels_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``models/cifar10`` holding version 1: a tiny model with the three accuracy levels, made in a second."""
+    from tests.model_versions import write_levels_model
+
+    root = tmp_path_factory.mktemp("levels-models") / "cifar10"
+    root.mkdir()
+    write_levels_model(root / "1")
+    return root
+
+
+@pytest.fixture(scope="session")
+def protocol_server(levels_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator["Server"]:
+    """One real uvicorn process serving the levels model, shared by the serving-protocol test modules."""
+    from tests.servers import running_server
+
+    with running_server(levels_model_dir, tmp_path_factory.mktemp("protocols") / "server.log") as server:
+        yield server

@@ -80,3 +80,33 @@ def corrupt_saved_model(directory: Path) -> None:
 
 def drop_metadata(directory: Path) -> None:
     (directory / METADATA_FILE).unlink()
+
+
+class LevelsClassifier(TinyClassifier):
+    """A TinyClassifier with the three accuracy levels as signatures: the same network, each level's logits
+    divided by its own temperature (as the real export does), so the levels answer differently."""
+
+    def __init__(self, seed: int, hidden: int) -> None:
+        super().__init__(seed, hidden)
+        spec = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name="images")
+        self.levels = {name: tf.function(lambda images, t=temperature: self.at(images, t), input_signature=[spec])
+                       for name, temperature in LEVEL_TEMPERATURES.items()}
+
+    def at(self, images: tf.Tensor, temperature: float) -> dict[str, tf.Tensor]:
+        pixels = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, PIXELS])
+        return {"probabilities": tf.nn.softmax(tf.nn.relu(pixels @ self.hidden) @ self.output / temperature)}
+
+
+LEVEL_TEMPERATURES = {"fast": 2.0, "balanced": 1.0, "accurate": 0.5}
+
+
+def write_levels_model(directory: Path, seed: int = 0, default_level: str = "accurate") -> Path:
+    """A complete export with levels, as training.reexport writes one: ``serving_default`` is the default
+    level, and metadata.json lists the levels (float32 only)."""
+    module = LevelsClassifier(seed, 64)
+    signatures = {name: function for name, function in module.levels.items()}
+    signatures["serving_default"] = module.levels[default_level]
+    tf.saved_model.save(module, str(directory), signatures=signatures)
+    levels = {name: {"signature": name, "views": 1, "val_accuracy": 0.5} for name in LEVEL_TEMPERATURES}
+    (directory / METADATA_FILE).write_text(json.dumps(metadata(0.5, default_level=default_level, levels=levels)))
+    return directory

@@ -6,7 +6,6 @@ import base64
 import io
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests import hostile_files as files
-from tests.servers import Server, rss_bytes, running_server
+from tests.servers import RssSampler, Server, rss_bytes, running_server
 
 READ_DEADLINE_S = 2.0
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the default, which the server keeps
@@ -296,27 +295,6 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_own_limit(server: Se
             second = repr(error).encode()
     assert first.startswith(b"HTTP/1.1 200 "), first[:200]
     assert second.startswith(b"HTTP/1.1 200 "), f"after 6.5 s idle: {second[:200]!r}"
-
-
-class RssSampler:
-    """Peak RSS of a process, sampled every few milliseconds in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, rss_bytes(pid), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes(self.pid))
-            time.sleep(0.005)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 BOMBS = [
