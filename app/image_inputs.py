@@ -100,9 +100,11 @@ def pixels_from_json(data: Any, shape: list[int] | None, limits: Limits) -> np.n
                               "UINT8 pixels are 0 to 255.")
     target = tuple(shape) if shape is not None else (len(data), *IMAGE_SHAPE)
     if values.shape != target:
-        if shape is None or values.size != math.prod(target):
-            raise BadRequestError(f"The image data has shape {list(values.shape)}; want "
-                                  f"{list(target) if shape is not None else SHAPE_TEXT}.")
+        if shape is None:
+            raise BadRequestError(f"The image data has shape {list(values.shape)}; want {SHAPE_TEXT}.")
+        if values.size != math.prod(target):
+            raise BadRequestError(f"The tensor's shape {list(target)} needs {math.prod(target):,} values; its "
+                                  f"data holds {values.size:,}.")
         values = values.reshape(target)  # flat, in row-major order: the protocol's own form
     return values.astype(np.uint8)
 

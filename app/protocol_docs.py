@@ -33,6 +33,7 @@ HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Yes.", "content": {"application/json": {"schema": {"type": "object"}}}},
     400: {"model": ProtocolError, "description": "No: warming up, or stopping."},
     404: ERROR_RESPONSES[404],
+    422: ERROR_RESPONSES[422],
 }
 # Request bodies described by reference: app.openapi puts these models in components.schemas.
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (InferenceRequest, PredictRequest)

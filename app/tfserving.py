@@ -92,7 +92,7 @@ def read_predict_request(body: bytes, limits: Limits) -> PredictCall:
 def images_from_rows(instances: list[Any], limits: Limits) -> ImageInputs:
     check_count(len(instances), limits)
     images = [named_input(instance, f"Instance {index}") for index, instance in enumerate(instances)]
-    return images_of(images, limits)
+    return images_of(images, "Instance", limits)
 
 
 def images_from_columns(inputs: list[Any] | dict[str, Any], limits: Limits) -> ImageInputs:
@@ -102,7 +102,7 @@ def images_from_columns(inputs: list[Any] | dict[str, Any], limits: Limits) -> I
     if not isinstance(tensor, list):
         raise BadRequestError(f"'inputs' must hold a list of images, each {IMAGE_TEXT}.")
     check_count(len(tensor), limits)
-    return images_of(tensor, limits)
+    return images_of(tensor, "Image", limits)
 
 
 def named_input(value: Any, where: str) -> Any:
@@ -116,8 +116,12 @@ def named_input(value: Any, where: str) -> Any:
     return value[INPUT_NAME]
 
 
-def images_of(images: list[Any], limits: Limits) -> ImageInputs:
-    """Images all given as {"b64": ...} (encoded files), or all as pixel numbers."""
+def images_of(images: list[Any], what: str, limits: Limits) -> ImageInputs:
+    """Images all given as {"b64": ...} (encoded files), or all as pixel numbers; ``what`` names one in errors."""
+    for index, image in enumerate(images):
+        if not isinstance(image, dict | list):
+            kind = "a string" if isinstance(image, str) else "a number" if isinstance(image, int | float) else "empty"
+            raise BadRequestError(f"{what} {index} is {kind}; each is {IMAGE_TEXT}.")
     encoded = [isinstance(image, dict) for image in images]
     if all(encoded):
         return ImageInputs(files=[b64_file(image.get(B64), f"Image {index}'s b64") for index, image in

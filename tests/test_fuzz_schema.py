@@ -42,7 +42,15 @@ def api(trained_model_dir: Path) -> Iterator[Api]:
 
 # schemathesis.pytest.from_fixture relies on a pytest private (Node._nodeid) that pytest 9 removed, so each
 # operation's strategy is driven by hypothesis directly, one test per documented operation.
-OPERATIONS = ["GET /livez", "GET /readyz", "GET /metadata", "GET /metrics", "POST /predict", "POST /predict/batch"]
+OPERATIONS = ["GET /livez", "GET /readyz", "GET /metadata", "GET /metrics", "POST /predict", "POST /predict/batch",
+              # The serving protocols (app/open_inference_routes.py, app/tfserving_routes.py)
+              "GET /v2", "GET /v2/health/live", "GET /v2/health/ready", "GET /v2/models/{model_name}",
+              "GET /v2/models/{model_name}/versions/{model_version}", "GET /v2/models/{model_name}/ready",
+              "GET /v2/models/{model_name}/versions/{model_version}/ready", "POST /v2/models/{model_name}/infer",
+              "POST /v2/models/{model_name}/versions/{model_version}/infer", "GET /v1/models/{model_name}",
+              "GET /v1/models/{model_name}/versions/{model_version}", "GET /v1/models/{model_name}/metadata",
+              "GET /v1/models/{model_name}/versions/{model_version}/metadata", "POST /v1/models/{model_name}:predict",
+              "POST /v1/models/{model_name}/versions/{model_version}:predict"]
 # A JSON schema can say "a binary file" but not "a decodable image": schema-valid bytes that are no image
 # are rightly refused with 400/415, so the check that every schema-valid request succeeds does not apply.
 EXCLUDED_CHECKS = [positive_data_acceptance]
@@ -89,11 +97,13 @@ def test_every_operation_is_fuzzed(api: Api) -> None:
 
 
 def test_every_documented_error_is_a_json_detail(api: Api) -> None:
-    """Documented error responses all use the one error shape the handlers produce."""
+    """Documented error responses all use the error shape the handlers produce: ``{"detail"}``, and the
+    protocols' own ``{"error"}`` on their routes."""
     document = api.schema.raw_schema
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             for status, response in operation["responses"].items():
                 if status.startswith(("4", "5")) and not (path == "/readyz" and status == "503"):
                     ref = response["content"]["application/json"]["schema"]["$ref"]
-                    assert ref.endswith("/ErrorMessage"), (method, path, status, ref)
+                    shape = "/ProtocolError" if path.startswith(("/v1/", "/v2")) else "/ErrorMessage"
+                    assert ref.endswith(shape), (method, path, status, ref)
