@@ -4,6 +4,8 @@
 --   WRK_BODIES_DIR  the folder holding them
 --   WRK_BODIES      how many there are
 --   WRK_BOUNDARY    the multipart boundary they use
+--   WRK_HEADERS     instead of a multipart Content-Type: the request headers, "Name: value" joined by "|"
+--                   (the Open Inference Protocol's binary bodies: Inference-Header-Content-Length)
 --   WRK_REPORT      where done() writes the figures as JSON
 -- Requests are formatted once in init(), so the generator only copies bytes per request: it
 -- shares the 2 cores with the server and must stay cheap. response() counts statuses, so a 503
@@ -13,6 +15,7 @@ local bodies_dir = os.getenv("WRK_BODIES_DIR")
 local body_count = tonumber(os.getenv("WRK_BODIES") or "0")
 local boundary = os.getenv("WRK_BOUNDARY") or "cifar10-bench-boundary"
 local report_path = os.getenv("WRK_REPORT")
+local header_list = os.getenv("WRK_HEADERS")
 
 local requests = {}
 local next_request = 1
@@ -26,6 +29,12 @@ end
 
 function init(args)
   local headers = { ["Content-Type"] = "multipart/form-data; boundary=" .. boundary }
+  if header_list and header_list ~= "" then
+    headers = {}
+    for name, value in string.gmatch(header_list, "([^:|]+):%s*([^|]*)") do
+      headers[name] = value
+    end
+  end
   for i = 0, body_count - 1 do
     local path = string.format("%s/body-%04d.bin", bodies_dir, i)
     local file = assert(io.open(path, "rb"))

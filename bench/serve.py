@@ -14,6 +14,9 @@ Steps, each in its own process so none inherits another's threads or memory:
    requests that meet a deep queue are answered at the cheaper level.
 5. Optional: 2 workers (``--alt-workers 2``), a small queue bound (``--overload-queue 32``), the naive
    app (``--skip ''``: bench/naive_app.py, ``model.predict`` per request).
+6. The serving protocols' cheapest request: one server, ``/predict`` with the 32x32 JPEGs beside
+   ``/v2/models/<name>/infer`` with the same images as binary UINT8 tensors (no decode), both at
+   ``--protocol-level`` and ``--protocol-connections`` (fast, 64); ``--skip protocol`` leaves it out.
 
 CPU time of the server, of wrk and of everything else is read from /proc around each level, so a
 busy machine shows in the figures instead of silently distorting them. Prints one table and
@@ -98,6 +101,31 @@ def write_bodies(folder: Path, jpegs: list[bytes]) -> list[bytes]:
     for i, body in enumerate(bodies):
         (folder / f"body-{i:04d}.bin").write_bytes(body)
     return bodies
+
+
+def v2_binary_body(pixels: bytes, level: str) -> tuple[bytes, int]:
+    """An Open Inference Protocol infer request for one image as a binary UINT8 tensor (the binary tensor data
+    extension: JSON header, then the 3,072 pixel bytes), probabilities asked in binary too; and the header's
+    length, which Inference-Header-Content-Length carries."""
+    header = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                                     "parameters": {"binary_data_size": len(pixels)}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+                         "parameters": {"level": level}}, separators=(",", ":")).encode()
+    return header + pixels, len(header)
+
+
+def write_v2_bodies(folder: Path, jpegs: list[bytes], level: str) -> tuple[list[bytes], int]:
+    """The same images as the uploads, as the pixels /predict's decoder makes of them: the request a client
+    that already holds decoded pixels sends, with no decode left to the server."""
+    from core.preprocessing import image_bytes_to_array
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bodies, header_length = [], 0
+    for i, jpeg in enumerate(jpegs):
+        body, header_length = v2_binary_body(image_bytes_to_array(jpeg).tobytes(), level)
+        (folder / f"body-{i:04d}.bin").write_bytes(body)
+        bodies.append(body)
+    return bodies, header_length  # every body has the same header (same shape, same size)
 
 
 # ---------------------------------------------------------------- in-process ceiling (child process)
@@ -356,9 +384,12 @@ class Probe(threading.Thread):
 
 
 def run_wrk(server: Server, connections: int, seconds: float, body_dir: Path, body_count: int,
-            report: Path, timeout_s: float, probe_body: bytes | None = None, path: str = "/predict") -> dict[str, Any]:
+            report: Path, timeout_s: float, probe_body: bytes | None = None, path: str = "/predict",
+            headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """``headers``: the requests' headers (default: the multipart Content-Type of the upload bodies)."""
     env = {**os.environ, "WRK_BODIES_DIR": str(body_dir), "WRK_BODIES": str(body_count),
-           "WRK_BOUNDARY": BOUNDARY, "WRK_REPORT": str(report)}
+           "WRK_BOUNDARY": BOUNDARY, "WRK_REPORT": str(report),
+           "WRK_HEADERS": "|".join(f"{name}: {value}" for name, value in (headers or {}).items())}
     # One wrk thread is enough for 256 connections on loopback and costs the least CPU.
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout_s:g}s",
                "-s", str(ROOT / "bench/load.lua"), f"http://127.0.0.1:{server.port}{path}"]
@@ -418,10 +449,10 @@ def run_wrk(server: Server, connections: int, seconds: float, body_dir: Path, bo
 
 
 def warm(server: Server, connections: int, seconds: float, body_dir: Path, body_count: int, report: Path,
-         path: str = "/predict") -> None:
+         path: str = "/predict", headers: dict[str, str] | None = None) -> None:
     """A short unrecorded run: connections, pools and TensorFlow's kernels for these batch sizes warm up."""
     if seconds > 0:
-        run_wrk(server, connections, seconds, body_dir, body_count, report, timeout_s=60, path=path)
+        run_wrk(server, connections, seconds, body_dir, body_count, report, timeout_s=60, path=path, headers=headers)
 
 
 def drain(port: int, metrics: bool, timeout_s: float = 30) -> None:
@@ -604,6 +635,56 @@ def scrape_answers_by_level(port: int) -> dict[str, float]:
     return answered
 
 
+def bench_protocol(args: argparse.Namespace, body_dir: Path, bodies: list[bytes], jpegs: list[bytes],
+                   work: Path) -> dict[str, Any]:
+    """One server, at ``--protocol-connections``: /predict with the 32x32 JPEGs and /v2/models/<name>/infer with
+    the same images as binary UINT8 tensors, both at ``--protocol-level`` (adaptation off), measured in turns."""
+    level, connections = args.protocol_level, args.protocol_connections
+    port = args.port + 1
+    env = {"MODEL_DIR": str(args.model_dir), "PORT": str(port), "HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "MODEL_POLL_SECONDS": "0", "ADAPT_QUEUE_IMAGES": "0"}
+    for item in args.env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    server = Server("protocol", [sys.executable, "-m", "app"], env, port, "/readyz", work)
+    result: dict[str, Any] = {"name": "protocol", "label": "same server", "settings": resolved_settings(env),
+                              "levels": []}
+    try:
+        result["ready_s"] = round(server.wait_ready(args.ready_timeout), 2)
+        check_answers(port, bodies)
+        name = json.loads(http_request(port, "GET", "/metadata")[2])["model"]["name"]
+        v2_dir = work / "v2-bodies"
+        v2_bodies, header_length = write_v2_bodies(v2_dir, jpegs, level)
+        v2_headers = {"Content-Type": "application/octet-stream",
+                      "Inference-Header-Content-Length": str(header_length)}
+        v2_path = f"/v2/models/{name}/infer"
+        status, headers, content = http_request(port, "POST", v2_path, v2_bodies[0], v2_headers)
+        if status != 200 or "inference-header-content-length" not in {key.lower() for key in headers}:
+            raise SystemExit(f"{v2_path} answered {status}: {content[:300]!r}")
+        runs = [("/predict", f"/predict?level={level}", body_dir, None),
+                ("/v2 binary uint8", v2_path, v2_dir, v2_headers)]
+        for route, path, folder, headers_ in runs:
+            report = work / f"protocol-{route.split()[0].strip('/').replace('/', '-')}-c{connections}.json"
+            warm(server, connections, args.warmup, folder, len(jpegs), report, path, headers_)
+            drain(port, metrics=True)
+            before = scrape_batches(port)
+            run = run_wrk(server, connections, args.seconds, folder, len(jpegs), report, timeout_s=30, path=path,
+                          headers=headers_)
+            after = scrape_batches(port)
+            calls = after[1] - before[1]
+            run.update(route=route, accuracy_level=level,
+                       mean_batch=round((after[0] - before[0]) / calls, 1) if calls else None)
+            result["levels"].append(run)
+            drain(port, metrics=True)
+            print(f"  {route} {level} c={connections}: {run['ok_per_s']:.0f} ok/s, p50 {run['latency_ms']['p50']} ms, "
+                  f"p99 {run['latency_ms']['p99']} ms, errors {run['errors']}, other {run['cpu_share']['other']:.0%}",
+                  file=sys.stderr)
+        result["memory_after"] = server.memory()
+    finally:
+        server.stop()
+    return result
+
+
 def bench_naive(args: argparse.Namespace, bodies_dir: Path, bodies: list[bytes], work: Path) -> dict[str, Any]:
     port = args.port + 1
     env = {"NAIVE_MODEL_DIR": str(args.model_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -691,6 +772,13 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"p99 {adaptive['latency_ms']['p99']:.0f} ms vs today's {today256['latency_ms']['p99']:.0f} ms "
             f"({adaptive['latency_ms']['p99'] / today256['latency_ms']['p99']:.2f}x); {adaptive['errors']} errors, "
             f"{adaptive['rejected_503']} x 503")
+    protocol = (results.get("protocol") or {}).get("levels") or []
+    if len(protocol) == 2:
+        jpeg, v2 = protocol
+        add(f"/v2 binary UINT8 c={v2['concurrency']} >= 1.2x /predict 32x32 JPEG, same level ({v2['accuracy_level']})",
+            v2["ok_per_s"] >= 1.2 * jpeg["ok_per_s"],
+            f"{v2['ok_per_s']:.0f} vs {jpeg['ok_per_s']:.0f} ok/s = "
+            f"{v2['ok_per_s'] / max(jpeg['ok_per_s'], 1e-9):.2f}x")
     for key in ("today", "levels", "adaptive"):
         if results.get(key):
             add(f"{key}: time to /readyz 200 <= 10 s", results[key]["ready_s"] <= 10, f"{results[key]['ready_s']} s")
@@ -719,14 +807,14 @@ def table(results: dict[str, Any]) -> str:
     header = (f"{'run':<28}{'conc':>5}{'ok/s':>7}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'503':>7}"
               f"{'err':>5}{'batch':>6}{'other':>6}  answered by level")
     lines += ["", header, "-" * len(header)]
-    for key in ("today", "today_engine", "levels", "adaptive", "alternative", "overload", "naive"):
+    for key in ("today", "today_engine", "levels", "adaptive", "alternative", "overload", "naive", "protocol"):
         run = results.get(key)
         if not run:
             continue
         for lvl in run.get("levels", []):
             lat, cpu = lvl["latency_ms"], lvl["cpu_share"]
             batch = lvl.get("mean_batch")
-            label = f"{run['label']} {lvl.get('accuracy_level') or ''}".strip()
+            label = (lvl.get("route") or run["label"]) + f" {lvl.get('accuracy_level') or ''}"
             answered = ", ".join(f"{k} {v:.0f}" for k, v in (lvl.get("answered_by_level") or {}).items())
             lines.append(f"{label:<28}{lvl['concurrency']:>5}{lvl['ok_per_s']:>7.0f}{lat['p50']:>8.1f}"
                          f"{lat['p90']:>8.1f}{lat['p99']:>8.1f}{lat['max']:>8.0f}{lvl['rejected_503']:>7}"
@@ -805,7 +893,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ceiling-seconds", type=float, default=2.0, help="seconds per batch size")
     parser.add_argument("--ceiling-batches", type=_levels, default=list(CEILING_BATCHES))
     parser.add_argument("--threads", type=int, default=CPUS, help=argparse.SUPPRESS)
-    parser.add_argument("--skip", default="naive", help="comma-separated parts to skip: ceiling, naive")
+    parser.add_argument("--skip", default="naive",
+                        help="comma-separated parts to skip: ceiling, side (side-by-side services), naive, protocol")
+    parser.add_argument("--protocol-level", default="fast",
+                        help="accuracy level of the /predict vs /v2 binary UINT8 pair (both ask it)")
+    parser.add_argument("--protocol-connections", type=int, default=64, help="concurrency of that pair")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="service setting for every service run, e.g. --env MAX_BATCH_SIZE=128 (repeatable)")
     parser.add_argument("--port", type=int, default=8765, help="service port; the naive app uses the next one")
@@ -858,8 +950,9 @@ def main() -> None:
     if args.adapt_queue > 0:
         services.append({"key": "adaptive", "label": f"adaptive >{args.adapt_queue}",
                          "env": {"ADAPT_QUEUE_IMAGES": str(args.adapt_queue)}, "runs": [(top, None)]})
-    print("side by side: " + ", ".join(spec["label"] for spec in services) + " ...", file=sys.stderr)
-    results.update(bench_side_by_side(args, services, body_dir, bodies, work))
+    if "side" not in skip:
+        print("side by side: " + ", ".join(spec["label"] for spec in services) + " ...", file=sys.stderr)
+        results.update(bench_side_by_side(args, services, body_dir, bodies, work))
     if args.alt_workers:
         print(f"service with WORKERS={args.alt_workers} ...", file=sys.stderr)
         alternative = bench_service(args, "alternative", args.alt_levels, {"WORKERS": str(args.alt_workers)},
@@ -872,6 +965,10 @@ def main() -> None:
                                  body_dir, bodies, work, probe_at=top)
         overload["label"] = f"queue={args.overload_queue}"
         results["overload"] = overload
+    if "protocol" not in skip:
+        print(f"/predict and /v2 infer (binary UINT8) at c={args.protocol_connections}, level "
+              f"{args.protocol_level} ...", file=sys.stderr)
+        results["protocol"] = bench_protocol(args, body_dir, bodies, jpegs, work)
     if "naive" not in skip:
         print("naive app ...", file=sys.stderr)
         naive = bench_naive(args, body_dir, bodies, work)
