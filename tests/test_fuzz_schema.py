@@ -43,6 +43,7 @@ def api(trained_model_dir: Path) -> Iterator[Api]:
 # schemathesis.pytest.from_fixture relies on a pytest private (Node._nodeid) that pytest 9 removed, so each
 # operation's strategy is driven by hypothesis directly, one test per documented operation.
 OPERATIONS = ["GET /livez", "GET /readyz", "GET /metadata", "GET /metrics", "POST /predict", "POST /predict/batch",
+              "POST /explain",
               # The serving protocols (app/open_inference_routes.py, app/tfserving_routes.py)
               "GET /v2", "GET /v2/health/live", "GET /v2/health/ready", "GET /v2/models/{model_name}",
               "GET /v2/models/{model_name}/versions/{model_version}", "GET /v2/models/{model_name}/ready",
