@@ -208,13 +208,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BatcherFailedError)
     async def batcher_failed(request: Request, error: BatcherFailedError) -> JSONResponse:
-        return _json(503, f"The server could not compute this answer: {error}; retry in a second.",
-                     {"Retry-After": RETRY_AFTER_SECONDS})
+        return answer(request, 503, f"The server could not compute this answer: {error}; retry in a second.",
+                      {"Retry-After": RETRY_AFTER_SECONDS})
 
     @app.exception_handler(AnswerTimeoutError)
     async def answer_timeout(request: Request, error: AnswerTimeoutError) -> JSONResponse:
-        return _json(504, f"The server is too slow right now: {error}. Retry later, or ask for a cheaper "
-                     "level (?level=fast).")
+        return answer(request, 504, f"The server is too slow right now: {error}. Retry later, or ask for a "
+                      "cheaper level (?level=fast).")
 
     @app.exception_handler(NotReadyError)
     async def not_ready(request: Request, error: NotReadyError) -> JSONResponse:
