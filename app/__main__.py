@@ -1,6 +1,12 @@
-"""``python -m app`` / ``cifar10-serve``: run uvicorn with the settings from the environment."""
+"""``python -m app`` / ``cifar10-serve``: run uvicorn with the settings from the environment.
 
+``python -m app keys new NAME [--append FILE]``: make an API key (app/access.py) and print it with its
+line for API_KEYS_FILE (or append the line to FILE). The key is printed once and stored nowhere.
+"""
+
+import argparse
 import errno
+import os
 import signal
 import socket
 import sys
@@ -18,7 +24,7 @@ def _ignore_reraised_sigterm(signum: int, frame: FrameType | None) -> None:
     """Does nothing, on purpose: see main()."""
 
 
-def address_problem(host: str, port: int) -> str | None:
+def address_problem(host: str, port: int, setting: str = "PORT") -> str | None:
     """Why uvicorn could not listen on HOST:PORT, in one line that names the setting to change; None if it can.
 
     Checked before uvicorn starts, which would load the model for seconds and then fail to bind with
@@ -32,18 +38,53 @@ def address_problem(host: str, port: int) -> str | None:
             probe.bind(address)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
-            return (f"error: PORT {port} is already in use on {host} (another server, or an earlier one still "
-                    f"running). Stop it, or set PORT to a free port, e.g. PORT={port + 1} make serve.")
+            return (f"error: {setting} {port} is already in use on {host} (another server, or an earlier one "
+                    f"still running). Stop it, or set {setting} to a free port, e.g. {setting}={port + 1} make serve.")
         if error.errno == errno.EACCES:
-            return f"error: PORT {port} needs root privileges on this machine. Set PORT above 1023, e.g. PORT=8000."
-        return (f"error: cannot listen on HOST {host}, PORT {port} ({error.strerror or error}). Set HOST to an "
+            return (f"error: {setting} {port} needs root privileges on this machine. Set {setting} above 1023, "
+                    f"e.g. {setting}={8000 if setting == 'PORT' else 9100}.")
+        return (f"error: cannot listen on HOST {host}, {setting} {port} ({error.strerror or error}). Set HOST to an "
                 "address of this machine: 127.0.0.1 for this machine only, 0.0.0.0 for every interface.")
     return None
 
 
+def keys_command(argv: list[str]) -> None:
+    from app.access import hash_line, new_key
+
+    parser = argparse.ArgumentParser(prog="python -m app keys", description="Make API keys for API_KEYS_FILE.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    new = commands.add_parser("new", help="make a key: print it, and its 'NAME SHA256HEX' line for API_KEYS_FILE")
+    new.add_argument("name", help="who the key is for: one word, shown in the service's log when keys load")
+    new.add_argument("--append", metavar="FILE", help="append the line to FILE (created, mode 0600, if missing) "
+                     "instead of printing it; the service re-reads the file when it changes")
+    args = parser.parse_args(argv)
+    key = new_key()
+    try:
+        line = hash_line(args.name, key)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.append:
+        descriptor = os.open(args.append, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(descriptor, "a") as file:
+            file.write(line + "\n")
+        print(key)
+        print(f"(its hash line for '{args.name}' was appended to {args.append}; the key itself is stored nowhere)",
+              file=sys.stderr)
+        return
+    print(f"key:  {key}")
+    print(f"line: {line}")
+    print("Give the key to its user (it is shown once and stored nowhere); append the line to API_KEYS_FILE.",
+          file=sys.stderr)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["keys"]:
+        keys_command(sys.argv[2:])
+        return
     settings = get_settings()
     problem = address_problem(settings.host, settings.port)
+    if problem is None and settings.metrics_port is not None:
+        problem = address_problem(settings.host, settings.metrics_port, "METRICS_PORT")
     if problem:
         sys.exit(problem)  # the one line on stderr, exit status 1
     # uvicorn handles SIGTERM itself while it serves: it stops accepting, drains the requests in flight,

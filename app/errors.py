@@ -98,6 +98,23 @@ class HeadersTooLargeError(StarletteHTTPException):
                          f"{size_in_words(max_bytes)}. Send fewer or shorter headers (cookies included).")
 
 
+# API keys (app/access.py): HTTPExceptions too, so the middleware that checks them before a route runs
+# answers with send_refusal, and the route's own check with the handler below, the same JSON either way.
+AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="cifar10"'}
+
+
+class MissingApiKeyError(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(401, "This route needs an API key. Send it as 'Authorization: Bearer <key>' or "
+                         "'X-API-Key: <key>'; the service's operator hands out keys.", headers=AUTHENTICATE)
+
+
+class WrongApiKeyError(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(403, "The API key was not accepted: it is not one of this service's keys, or it was "
+                         "revoked. Check it for typos or ask the service's operator for a new one.")
+
+
 def size_in_words(size: int) -> str:
     """``10 MB (10,485,760 bytes)``: the round figure a person reads, and the exact one (MB = 1024 x 1024)."""
     if size >= 1024 * 1024:
@@ -148,7 +165,8 @@ async def send_refusal(scope: MutableMapping[str, Any], receive: Callable[[], Aw
                        send: Callable[[Any], Awaitable[None]], error: StarletteHTTPException) -> None:
     """Answer ``error`` from ASGI middleware, before any route has run: the handlers' JSON body, and
     ``Connection: close`` because the request body was never read."""
-    response = _json(error.status_code, str(error.detail), {"Connection": "close"}, scope.get("path", ""))
+    response = _json(error.status_code, str(error.detail), {**(error.headers or {}), "Connection": "close"},
+                     scope.get("path", ""))
     await response(scope, receive, send)
 
 

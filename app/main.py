@@ -15,18 +15,19 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.access import ApiKeyMiddleware, ApiKeys
 from app.api_docs import router as docs_router
 from app.batching import MicroBatcher
 from app.errors import install_error_handlers
 from app.logs import page_urls, seconds_since_start
-from app.metrics import Metrics
+from app.metrics import Metrics, serve_metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, OneLineStartupErrors, SecurityHeadersMiddleware
 from app.model_watcher import ModelWatcher, start_serving
 from app.open_inference_routes import router as open_inference_router
 from app.openapi import install_openapi, operation_id
 from app.pages import router as pages_router
 from app.protocol_docs import REQUEST_MODELS
-from app.routes import router
+from app.routes import metrics_router, predict_router, router
 from app.service import ClassifierService, warm_up_sizes
 from app.settings import Settings, get_settings
 from app.shutdown import hold_sigterm
@@ -46,9 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     metrics = Metrics()
+    api_keys = ApiKeys(settings.api_keys_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        api_keys.load()  # a bad key file stops the start before the slow model load
         quiet_tensorflow(settings.log_level)  # before loading imports TensorFlow
         level_settings = LevelSettings(settings.default_level, settings.bfloat16)
         served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
@@ -73,9 +76,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher.start()
         warm_up = asyncio.create_task(_warm_up_then_follow(service, watcher))
         release_sigterm = hold_sigterm(settings.shutdown_grace_s, on_sigterm=service.stopping.set)
+        stop_metrics = (serve_metrics(metrics, settings.host, settings.metrics_port)
+                        if settings.metrics_port is not None else None)
         try:
             yield
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             release_sigterm()
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -88,11 +95,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None, generate_unique_id_function=operation_id)
     install_openapi(app, REQUEST_MODELS)
     install_error_handlers(app)
+    app.state.api_keys = api_keys  # app.access's checks read it from here
+    app.include_router(predict_router)
     app.include_router(router)
     app.include_router(open_inference_router)
     app.include_router(tfserving_router)
+    if settings.metrics_port is None:
+        app.include_router(metrics_router)
     app.include_router(pages_router)
     app.include_router(docs_router)
+    # Innermost: refuses a request without a valid key before the route reads its body (app.access).
+    app.add_middleware(ApiKeyMiddleware, keys=api_keys)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])

@@ -1,6 +1,8 @@
 """Prometheus metrics, one registry per app instance (so tests can build several apps)."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -36,3 +38,18 @@ class Metrics:
         self.batch_size.observe(size)
         self.images.inc(size)
         self.answers_by_level.labels(level).inc(size)
+
+
+def serve_metrics(metrics: Metrics, host: str, port: int) -> Callable[[], None]:
+    """Serve ``metrics`` on HOST:PORT from a thread of its own (METRICS_PORT); returns what stops it.
+
+    prometheus_client's own small server: a scrape costs the event loop nothing, and the port can be
+    left out of a load balancer or Service while Prometheus reaches it directly."""
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

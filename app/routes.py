@@ -1,4 +1,11 @@
-"""HTTP routes: thin, they hand work to ClassifierService and let app.errors map failures."""
+"""HTTP routes: thin, they hand work to ClassifierService and let app.errors map failures.
+
+Three routers: ``predict_router`` for every route that classifies or explains an image (it needs an API key
+when API_KEYS_FILE is set: app/access.py), ``router`` for what stays open (health, metadata) and
+``metrics_router`` for /metrics (on PORT, or on METRICS_PORT instead). A new classifying route goes on
+``predict_router``, or carries ``dependencies=[API_KEY]`` if it lives on a router of its own;
+tests/test_access.py fails for any POST route without it.
+"""
 
 from typing import Annotated
 
@@ -6,6 +13,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.access import API_KEY
 from app.errors import BodyTooLargeError, DuplicateFileError
 from app.schemas import (
     BatchPrediction,
@@ -33,6 +41,8 @@ from core.preprocessing import (
 )
 
 router = APIRouter()
+predict_router = APIRouter(dependencies=[API_KEY])
+metrics_router = APIRouter()
 
 
 async def get_service(request: Request) -> ClassifierService:
@@ -96,7 +106,7 @@ async def one_file_part(request: Request) -> None:
         raise DuplicateFileError("file", count)
 
 
-@router.post("/predict", response_model=Prediction, responses=IMAGE_ERRORS, tags=["predict"],
+@predict_router.post("/predict", response_model=Prediction, responses=IMAGE_ERRORS, tags=["predict"],
              summary="Classify one image", dependencies=[Depends(one_file_part)])
 async def predict(
     service: Service,
@@ -107,7 +117,7 @@ async def predict(
     return await service.predict(await file.read(), preview, level)
 
 
-@router.post("/predict/batch", response_model=BatchPrediction, responses=IMAGE_ERRORS, tags=["predict"],
+@predict_router.post("/predict/batch", response_model=BatchPrediction, responses=IMAGE_ERRORS, tags=["predict"],
              summary="Classify several images; each file succeeds or fails on its own")
 async def predict_batch(
     service: Service,
@@ -172,10 +182,11 @@ async def metadata(service: Service) -> Metadata:
             max_queue_images=settings.max_queue_images,
             adapt_queue_images=settings.adapt_queue_images,
             adapt_level=settings.adapt_level,
+            api_key_required=settings.api_keys_file is not None,
         ),
     )
 
 
-@router.get("/metrics", response_class=PlainTextResponse, tags=["health"], summary="Prometheus metrics")
+@metrics_router.get("/metrics", response_class=PlainTextResponse, tags=["health"], summary="Prometheus metrics")
 async def metrics(service: Service) -> PlainTextResponse:
     return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -100,6 +100,8 @@ class ServingLimits(BaseModel):
     adapt_queue_images: int = Field(description="Queued images above which load adaptation answers at "
                                     "`adapt_level`; 0: off.")
     adapt_level: str
+    api_key_required: bool = Field(False, description="Whether the prediction routes need an API key "
+                                   "(`Authorization: Bearer <key>` or `X-API-Key`).")
 
 
 class LevelFigures(BaseModel):

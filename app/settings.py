@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.contract import LevelName
@@ -110,6 +110,25 @@ class Settings(BaseSettings):
     model_version: int | None = Field(
         None, ge=1, description="Serve exactly this version of MODEL_DIR and never swap; unset = the highest.",
     )
+    api_keys_file: Path | None = Field(
+        None, description="File of API keys, one 'NAME SHA256HEX' line each (`python -m app keys new NAME`): "
+        "the prediction routes then answer only with a valid key (Bearer or X-API-Key); re-read when it "
+        "changes. Unset = no keys.",
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve /metrics on this port (same HOST) instead of PORT, for "
+        "deployments without a proxy to hide it; unset = /metrics on PORT.",
+    )
+
+    @model_validator(mode="after")
+    def _metrics_port_alone(self) -> "Settings":
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(f"METRICS_PORT must differ from PORT ({self.port}); unset it to serve /metrics on PORT")
+        if self.metrics_port is not None and self.workers > 1:
+            # Each worker process counts on its own; one port cannot show them all (nor can /metrics on PORT).
+            raise ValueError("METRICS_PORT needs WORKERS=1: each worker process keeps its own counters. Run more "
+                             "replicas instead of more workers, or unset METRICS_PORT")
+        return self
 
 
 @lru_cache

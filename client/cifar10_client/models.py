@@ -164,6 +164,7 @@ class ServingLimits:
     max_queue_images: int
     adapt_queue_images: int = 0  # load adaptation's queue depth; 0 (or a server before levels): off
     adapt_level: str | None = None
+    api_key_required: bool = False  # the prediction routes need an API key (a server before keys: never)
     extra: JSON = field(default_factory=dict, repr=False)
 
     @classmethod
