@@ -27,7 +27,14 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 
-test: $(STAMP) $(CHROMIUM)  ## lint and run the test suite
+# tests/test_deployment.py runs deploy/nginx.conf in Debian's nginx in front of a real server.
+NGINX ?= /usr/sbin/nginx
+
+$(NGINX):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+
+test: $(STAMP) $(CHROMIUM) $(NGINX)  ## lint and run the test suite
 	$(BIN)/ruff check app core training tests bench client
 	$(BIN)/python -m pytest
 

@@ -12,21 +12,27 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 
 from app.__main__ import GRACEFUL_SHUTDOWN_S
-from app.routes import router
+from app.routes import metrics_router, predict_router, router
 from app.settings import Settings
+from tests.servers import Server, free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
-ROUTES = {route.path for route in router.routes}
+ROUTES = {route.path for routes in (router, predict_router, metrics_router) for route in routes.routes}
+NGINX_SETTINGS = {"PROXY_RATE_PER_ADDRESS", "PROXY_BURST_PER_ADDRESS", "PROXY_RATE_PER_KEY", "PROXY_BURST_PER_KEY"}
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -140,7 +146,60 @@ def test_one_port_everywhere() -> None:
     assert re.search(rf"^\s*server classifier:{port} resolve ", nginx, re.MULTILINE)
     assert "proxy_pass http://classifier;" in nginx
     assert "./deploy/nginx.conf:/etc/nginx/cifar10.conf:ro" in services["proxy"]["volumes"]
-    assert "/etc/nginx/cifar10.conf" in services["proxy"]["command"]
+    assert "./deploy/nginx-entrypoint.sh:/etc/nginx/cifar10-entrypoint.sh:ro" in services["proxy"]["volumes"]
+    assert services["proxy"]["entrypoint"] == ["/bin/sh", "/etc/nginx/cifar10-entrypoint.sh"]
+    assert services["proxy"]["command"] == ["-g", "daemon off;"]
+    # The entrypoint's defaults are where compose mounts the template and where the tmpfs is.
+    script = ENTRYPOINT.with_name("nginx-entrypoint.sh").read_text()
+    assert "TEMPLATE=${NGINX_TEMPLATE:-/etc/nginx/cifar10.conf}" in script
+    assert "CONF=${NGINX_CONF:-/tmp/cifar10.conf}" in script
+    assert any(mount.startswith("/tmp:") for mount in services["proxy"]["tmpfs"])
+
+
+def test_nginx_template_settings_are_compose_settings_and_all_filled_in() -> None:
+    """Every ${PROXY_*} of the template is a proxy setting in compose, and the entrypoint replaces each."""
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    code = "\n".join(line for line in nginx.splitlines() if not line.lstrip().startswith("#"))
+    assert set(re.findall(r"\$\{([A-Z0-9_]+)\}", code)) == NGINX_SETTINGS
+    environment = compose()["services"]["proxy"]["environment"]
+    assert set(environment) == NGINX_SETTINGS
+    for name, value in environment.items():
+        assert value.startswith(f"${{{name}:-"), value
+    script = (ROOT / "deploy" / "nginx-entrypoint.sh").read_text()
+    for name in NGINX_SETTINGS:
+        assert f'-e "s|\\${{{name}}}|' in script, name
+
+
+def render_nginx(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess:
+    """deploy/nginx-entrypoint.sh with these settings, exec'ing a stand-in nginx that only says it ran."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "nginx").write_text('#!/bin/sh\necho "nginx $*"\n')
+    (fake / "nginx").chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "NGINX_TEMPLATE": str(ROOT / "deploy" / "nginx.conf"),
+           "NGINX_CONF": str(tmp_path / "nginx.conf"), **settings}
+    return subprocess.run(["sh", str(ROOT / "deploy" / "nginx-entrypoint.sh"), "-g", "daemon off;"], env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_nginx_entrypoint_writes_the_settings_and_refuses_bad_ones(tmp_path: Path) -> None:
+    defaults = {name: interpolate(value) for name, value in compose()["services"]["proxy"]["environment"].items()}
+    result = render_nginx(tmp_path, **defaults)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"nginx -c {tmp_path / 'nginx.conf'} -g daemon off;"
+    rendered = (tmp_path / "nginx.conf").read_text()
+    assert f"zone=per_address:10m rate={defaults['PROXY_RATE_PER_ADDRESS']};" in rendered
+    assert f"zone=per_key burst={defaults['PROXY_BURST_PER_KEY']} nodelay;" in rendered
+    assert "$binary_remote_addr" in rendered and "${PROXY_" not in rendered.split("http {", 1)[1]
+    for name, value, says in [("PROXY_RATE_PER_ADDRESS", "20", "a rate ends in r/s"),
+                              ("PROXY_RATE_PER_KEY", "0r/s", "at least 1"),
+                              ("PROXY_RATE_PER_KEY", "20r/m", "whole requests a second"),
+                              ("PROXY_BURST_PER_ADDRESS", "-1", "a whole number of requests"),
+                              ("PROXY_BURST_PER_KEY", "4|0", "a whole number of requests"),
+                              ("PROXY_RATE_PER_ADDRESS", "", "whole requests a second")]:
+        bad = render_nginx(tmp_path, **{**defaults, name: value})
+        assert bad.returncode == 1 and bad.stdout == "", (name, value)
+        assert f"nginx-entrypoint: {name} is '{value}': " in bad.stderr and says in bad.stderr
 
 
 def test_nginx_accepts_the_largest_upload_the_service_does() -> None:
@@ -161,6 +220,21 @@ def test_models_volume_override_mounts_the_host_folder_where_model_dir_points() 
     assert Path(model_dir.group(1)).parent == Path(target)
     # What it mounts in place of the baked-in /srv/models holds the model folder the service reads.
     assert (ROOT / "models" / Path(model_dir.group(1)).name).is_dir()
+
+
+def test_api_keys_override_mounts_the_folder_where_api_keys_file_points() -> None:
+    """deploy/compose.api-keys.yml: the folder, read-only (a bind-mounted file would not follow a replaced one)."""
+    override = yaml.safe_load((ROOT / "deploy" / "compose.api-keys.yml").read_text())
+    classifier = override["services"]["classifier"]
+    assert set(override["services"]) == {"classifier"}
+    (mount,) = classifier["volumes"]
+    source, target, mode = mount.rsplit(":", 2)
+    assert source == "${API_KEYS_DIR:-./keys}" and mode == "ro"
+    assert Path(classifier["environment"]["API_KEYS_FILE"]).parent == Path(target)
+    assert "API_KEYS_FILE" in compose()["services"]["classifier"]["environment"]
+    # The host folder of keys is never committed nor sent to a build.
+    assert "keys/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert dockerignore_excludes("keys/api-keys")
 
 
 def test_compose_hardening_and_limits() -> None:
@@ -425,7 +499,11 @@ def test_kubernetes_manifest_matches_the_app_and_the_image() -> None:
     deployment, service = documents["Deployment"], documents["Service"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["ports"] == [{"name": "http", "containerPort": Settings.model_fields["port"].default}]
+    assert container["ports"][0] == {"name": "http", "containerPort": Settings.model_fields["port"].default}
+    # /metrics on a port of its own that the Service does not expose (Prometheus reads each pod).
+    metrics_port = int(next(item["value"] for item in container["env"] if item["name"] == "METRICS_PORT"))
+    assert container["ports"][1:] == [{"name": "metrics", "containerPort": metrics_port}]
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
     assert container["startupProbe"]["httpGet"]["path"] in ROUTES
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -462,8 +540,9 @@ def test_kubernetes_scaling_keeps_the_wanted_ready_pods() -> None:
     assert budget["spec"]["maxUnavailable"] == 1
     annotations = spec["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == Settings.model_fields["port"].default
-    assert annotations["prometheus.io/path"] in ROUTES
+    metrics_port = next(item["value"] for item in container["env"] if item["name"] == "METRICS_PORT")
+    assert annotations["prometheus.io/port"] == metrics_port
+    assert annotations["prometheus.io/path"] == "/metrics" and "/metrics" in ROUTES
 
 
 def test_stop_deadlines_leave_time_for_the_grace_and_the_drain() -> None:
@@ -511,3 +590,112 @@ def test_deployment_docs_table_every_setting_and_compose_variable() -> None:
     compose_variables = set(re.findall(r"\$\{([A-Z0-9_]+):-", json.dumps(compose())))  # values, not comments
     assert SETTING_NAMES <= documented
     assert compose_variables <= documented, compose_variables - documented
+
+
+# --- nginx, for real: deploy/nginx.conf through its entrypoint, in front of a real server ----------
+
+NGINX = Path(os.environ.get("NGINX", "/usr/sbin/nginx"))
+
+
+@pytest.fixture(scope="module")
+def replica(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(trained_model_dir, tmp_path_factory.mktemp("replica") / "uvicorn.log") as server:
+        yield server
+
+
+@contextmanager
+def real_nginx(tmp_path: Path, replica: Server, **settings: str) -> Iterator[str]:
+    """deploy/nginx.conf, run by deploy/nginx-entrypoint.sh with ``settings``, on loopback in front of ``replica``.
+
+    Only what ties it to Docker changes, each edit checked to apply once: the replica's address instead of
+    the compose service name (Docker's DNS and `resolve`, which Debian's nginx 1.22 lacks), a free loopback
+    port for `listen 80`, and this test's folder for /tmp."""
+    if not NGINX.exists():
+        pytest.fail(f"{NGINX} is missing: install Debian's nginx (`apt-get install nginx`, as .ci/run does) "
+                    "or set NGINX.")
+    template = (ROOT / "deploy" / "nginx.conf").read_text()
+    port = free_port()
+    edits = [
+        (r"\n\s*resolver 127\.0\.0\.11 [^;]*;", ""),
+        (r"\n\s*resolver_timeout [^;]*;", ""),
+        (r"server classifier:8000 resolve ", f"server {replica.url.removeprefix('http://')} "),
+        (r"listen 80;", f"listen 127.0.0.1:{port};"),
+    ]
+    for pattern, replacement in edits:
+        template, count = re.subn(pattern, replacement, template)
+        assert count == 1, f"deploy/nginx.conf changed: {pattern!r} matched {count} times"
+    template = template.replace("/tmp/", f"{tmp_path}/")
+    (tmp_path / "nginx.conf.template").write_text(template)
+    defaults = {name: str(interpolate(value)) for name, value in compose()["services"]["proxy"]["environment"].items()}
+    env = {"PATH": f"{NGINX.parent}:/usr/bin:/bin", "NGINX_TEMPLATE": str(tmp_path / "nginx.conf.template"),
+           "NGINX_CONF": str(tmp_path / "nginx.conf"), **defaults, **settings}
+    log = (tmp_path / "nginx.log").open("wb")
+    command = ["sh", str(ROOT / "deploy" / "nginx-entrypoint.sh"), "-e", "stderr", "-g", "daemon off;"]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, (tmp_path / "nginx.log").read_text()
+            try:
+                if httpx.get(url + "/livez", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "nginx.log").read_text()
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+def assert_too_many(answer: httpx.Response) -> None:
+    """nginx's refusal, in the service's own error shape."""
+    assert answer.status_code == 429
+    assert answer.headers["retry-after"] == "1"
+    assert answer.headers["content-type"] == "application/json"
+    assert "Too many requests" in answer.json()["detail"]
+
+
+def test_nginx_limits_each_address_with_a_burst_then_429_json(replica: Server, tmp_path: Path) -> None:
+    with real_nginx(tmp_path, replica, PROXY_RATE_PER_ADDRESS="1r/s", PROXY_BURST_PER_ADDRESS="3") as proxy, \
+            httpx.Client(base_url=proxy, timeout=30) as client:
+        answers = [client.get("/metadata") for _ in range(8)]
+        # One at the rate plus the burst of 3 at once, then refusals (a second refills one request).
+        assert [answer.status_code for answer in answers[:4]] == [200] * 4
+        assert_too_many(answers[-1])
+        assert sum(answer.status_code == 429 for answer in answers) >= 3
+        # Health checks are never limited, even for a client over its limit.
+        assert client.get("/readyz").status_code == client.get("/livez").status_code == 200
+        time.sleep(1.1)  # what Retry-After said
+        assert client.get("/metadata").status_code == 200
+        log = (tmp_path / "nginx.log").read_text()
+        assert '"GET /metadata HTTP/1.1" 429 ' in log
+
+
+def test_nginx_limits_each_api_key_wherever_it_comes_from(replica: Server, tmp_path: Path) -> None:
+    with real_nginx(tmp_path, replica, PROXY_RATE_PER_ADDRESS="1000r/s", PROXY_BURST_PER_ADDRESS="1000",
+                    PROXY_RATE_PER_KEY="1r/s", PROXY_BURST_PER_KEY="1") as proxy, \
+            httpx.Client(base_url=proxy, timeout=30) as client:
+        alice_bearer, alice_header = {"Authorization": "Bearer alice-key"}, {"X-API-Key": "alice-key"}
+        assert client.get("/metadata", headers=alice_bearer).status_code == 200
+        assert client.get("/metadata", headers=alice_header).status_code == 200  # the burst of 1
+        # The same key, however it is sent, shares one limit; other keys and no key are not affected.
+        assert_too_many(client.get("/metadata", headers=alice_bearer))
+        assert_too_many(client.get("/metadata", headers=alice_header))
+        assert client.get("/metadata", headers={"X-API-Key": "bob-key"}).status_code == 200
+        assert all(client.get("/metadata").status_code == 200 for _ in range(5))
+        assert "alice-key" not in (tmp_path / "nginx.log").read_text()
+
+
+def test_nginx_hides_metrics_which_the_replica_serves(replica: Server, tmp_path: Path) -> None:
+    with real_nginx(tmp_path, replica) as proxy:
+        for path in ("/metrics", "//metrics", "/metrics?format=text", "/%6detrics"):
+            hidden = httpx.get(proxy + path, timeout=30)
+            assert hidden.status_code == 404, path
+            assert hidden.json() == httpx.get(replica.url + "/no-such-route").json() == {"detail": "Not Found"}
+        assert httpx.get(replica.url + "/metrics", timeout=30).status_code == 200
+        # Everything else passes, with the service's own answers.
+        assert httpx.get(proxy + "/metadata", timeout=30).json() == httpx.get(replica.url + "/metadata").json()

@@ -1,0 +1,54 @@
+#!/bin/sh
+# The proxy's entrypoint (docker-compose.yml, service `proxy`): write the PROXY_* settings into the
+# nginx.conf template, check each first, then exec nginx on the result with this script's arguments.
+# A plain sh script with sed: it runs the same in the official nginx image and in a bare Debian one,
+# and on a read-only root filesystem (the result goes to /tmp).
+#
+#   PROXY_RATE_PER_ADDRESS   requests a second a client address may send on average, e.g. 20r/s
+#   PROXY_BURST_PER_ADDRESS  requests above that rate it may send at once before it gets 429s
+#   PROXY_RATE_PER_KEY       the same for each API key (requests that carry one)
+#   PROXY_BURST_PER_KEY
+set -eu
+
+# Paths are variables so the test suite can run this script on the host against a real nginx.
+TEMPLATE=${NGINX_TEMPLATE:-/etc/nginx/cifar10.conf}
+CONF=${NGINX_CONF:-/tmp/cifar10.conf}
+
+fail() {
+    echo "nginx-entrypoint: $*" >&2
+    exit 1
+}
+rate() {  # NAME: its value if it is a rate nginx takes, in whole requests a second (at least 1)
+    # Per second only: the 429's Retry-After is 1 s, which refills at least one request at any such rate.
+    eval "value=\${$1-}"
+    number=${value%r/s}
+    case "$number" in
+        ''|*[!0-9]*|0*) fail "$1 is '$value': whole requests a second, at least 1, e.g. 20r/s" ;;
+    esac
+    [ "$number" != "$value" ] || fail "$1 is '$value': a rate ends in r/s, e.g. 20r/s"
+    echo "$value"
+}
+burst() {  # NAME: its value if it is a whole number (0: no burst)
+    eval "value=\${$1-}"
+    case "$value" in
+        ''|*[!0-9]*) fail "$1 is '$value': a whole number of requests, e.g. 40" ;;
+    esac
+    echo "$value"
+}
+
+rate_per_address=$(rate PROXY_RATE_PER_ADDRESS)
+burst_per_address=$(burst PROXY_BURST_PER_ADDRESS)
+rate_per_key=$(rate PROXY_RATE_PER_KEY)
+burst_per_key=$(burst PROXY_BURST_PER_KEY)
+
+# Only these four names are replaced: nginx's own $variables stay as they are.
+sed -e "s|\${PROXY_RATE_PER_ADDRESS}|$rate_per_address|g" \
+    -e "s|\${PROXY_BURST_PER_ADDRESS}|$burst_per_address|g" \
+    -e "s|\${PROXY_RATE_PER_KEY}|$rate_per_key|g" \
+    -e "s|\${PROXY_BURST_PER_KEY}|$burst_per_key|g" \
+    "$TEMPLATE" > "$CONF"
+if grep -n '\${PROXY_' "$CONF" | grep -v '^[0-9]*: *#' >&2; then
+    fail "$TEMPLATE names a setting this script does not fill in (above)"
+fi
+
+exec nginx -c "$CONF" "$@"
