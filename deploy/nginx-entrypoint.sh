@@ -28,10 +28,10 @@ rate() {  # NAME: its value if it is a rate nginx takes, in whole requests a sec
     [ "$number" != "$value" ] || fail "$1 is '$value': a rate ends in r/s, e.g. 20r/s"
     echo "$value"
 }
-burst() {  # NAME: its value if it is a whole number (0: no burst)
+burst() {  # NAME: its value if it is a whole number of requests, at least 1 (nginx takes no 0)
     eval "value=\${$1-}"
     case "$value" in
-        ''|*[!0-9]*) fail "$1 is '$value': a whole number of requests, e.g. 40" ;;
+        ''|*[!0-9]*|0*) fail "$1 is '$value': a whole number of requests, at least 1, e.g. 40" ;;
     esac
     echo "$value"
 }

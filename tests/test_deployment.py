@@ -27,6 +27,7 @@ from app.__main__ import GRACEFUL_SHUTDOWN_S
 from app.routes import metrics_router, predict_router, router
 from app.settings import Settings
 from tests.servers import Server, free_port, running_server
+from tests.synthetic import write_jpegs
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
@@ -196,6 +197,7 @@ def test_nginx_entrypoint_writes_the_settings_and_refuses_bad_ones(tmp_path: Pat
                               ("PROXY_RATE_PER_KEY", "20r/m", "whole requests a second"),
                               ("PROXY_BURST_PER_ADDRESS", "-1", "a whole number of requests"),
                               ("PROXY_BURST_PER_KEY", "4|0", "a whole number of requests"),
+                              ("PROXY_BURST_PER_KEY", "0", "at least 1"),
                               ("PROXY_RATE_PER_ADDRESS", "", "whole requests a second")]:
         bad = render_nginx(tmp_path, **{**defaults, name: value})
         assert bad.returncode == 1 and bad.stdout == "", (name, value)
@@ -613,6 +615,7 @@ def real_nginx(tmp_path: Path, replica: Server, **settings: str) -> Iterator[str
     if not NGINX.exists():
         pytest.fail(f"{NGINX} is missing: install Debian's nginx (`apt-get install nginx`, as .ci/run does) "
                     "or set NGINX.")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     template = (ROOT / "deploy" / "nginx.conf").read_text()
     port = free_port()
     edits = [
@@ -699,3 +702,31 @@ def test_nginx_hides_metrics_which_the_replica_serves(replica: Server, tmp_path:
         assert httpx.get(replica.url + "/metrics", timeout=30).status_code == 200
         # Everything else passes, with the service's own answers.
         assert httpx.get(proxy + "/metadata", timeout=30).json() == httpx.get(replica.url + "/metadata").json()
+
+
+def test_client_and_cli_wait_out_429s_after_retry_after(replica: Server, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The Python client and cifar10-client retry nginx's 429 after its Retry-After, as they do a 503."""
+    from cifar10_client import Client, ServiceUnavailable
+    from cifar10_client.cli import main as client_main
+
+    images = write_jpegs(tmp_path / "images", 6, seed=9)
+    with real_nginx(tmp_path / "nginx", replica, PROXY_RATE_PER_ADDRESS="2r/s", PROXY_BURST_PER_ADDRESS="1") as proxy:
+        statuses: list[int] = []
+        hooks = {"response": [lambda response: statuses.append(response.status_code)]}
+        with httpx.Client(timeout=30, event_hooks=hooks) as http:
+            client = Client(proxy, http_client=http, retries=5)
+            started = time.monotonic()
+            labels = [client.predict(path).label for path in images[:4]]
+            assert len(labels) == 4 and statuses.count(200) == 4
+            assert statuses.count(429) >= 1 and time.monotonic() - started >= 1.0  # waited as told
+            with pytest.raises(ServiceUnavailable) as refused:
+                Client(proxy, http_client=http, retries=0).predict(images[0])
+                Client(proxy, http_client=http, retries=0).predict(images[0])
+            assert refused.value.status == 429 and "Too many requests" in refused.value.detail
+        time.sleep(1.1)
+        refusals_before = (tmp_path / "nginx" / "nginx.log").read_text().count('" 429 ')
+        assert client_main(["predict", str(tmp_path / "images"), "--url", proxy, "--concurrency", "3",
+                            "--retries", "10", "--format", "json"]) == 0
+        assert capsys.readouterr().out.count('"label"') == 6
+        assert (tmp_path / "nginx" / "nginx.log").read_text().count('" 429 ') > refusals_before

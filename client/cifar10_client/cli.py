@@ -22,6 +22,8 @@ from cifar10_client.paths import expand
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 URL_VARIABLE = "CIFAR10_URL"
+# An environment variable rather than only an option: a key on the command line lands in shell history.
+KEY_VARIABLE = "CIFAR10_API_KEY"
 DEFAULT_CONCURRENCY = 8
 PROG = "cifar10-client"
 
@@ -33,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     connection.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                             help="longest wait for one answer (default: %(default)s)")
     connection.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
-                            help="times a 503 (warming up, at capacity) is retried after its Retry-After "
-                                 "(default: %(default)s)")
+                            help="times a 503 (warming up, at capacity) or 429 (over the rate limit) is retried "
+                                 "after its Retry-After (default: %(default)s)")
+    connection.add_argument("--api-key", default=os.environ.get(KEY_VARIABLE) or None, metavar="KEY",
+                            help=f"the API key, for a service that requires one (default: ${KEY_VARIABLE})")
 
     parser = argparse.ArgumentParser(prog=PROG, description="Classify images with a CIFAR-10 service.",
                                      epilog=__doc__.split("\n\n", 1)[1],
@@ -125,7 +129,8 @@ def run_predict(args: argparse.Namespace) -> int:
         on_result = OverlayWriter(args.explain, on_result)
 
     async def classify() -> list[FileResult]:
-        async with AsyncClient(args.url, timeout_s=args.timeout, retries=args.retries) as client:
+        async with AsyncClient(args.url, timeout_s=args.timeout, retries=args.retries,
+                               api_key=args.api_key) as client:
             return await client.predict_many(expansion.files, concurrency=args.concurrency, on_result=on_result,
                                              explain=args.explain is not None)
 
@@ -155,7 +160,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_health(args: argparse.Namespace) -> int:
-    with Client(args.url, timeout_s=args.timeout, retries=args.retries) as client:
+    with Client(args.url, timeout_s=args.timeout, retries=args.retries, api_key=args.api_key) as client:
         health = client.health()
         if not health.ready:
             print(f"{args.url}: up, not ready ({health.status})")
@@ -184,7 +189,7 @@ def metadata_summary(metadata: Metadata) -> str:
 
 
 def run_metadata(args: argparse.Namespace) -> int:
-    with Client(args.url, timeout_s=args.timeout, retries=args.retries) as client:
+    with Client(args.url, timeout_s=args.timeout, retries=args.retries, api_key=args.api_key) as client:
         metadata = client.metadata()
     print(json.dumps(as_json(metadata), indent=2) if args.format == "json" else metadata_summary(metadata))
     return EXIT_OK

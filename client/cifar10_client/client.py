@@ -1,6 +1,6 @@
 """Client and AsyncClient: the same calls, blocking or awaitable, over one httpx connection pool.
 
-Both share what is not I/O (_Calls): where each call goes, when a 503 is retried, how an answer
+Both share what is not I/O (_Calls): where each call goes, when a 503 or 429 is retried, how an answer
 becomes a typed result or an exception. Only sending and waiting differ between the two.
 """
 
@@ -33,8 +33,11 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 3
 # The service asks for 1 s; a far longer Retry-After (from a proxy, say) is not worth blocking a caller for.
 MAX_RETRY_WAIT_S = 30.0
-# A 503 without Retry-After (from a proxy in front of the service) is retried after this long.
+# A 503 or 429 without Retry-After (from a proxy in front of the service) is retried after this long.
 DEFAULT_RETRY_WAIT_S = 1.0
+# Answers worth waiting out: 503 the service is warming up or at capacity, 429 this client is over its
+# rate limit at the proxy (deploy/nginx.conf). Both say when to come back in Retry-After.
+RETRIED_STATUSES = frozenset({429, 503})
 # predict_many bounds the requests in flight itself; the pool must never be what makes them wait.
 POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
 
@@ -59,7 +62,7 @@ class FileResult:
 class Call:
     method: str
     path: str
-    retry: bool = True  # 503 is an answer to retry for uploads, and the answer itself for /readyz
+    retry: bool = True  # 503/429 are answers to retry for uploads, and 503 the answer itself for /readyz
     ok_statuses: frozenset[int] = frozenset({200})
     params: dict[str, str] | None = None
     upload: Upload | None = None
@@ -97,16 +100,18 @@ def _detail(response: httpx.Response) -> str:
 class _Calls:
     """Everything but the I/O, shared by Client and AsyncClient."""
 
-    def __init__(self, url: str, retries: int, max_retry_wait_s: float) -> None:
+    def __init__(self, url: str, retries: int, max_retry_wait_s: float, api_key: str | None) -> None:
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, not {retries}")
         self.url = url.rstrip("/")
         self.retries = retries
         self.max_retry_wait_s = max_retry_wait_s
+        # Sent with every call: the open routes ignore it, and one header is simpler than knowing which.
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
 
     def _retry_delay(self, call: Call, response: httpx.Response, attempt: int) -> float | None:
         """Seconds to wait before sending ``call`` again, or None to keep this answer."""
-        if not call.retry or response.status_code != 503 or attempt >= self.retries:
+        if not call.retry or response.status_code not in RETRIED_STATUSES or attempt >= self.retries:
             return None
         return min(retry_after_s(response.headers.get("retry-after")), self.max_retry_wait_s)
 
@@ -116,8 +121,8 @@ class _Calls:
     def _answer(self, call: Call, response: httpx.Response, attempts: int, parse: Callable[[JSON], Result]) -> Result:
         url = self.url + call.path
         if response.status_code not in call.ok_statuses:
-            if response.status_code == 503 and call.retry:
-                raise ServiceUnavailable(_detail(response), url, attempts)
+            if response.status_code in RETRIED_STATUSES and call.retry:
+                raise ServiceUnavailable(_detail(response), url, attempts, response.status_code)
             raise APIError(response.status_code, _detail(response), url)
         try:
             return parse(response.json())
@@ -149,8 +154,8 @@ class Client(_Calls):
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, max_retry_wait_s: float = MAX_RETRY_WAIT_S,
-                 http_client: httpx.Client | None = None) -> None:
-        super().__init__(url, retries, max_retry_wait_s)
+                 http_client: httpx.Client | None = None, api_key: str | None = None) -> None:
+        super().__init__(url, retries, max_retry_wait_s, api_key)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(limits=POOL_LIMITS, timeout=timeout_s)
 
@@ -158,7 +163,8 @@ class Client(_Calls):
         attempt = 0
         while True:
             try:
-                response = self._http.request(call.method, self.url + call.path, **call.request_args())
+                response = self._http.request(call.method, self.url + call.path, headers=self.headers,
+                                              **call.request_args())
             except httpx.TransportError as error:
                 raise self._transport_error(error, call, self._http.timeout) from error
             delay = self._retry_delay(call, response, attempt)
@@ -234,8 +240,8 @@ class AsyncClient(_Calls):
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, max_retry_wait_s: float = MAX_RETRY_WAIT_S,
-                 http_client: httpx.AsyncClient | None = None) -> None:
-        super().__init__(url, retries, max_retry_wait_s)
+                 http_client: httpx.AsyncClient | None = None, api_key: str | None = None) -> None:
+        super().__init__(url, retries, max_retry_wait_s, api_key)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(limits=POOL_LIMITS, timeout=timeout_s)
 
@@ -243,7 +249,8 @@ class AsyncClient(_Calls):
         attempt = 0
         while True:
             try:
-                response = await self._http.request(call.method, self.url + call.path, **call.request_args())
+                response = await self._http.request(call.method, self.url + call.path, headers=self.headers,
+                                                    **call.request_args())
             except httpx.TransportError as error:
                 raise self._transport_error(error, call, self._http.timeout) from error
             delay = self._retry_delay(call, response, attempt)

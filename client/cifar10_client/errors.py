@@ -18,10 +18,11 @@ class APIError(ClientError):
 
 
 class ServiceUnavailable(APIError):
-    """503 (warming up or at capacity) still after every retry the client was allowed."""
+    """503 (warming up or at capacity) or 429 (over this client's rate limit) still after every retry the
+    client was allowed; ``status`` says which."""
 
-    def __init__(self, detail: str, url: str, attempts: int) -> None:
-        super().__init__(503, f"{detail} (gave up after {attempts} attempts)", url)
+    def __init__(self, detail: str, url: str, attempts: int, status: int = 503) -> None:
+        super().__init__(status, f"{detail} (gave up after {attempts} attempts)", url)
         self.attempts = attempts
 
 
