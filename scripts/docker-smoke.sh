@@ -7,7 +7,9 @@
 # kill one replica, stop one, scale down, scale up; then the model upgrade path: the replicas recreated
 # on a host models folder (deploy/compose.models-volume.yml), a new version renamed into it, every
 # replica swapping it in within MODEL_POLL_SECONDS, still under load. Any failed request, or any request
-# slower than SLOW_S, fails the run. Last, stop it gracefully, tear everything down, and print a summary
+# slower than SLOW_S, fails the run. Then the per-client limits: a greedy client (64 connections) and a
+# polite one (2) through nginx at once: the polite one all 200 with p99 at most 2x its p99 alone, the
+# greedy one 429s and no 5xx. Last, stop it gracefully, tear everything down, and print a summary
 # with the per-fault table.
 #
 # usage: sudo scripts/docker-smoke.sh [--model DIR] [--replicas N] [--keep]
@@ -178,6 +180,9 @@ trap cleanup EXIT
 step "docker compose up ($REPLICAS classifier replicas, 1 CPU each, behind nginx on :$PORT)"
 MEMORY_LIMIT=$(sed -n 's/^ *memory: \${MEMORY:-\(.*\)}$/\1/p' "$ROOT/docker-compose.yml")
 export IMAGE=$IMAGE_TAG NGINX_IMAGE PROMETHEUS_IMAGE REPLICAS PUBLISH_PORT=$PORT PROMETHEUS_PORT CPUS=1
+# The faults and the model swap load the service from one address far above any per-client limit: the
+# limits are lifted for them, and set for the per-client phase at the end (the proxy recreated).
+export PROXY_RATE_PER_ADDRESS=100000r/s PROXY_BURST_PER_ADDRESS=100000
 compose down --volumes --remove-orphans >/dev/null 2>&1 || true
 up_start=$(now)
 # `--scale` as well as deploy.replicas: older Compose releases ignore the latter outside Swarm.
@@ -240,6 +245,18 @@ answering=$(compose logs proxy | grep -o 'POST /predict[^"]*" 200 .*upstream=[0-
     | sed 's/.*upstream=//' | sort -u | wc -l)
 [ "$answering" = "$REPLICAS" ] || die "$answering of $REPLICAS replicas answered through the proxy"
 echo "$answering of $REPLICAS replicas answered through the proxy"
+
+# /metrics is not for the public: nginx answers 404 (JSON, as the service does); each replica serves it.
+metrics_status=$(curl -s -o "$WORK/metrics-proxy.json" -w '%{http_code}' "http://127.0.0.1:$PORT/metrics")
+[ "$metrics_status" = 404 ] && grep -q '"detail"' "$WORK/metrics-proxy.json" \
+    || die "/metrics through the proxy answered $metrics_status, want a JSON 404"
+mapfile -t ids < <(compose ps -q classifier)
+for id in "${ids[@]}"; do
+    docker exec "$id" python -c 'import urllib.request
+assert urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=5).status == 200' \
+        || die "replica ${id:0:12} does not serve /metrics on its own address"
+done
+echo "/metrics: 404 through the proxy, 200 on each of the $REPLICAS replicas"
 
 # --- hardening, seen from inside a running container -------------------------------------------
 step "container checks"
@@ -451,6 +468,61 @@ EOF
 echo "$fault_table"
 case "$fault_table" in *FAILED*) die "faults or the model swap under load: a request failed or took longer than ${SLOW_S}s" ;; esac
 
+# --- per-client limits at the proxy ----------------------------------------------------------------
+# nginx's limit_req per client address (deploy/nginx.conf), set here below compose's defaults so that the
+# greedy client's admitted share stays small next to 1-CPU replicas. The polite client runs in a container
+# on the compose network (an address of its own) at POLITE_RATE requests a second over 2 connections,
+# first alone, then beside the greedy one: 64 connections from the host (the bridge's address), which waits
+# out each 429's Retry-After as the project's client does.
+LIMIT_RATE=${SMOKE_RATE:-5r/s}
+LIMIT_BURST=${SMOKE_BURST:-10}
+POLITE_RATE=4
+LIMIT_S=30
+step "per-client limits: PROXY_RATE_PER_ADDRESS=$LIMIT_RATE, burst $LIMIT_BURST; a polite client alone, then beside a greedy one"
+export PROXY_RATE_PER_ADDRESS=$LIMIT_RATE PROXY_BURST_PER_ADDRESS=$LIMIT_BURST
+compose up -d --no-deps proxy >>"$WORK/up.log" 2>&1 || { tail -n 20 "$WORK/up.log"; die "recreating the proxy failed"; }
+wait_for 60 "the proxy answering" proxy_ready
+network=$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}' "$(compose ps -q proxy)")
+polite() {  # NAME: the polite client for LIMIT_S seconds; its summary in $WORK/NAME.json
+    docker run --rm --network "$network" -v "$ROOT/scripts:/scripts:ro" -v "$WORK/sample.jpg:/sample.jpg:ro" \
+        --entrypoint python "$IMAGE_TAG" /scripts/fault_load.py --url http://proxy/predict --image /sample.jpg \
+        --connections 2 --rate "$POLITE_RATE" --duration "$LIMIT_S" --timeout 30 >"$WORK/$1.json" \
+        || die "the polite client ($1) failed"
+}
+polite polite-alone
+python3 "$ROOT/scripts/fault_load.py" --url "http://127.0.0.1:$PORT/predict" --image "$WORK/sample.jpg" \
+    --connections 64 --honour-retry-after --duration $(( LIMIT_S + 4 )) --timeout 30 --summary "$WORK/greedy.json" &
+greedy_pid=$!
+sleep 2
+polite polite-beside-greedy
+wait "$greedy_pid" || die "the greedy client failed"
+limits=$(python3 - "$WORK" <<'EOF'
+import json
+import sys
+
+work = sys.argv[1]
+alone, beside, greedy = (json.load(open(f"{work}/{name}.json")) for name in ("polite-alone", "polite-beside-greedy", "greedy"))
+def row(name, s):
+    return (f"{name:<22}{s['requests']:>9}{s['ok']:>6}{s['too_many']:>6}{s['server_errors']:>6}{s['failed']:>8}"
+            f"{s['p50_s']:>7.3f}s{s['p99_ok_s']:>7.3f}s")
+print(f"{'client':<22}{'requests':>9}{'200':>6}{'429':>6}{'5xx':>6}{'failed':>8}{'p50':>8}{'p99 200':>8}")
+for name, summary in (("polite alone", alone), ("polite beside greedy", beside), ("greedy (64 conn.)", greedy)):
+    print(row(name, summary))
+bad = []
+if alone["failed"] or beside["failed"] or not alone["requests"] or not beside["requests"]:
+    bad.append(f"the polite client got other answers than 200: {alone['failures']} alone, {beside['failures']} beside")
+if beside["p99_ok_s"] > 2 * alone["p99_ok_s"]:
+    bad.append(f"the polite client's p99 beside the greedy one, {beside['p99_ok_s']} s, is over 2x its "
+               f"{alone['p99_ok_s']} s alone")
+if not greedy["too_many"] or greedy["server_errors"] or greedy["failed"] != greedy["too_many"]:
+    bad.append(f"the greedy client: {greedy['too_many']} 429s, {greedy['server_errors']} 5xx, failures {greedy['failures']}")
+for line in bad:
+    print(f"FAILED {line}")
+EOF
+)
+echo "$limits"
+case "$limits" in *FAILED*) die "per-client limits" ;; esac
+
 # --- graceful stop: SIGTERM must reach uvicorn ------------------------------------------------
 step "docker compose stop"
 mapfile -t ids < <(compose ps -q classifier)  # the faults replaced one
@@ -471,7 +543,9 @@ time to healthy ${healthy_seconds}s from \`compose up\` to $REPLICAS/$REPLICAS r
 prediction     $prediction
 load balancing $answering/$REPLICAS replicas answered through nginx
 memory         $memory per replica (docker stats after the faults' load; limit $MEMORY_LIMIT)
-metrics        Prometheus scraped every replica on its own address, before and after the faults
+metrics        Prometheus scraped every replica on its own address, before and after the faults; /metrics 404 through nginx
+limits         PROXY_RATE_PER_ADDRESS=$LIMIT_RATE burst $LIMIT_BURST; polite client at ${POLITE_RATE}/s over 2 connections, greedy at 64:
+$limits
 faults         $CONNECTIONS connections through nginx, in ${faults_seconds}s (restoring replicas included):
 model swap     version $new_version renamed into the models volume; replicas serving it after $swap_seconds
                (MODEL_POLL_SECONDS=$POLL_S; recreating them on the volume took ${recreate_seconds}s)

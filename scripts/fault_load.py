@@ -35,7 +35,8 @@ class Outcome:
 
 
 class Load:
-    def __init__(self, url: str, body: bytes, content_type: str, timeout_s: float) -> None:
+    def __init__(self, url: str, body: bytes, content_type: str, timeout_s: float, interval_s: float = 0.0,
+                 honour_retry_after: bool = False) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -45,12 +46,16 @@ class Load:
         ).encode()
         self.body = body
         self.timeout_s = timeout_s
+        # Each connection starts a request at most every interval_s (--rate), and waits out a 429's
+        # Retry-After first if told to, as the project's client does (--honour-retry-after).
+        self.interval_s = interval_s
+        self.honour_retry_after = honour_retry_after
         self.outcomes: list[Outcome] = []
         self.stopping = asyncio.Event()
         self.fault_at: float | None = None
 
     async def one_request(self, streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
-                          ) -> tuple[int, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
+                          ) -> tuple[int, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None, float]:
         if streams is None:
             streams = await asyncio.open_connection(self.host, self.port)
         reader, writer = streams
@@ -75,18 +80,27 @@ class Load:
             headers["connection"] = "close"
         # HTTP/1.0 closes after each answer unless told otherwise; HTTP/1.1 keeps the connection.
         keep_alive = "keep-alive" if status_line.startswith(b"HTTP/1.1") else "close"
+        retry_after = float(headers["retry-after"]) if headers.get("retry-after", "").isdigit() else 1.0
         if headers.get("connection", keep_alive).lower() == "close":
             writer.close()
-            return status, None
-        return status, streams
+            return status, None, retry_after
+        return status, streams, retry_after
 
     async def connection(self) -> None:
         streams = None
+        next_start = time.monotonic()
         while not self.stopping.is_set():
+            if self.interval_s:
+                await self.sleep_unless_stopping(next_start - time.monotonic())
+                next_start = max(next_start + self.interval_s, time.monotonic())
+                if self.stopping.is_set():
+                    break
             started = time.monotonic()
             try:
-                status, streams = await asyncio.wait_for(self.one_request(streams), self.timeout_s)
+                status, streams, retry_after = await asyncio.wait_for(self.one_request(streams), self.timeout_s)
                 self.outcomes.append(Outcome(started, time.monotonic() - started, status))
+                if status == 429 and self.honour_retry_after:
+                    await self.sleep_unless_stopping(retry_after)
             except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as error:  # OSError: TimeoutError too
                 reason = "timeout" if isinstance(error, TimeoutError) else type(error).__name__
                 self.outcomes.append(Outcome(started, time.monotonic() - started, None, reason))
@@ -95,6 +109,13 @@ class Load:
                 streams = None
         if streams is not None:
             streams[1].close()
+
+    async def sleep_unless_stopping(self, seconds: float) -> None:
+        if seconds > 0:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), seconds)
+            except TimeoutError:
+                pass
 
 
 def multipart(image: bytes) -> tuple[bytes, str]:
@@ -121,6 +142,11 @@ def summarize(load: Load, began: float, ended: float) -> dict:
     return {
         "requests": len(outcomes),
         "ok": sum(outcome.status == 200 for outcome in outcomes),
+        "too_many": sum(outcome.status == 429 for outcome in outcomes),
+        "server_errors": sum(outcome.status is not None and outcome.status >= 500 for outcome in outcomes),
+        # Latency of the answered requests alone: a 429 comes back at once and would flatter the figures.
+        "p99_ok_s": round(percentile(sorted(outcome.seconds for outcome in outcomes if outcome.status == 200), 0.99),
+                          3),
         "failed": sum(failures.values()),
         "failures": failures,
         "seconds": round(ended - began, 2),
@@ -140,7 +166,8 @@ def summarize(load: Load, began: float, ended: float) -> dict:
 
 async def run(args: argparse.Namespace) -> dict:
     body, content_type = multipart(args.image.read_bytes())
-    load = Load(args.url, body, content_type, args.timeout)
+    interval_s = args.connections / args.rate if args.rate else 0.0
+    load = Load(args.url, body, content_type, args.timeout, interval_s, args.honour_retry_after)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, load.stopping.set)
     loop.add_signal_handler(signal.SIGINT, load.stopping.set)
@@ -159,6 +186,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: on SIGTERM)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="requests a second across all connections at most (0: each sends as fast as answered)")
+    parser.add_argument("--honour-retry-after", action="store_true",
+                        help="after a 429, wait its Retry-After on that connection before the next request")
     parser.add_argument("--summary", type=Path, help="write the JSON summary here (default: stdout)")
     args = parser.parse_args()
     summary = json.dumps(asyncio.run(run(args)))

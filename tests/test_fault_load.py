@@ -20,7 +20,8 @@ SLOW_S = 2.5
 
 
 class Replica(BaseHTTPRequestHandler):
-    """Answers by path: /ok at once, /slow every 4th request after SLOW_S, /busy 503, /drop hangs up."""
+    """Answers by path: /ok at once, /slow every 4th request after SLOW_S, /busy 503, /limited 429 with
+    Retry-After 1 (as nginx's rate limit), /drop hangs up."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as nginx answers
     requests = 0
@@ -37,7 +38,9 @@ class Replica(BaseHTTPRequestHandler):
         if self.path == "/slow" and number % 4 == 0:
             time.sleep(SLOW_S)
         body = b'{"label": "ship"}'
-        self.send_response(503 if self.path == "/busy" else 200)
+        self.send_response({"/busy": 503, "/limited": 429}.get(self.path, 200))
+        if self.path == "/limited":
+            self.send_header("Retry-After", "1")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -58,12 +61,12 @@ def replica() -> Iterator[str]:
     server.server_close()
 
 
-def run_load(url: str, tmp_path: Path, duration_s: float = 1.5, connections: int = 4) -> dict:
+def run_load(url: str, tmp_path: Path, duration_s: float = 1.5, connections: int = 4, *options: str) -> dict:
     image = tmp_path / "image.jpg"
     image.write_bytes(b"\xff\xd8\xff" + bytes(2000))
     summary = tmp_path / "summary.json"
     subprocess.run([sys.executable, str(LOAD), "--url", url, "--image", str(image), "--connections", str(connections),
-                    "--duration", str(duration_s), "--timeout", "10", "--summary", str(summary)],
+                    "--duration", str(duration_s), "--timeout", "10", "--summary", str(summary), *options],
                    check=True, timeout=60)
     return json.loads(summary.read_text())
 
@@ -109,3 +112,15 @@ def test_sigusr1_marks_the_fault_and_sigterm_stops_the_load(replica: str, tmp_pa
     assert 0.5 < summary["fault_after_s"] < summary["seconds"]
     assert 0 < summary["slowest_before_fault_s"] <= summary["slowest_s"]
     assert summary["requests"] == Replica.requests > 0 and summary["failed"] == 0
+
+
+def test_rate_caps_the_requests_a_second_across_connections(replica: str, tmp_path: Path) -> None:
+    summary = run_load(f"{replica}/ok", tmp_path, 2.0, 2, "--rate", "10")
+    assert 16 <= summary["requests"] <= 22 and summary["ok"] == summary["requests"]  # 10/s for 2 s, not hundreds
+
+
+def test_429s_are_counted_and_waited_out_when_told(replica: str, tmp_path: Path) -> None:
+    greedy = run_load(f"{replica}/limited", tmp_path, 1.5, 4)
+    assert greedy["too_many"] == greedy["failed"] == greedy["requests"] > 40 and greedy["server_errors"] == 0
+    polite = run_load(f"{replica}/limited", tmp_path, 1.5, 4, "--honour-retry-after")
+    assert polite["too_many"] == polite["requests"] <= 8  # each connection: a 429, a second's wait, one more
