@@ -24,6 +24,17 @@
   const modelInfo = document.getElementById("model-info");
   const limitsNote = document.getElementById("limits");
   const template = document.getElementById("card-template");
+  const keyBox = document.getElementById("key-box");
+  const keyInput = document.getElementById("api-key");
+  // The key lives in this tab's sessionStorage: it survives a reload, not the closed tab.
+  const KEY_STORAGE = "cifar10-api-key";
+  keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  keyInput.addEventListener("input", function () {
+    const key = keyInput.value.trim();
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  });
+  if (keyInput.value) keyBox.open = true;
 
   let metadata = null;
   let pastedCount = 0;
@@ -61,6 +72,8 @@
     }
     const serving = metadata.serving;
     limits = { maxUploadBytes: serving.max_upload_bytes, maxBatchFiles: serving.max_batch_files };
+    // A server that requires a key says so: show the field before the first image is sent.
+    if (serving.api_key_required) keyBox.open = true;
     // The picker offers what the server takes (the page's own accept="image/*" until then).
     fileInput.accept = serving.accepted_media_types.join(",");
     limitsNote.textContent = "Up to " + serving.max_batch_files + " images at once, each at most " +
@@ -365,7 +378,9 @@
     for (let attempt = 0; ; attempt++) {
       let response;
       try {
-        response = await fetch("/predict/batch?preview=true", { method: "POST", body: form });
+        const key = keyInput.value.trim();
+        const headers = key ? { Authorization: "Bearer " + key } : {};
+        response = await fetch("/predict/batch?preview=true", { method: "POST", body: form, headers: headers });
       } catch (error) {
         return chunk.map(function () {
           return { error: { status: 0, detail: "The server could not be reached (" + error.message + "). Try again." } };
@@ -378,8 +393,13 @@
         });
       }
       const detail = await errorDetail(response);
-      // 503 means warming up or busy, and says when to come back: wait and retry a few times.
-      if (response.status === 503 && attempt < MAX_RETRIES) {
+      // 401/403: the key is missing or wrong. Open the key field so the person can paste one.
+      if (response.status === 401 || response.status === 403) {
+        keyBox.open = true;
+        keyInput.focus();
+      }
+      // 503 (warming up, busy) and 429 (too many requests from here) say when to come back: wait and retry.
+      if ((response.status === 503 || response.status === 429) && attempt < MAX_RETRIES) {
         setStatus(detail + " Retrying…");
         const seconds = Number(response.headers.get("Retry-After")) || 1;
         await new Promise(function (resolve) { setTimeout(resolve, seconds * 1000); });
@@ -515,11 +535,14 @@
   // own message follows it and says what to do.
   const REJECTION_TITLES = {
     0: "The server could not be reached",
+    401: "API key needed",
+    403: "API key refused",
     400: "Could not be read as an image",
     408: "The upload took too long",
     413: "Too large for the server",
     415: "Not an image format the model takes",
     422: "The request was not understood",
+    429: "Too many requests",
     503: "The server is busy",
   };
 
