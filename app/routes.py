@@ -135,7 +135,7 @@ covering it is hidden. `explanation.overlay` draws the map over the 32x32 image 
 MAX_CONCURRENT_EXPLANATIONS run at once; beyond that 503 with Retry-After."""
 
 
-@router.post("/explain", response_model=ExplainedPrediction, responses=IMAGE_ERRORS, tags=["predict"],
+@predict_router.post("/explain", response_model=ExplainedPrediction, responses=IMAGE_ERRORS, tags=["predict"],
              summary="Classify one image and show where the model looked", description=EXPLAIN_DESCRIPTION,
              dependencies=[Depends(one_file_part)])
 async def explain(

@@ -36,6 +36,12 @@
   });
   if (keyInput.value) keyBox.open = true;
 
+  // The pasted key, for every route that classifies (/predict/batch, /explain).
+  function keyHeaders() {
+    const key = keyInput.value.trim();
+    return key ? { Authorization: "Bearer " + key } : {};
+  }
+
   let metadata = null;
   let pastedCount = 0;
   let cardCount = 0;
@@ -234,7 +240,7 @@
     for (let attempt = 0; ; attempt++) {
       let response;
       try {
-        response = await fetch("/explain", { method: "POST", body: form });
+        response = await fetch("/explain", { method: "POST", body: form, headers: keyHeaders() });
       } catch (error) {
         return;  // the prediction is shown already; the overlay is extra
       }
@@ -242,7 +248,7 @@
         showExplanation(entry.card, await response.json());
         return;
       }
-      if (response.status === 503 && attempt < MAX_RETRIES) {
+      if ((response.status === 503 || response.status === 429) && attempt < MAX_RETRIES) {
         const seconds = Number(response.headers.get("Retry-After")) || 1;
         await new Promise(function (resolve) { setTimeout(resolve, seconds * 1000); });
         continue;
@@ -378,9 +384,7 @@
     for (let attempt = 0; ; attempt++) {
       let response;
       try {
-        const key = keyInput.value.trim();
-        const headers = key ? { Authorization: "Bearer " + key } : {};
-        response = await fetch("/predict/batch?preview=true", { method: "POST", body: form, headers: headers });
+        response = await fetch("/predict/batch?preview=true", { method: "POST", body: form, headers: keyHeaders() });
       } catch (error) {
         return chunk.map(function () {
           return { error: { status: 0, detail: "The server could not be reached (" + error.message + "). Try again." } };
