@@ -6,6 +6,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from app import __version__
+from app.access import API_KEY
 from app.image_inputs import Limits, request_body
 from app.open_inference import (
     BINARY_MEDIA_TYPE,
@@ -79,12 +80,14 @@ async def v2_model_version_ready(service: Service, model_name: ModelName, model_
     return readiness(service)
 
 
-@router.post("/models/{model_name}/infer", summary="Classify images (UINT8 pixels or BYTES image files)", **INFER_DOC)
+@router.post("/models/{model_name}/infer",
+             dependencies=[API_KEY], summary="Classify images (UINT8 pixels or BYTES image files)", **INFER_DOC)
 async def v2_infer(request: Request, service: Service, model_name: ModelName) -> Response:
     return await infer(request, service, model_name)
 
 
-@router.post("/models/{model_name}/versions/{model_version}/infer", summary="Classify images with one version",
+@router.post("/models/{model_name}/versions/{model_version}/infer",
+             dependencies=[API_KEY], summary="Classify images with one version",
              **INFER_DOC)
 async def v2_version_infer(request: Request, service: Service, model_name: ModelName,
                            model_version: Version) -> Response:

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
+from app.access import API_KEY
 from app.image_inputs import Limits, request_body
 from app.protocol_docs import ERROR_RESPONSES, json_request_body
 from app.routes import Service
@@ -54,12 +55,14 @@ async def tfs_model_version_metadata(service: Service, model_name: ModelName,
     return metadata(service, model_name, model_version)
 
 
-@router.post("/{model_name}:predict", summary="Classify images (row or columnar form)", **PREDICT_DOC)
+@router.post("/{model_name}:predict",
+             dependencies=[API_KEY], summary="Classify images (row or columnar form)", **PREDICT_DOC)
 async def tfs_predict(request: Request, service: Service, model_name: ModelName) -> JSONResponse:
     return await predict(request, service, model_name)
 
 
-@router.post("/{model_name}/versions/{model_version}:predict", summary="Classify images with one version",
+@router.post("/{model_name}/versions/{model_version}:predict",
+             dependencies=[API_KEY], summary="Classify images with one version",
              **PREDICT_DOC)
 async def tfs_version_predict(request: Request, service: Service, model_name: ModelName,
                               model_version: Version) -> JSONResponse:

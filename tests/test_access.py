@@ -184,7 +184,8 @@ def test_every_route_that_takes_a_body_or_classifies_needs_a_key(trained_model_d
             assert not (has_body or "POST" in methods or classifies), (
                 f"{route.path} classifies or takes an upload but needs no API key: put it on "
                 "app.routes.predict_router or give it dependencies=[app.access.API_KEY]")
-    assert {"/predict", "/predict/batch", "/explain"} <= protected
+    assert {"/predict", "/predict/batch", "/explain", "/v2/models/{model_name}/infer",
+            "/v1/models/{model_name}:predict"} <= protected
     assert OPEN_ROUTES - {"/openapi.json", "/docs"} <= open_paths
 
 
