@@ -3,7 +3,8 @@
 At the default level (info) an operator reads uvicorn's lines, the access log, and three lines of the
 service's own (app.main writes them, through app.main.configure_logging's handler): which model is
 served, where the page and the API docs are, and when it is ready.
-TensorFlow's C++ start-up notices are kept out by core.tensorflow_runtime.
+Serving imports no TensorFlow, so none of its C++ start-up notices can appear; LOG_LEVEL=debug adds the
+runtime's line (OpenVINO, where each level came from, its precision and threads).
 """
 
 import os

@@ -33,7 +33,7 @@ from app.settings import Settings, get_settings
 from app.shutdown import hold_sigterm
 from app.tfserving_routes import router as tfserving_router
 from core.level_table import LevelSettings, LevelTable
-from core.tensorflow_runtime import quiet_tensorflow
+from core.runtime import RuntimeOptions
 from core.versions import ModelLoadError
 
 logger = logging.getLogger("app")
@@ -52,13 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api_keys.load()  # a bad key file stops the start before the slow model load
-        quiet_tensorflow(settings.log_level)  # before loading imports TensorFlow
         level_settings = LevelSettings(settings.default_level, settings.bfloat16)
+        options = RuntimeOptions(threads=settings.inference_threads, concurrency=settings.batch_concurrency)
         served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
-                                        warm_up_sizes(settings), metrics, settings.inference_threads, level_settings)
+                                        warm_up_sizes(settings), metrics, options, level_settings)
         first = served.current
         logger.info("serving model %s version %s (%s) from %s", first.name, first.version,
                     _accuracy_in_words(first.metadata), first.path)
+        logger.debug("runtime: %s", first.runtime.describe())
         logger.info("accuracy levels: %s", levels_in_words(first.level_table, settings.adapt_queue_images,
                                                            settings.adapt_level))
         del first  # a swap must leave no reference to the model it replaces: its memory is released
@@ -146,13 +147,7 @@ async def _warm_up_then_follow(service: ClassifierService, watcher: ModelWatcher
 
 def levels_in_words(levels: LevelTable, adapt_queue_images: int, adapt_level: str) -> str:
     """One log line: the levels, the default, load adaptation and where bfloat16 is used."""
-    def where(sizes: tuple[int, ...]) -> str:
-        if sizes == tuple(size for size in levels.timed_batch_sizes if size >= min(sizes)):
-            return f"from batch {min(sizes)}"
-        return f"at batch sizes {', '.join(map(str, sizes))}"
-
-    bfloat16 = ", ".join(f"{name} {where(sizes)}" for name, sizes in levels.bfloat16_batch_sizes.items()
-                         if sizes) or "nowhere"
+    bfloat16 = ", ".join(name for name in levels.names if name in levels.bfloat16_levels) or "nowhere"
     adapt = (f"{adapt_level} above {adapt_queue_images} queued images" if adapt_queue_images and
              adapt_level in levels.names else "off")
     return f"{', '.join(levels.names)}; default {levels.default}; adaptation {adapt}; bfloat16 {bfloat16}"

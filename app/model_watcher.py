@@ -21,6 +21,7 @@ from pathlib import Path
 from app.metrics import Metrics
 from core.contract import missing_files, version_dirs
 from core.level_table import MODEL_LEVELS, LevelSettings
+from core.runtime import DEFAULT_OPTIONS, RuntimeOptions
 from core.versions import (
     LoadedModel,
     ModelLoadError,
@@ -81,8 +82,9 @@ class ModelWatcher:
     served: ServedModel
 
     def __init__(self, model_root: Path, poll_s: float, warm_up_sizes: Iterable[int], metrics: Metrics,
-                 level_settings: LevelSettings = MODEL_LEVELS) -> None:
+                 options: RuntimeOptions = DEFAULT_OPTIONS, level_settings: LevelSettings = MODEL_LEVELS) -> None:
         self.model_root = model_root
+        self.options = options
         self.level_settings = level_settings
         self.poll_s = poll_s
         self.warm_up_sizes = tuple(warm_up_sizes)
@@ -92,7 +94,7 @@ class ModelWatcher:
         self._retired: list[weakref.ref] = []  # replaced models, until their memory is gone
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
 
-    def load_first(self, tensorflow_threads: int) -> ServedModel:
+    def load_first(self) -> ServedModel:
         """At start-up: the highest version that loads, skipping (and reporting) broken ones above it.
 
         When none loads, the highest version's error is raised alone, so a broken model still stops the
@@ -100,7 +102,7 @@ class ModelWatcher:
         failed: list[tuple[int, Path, ModelLoadError]] = []
         for version, path in reversed(version_dirs(self.model_root)):
             try:
-                model = load_version(path, version, tensorflow_threads, self.level_settings)
+                model = load_version(path, version, self.options, self.level_settings)
             except ModelLoadError as error:
                 failed.append((version, path, error))
                 continue
@@ -126,8 +128,7 @@ class ModelWatcher:
                        self.served.current.version)
 
     def log_skipped_at_start(self) -> None:
-        """The versions load_first skipped, logged once the server runs: start-up hides what goes to stderr
-        while TensorFlow loads (core.tensorflow_runtime.tensorflow_notices_hidden)."""
+        """The versions load_first skipped, logged once the server runs, after the lines that say what is served."""
         for version, error in self._unlogged:
             self._log_skip(version, error)
         self._unlogged.clear()
@@ -190,13 +191,13 @@ class ModelWatcher:
         return True
 
     def _load_checked(self, version: int, path: Path) -> LoadedModel:
-        model = load_version(path, version, level_settings=self.level_settings)
+        model = load_version(path, version, self.options, self.level_settings)
         check_answers(model, self.warm_up_sizes)
         return model
 
     def _release_retired(self) -> None:
-        """Collect replaced models as soon as no batch uses them: TensorFlow's objects hold reference
-        cycles, so without a collection their variables could stay in memory until the next one."""
+        """Collect replaced models as soon as no batch uses them: a reference cycle would otherwise keep a
+        compiled model's memory until the next collection."""
         if not self._retired:
             return
         gc.collect()
@@ -204,15 +205,15 @@ class ModelWatcher:
 
 
 def start_serving(model_dir: Path, pinned_version: int | None, poll_s: float, warm_up_sizes: Iterable[int],
-                  metrics: Metrics, tensorflow_threads: int, level_settings: LevelSettings = MODEL_LEVELS,
-                  ) -> tuple[ServedModel, ModelWatcher | None]:
+                  metrics: Metrics, options: RuntimeOptions = DEFAULT_OPTIONS,
+                  level_settings: LevelSettings = MODEL_LEVELS) -> tuple[ServedModel, ModelWatcher | None]:
     """The model to serve first, and the watcher that follows ``model_dir`` (None when nothing may swap:
     MODEL_VERSION pins one, or MODEL_DIR names a version folder itself; its run() returns at once when
     polling is off)."""
     pinned = pinned_version is not None or resolve_version_dir(model_dir)[1] == model_dir
     if pinned:
-        served = ServedModel(load_model(model_dir, pinned_version, tensorflow_threads, level_settings))
+        served = ServedModel(load_model(model_dir, pinned_version, options, level_settings))
         metrics.model_version.set(served.current.version)
         return served, None
-    watcher = ModelWatcher(model_dir, poll_s, warm_up_sizes, metrics, level_settings)
-    return watcher.load_first(tensorflow_threads), watcher
+    watcher = ModelWatcher(model_dir, poll_s, warm_up_sizes, metrics, options, level_settings)
+    return watcher.load_first(), watcher

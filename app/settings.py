@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     # (threads beyond the cores only contend). deploy/docker-entrypoint.sh does the same from a CPU quota.
     inference_threads: int = Field(
         default_factory=lambda data: cpus_per_worker(data.get("workers", 1)), ge=1,
-        description="TensorFlow threads per worker (default: CPUs available / WORKERS).",
+        description="Inference threads per worker: OpenVINO's INFERENCE_NUM_THREADS (default: CPUs available / "
+        "WORKERS).",
     )
     decode_threads: int = Field(
         default_factory=lambda data: cpus_per_worker(data.get("workers", 1)), ge=1,
@@ -52,7 +53,7 @@ class Settings(BaseSettings):
     # busy); with two, ~530-550 and the cores full, and a lone request is answered no slower.
     batch_concurrency: int = Field(
         2, ge=1, le=16, description="Batches the model computes at once, each in its own inference thread "
-        "(TensorFlow Serving's num_batch_threads); 1 = one batch at a time.",
+        "(one OpenVINO infer request each); 1 = one batch at a time.",
     )
     max_batch_delay_ms: float = Field(
         0.0, ge=0.0, le=1000.0,
@@ -72,8 +73,8 @@ class Settings(BaseSettings):
         "fast", description="The cheaper level load adaptation answers at.",
     )
     bfloat16: bool = Field(
-        True, description="Use the model's bfloat16 signatures at the batch sizes where its export measured them "
-        "faster (only on a CPU with AVX512-BF16 or AMX; elsewhere float32 regardless).",
+        True, description="Run in bfloat16 the levels whose export chose it for OpenVINO (faster, accuracy and ECE "
+        "within 0.1 points; only on a CPU with AVX512-BF16 or AMX; elsewhere float32 regardless).",
     )
     ood_threshold: float | None = Field(
         None, description="Answers whose ood_score is above this are marked in_distribution: false, at every level "

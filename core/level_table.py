@@ -1,14 +1,14 @@
-"""The accuracy levels one served model offers, and which signature computes a batch of each.
+"""The accuracy levels one served model offers, and the precision each level runs in.
 
-A model exported with levels (core.contract.LEVELS) lists them in metadata.json with their figures,
-and the batch sizes at which its bfloat16 signatures measured faster than float32 while keeping
-every level's accuracy. bfloat16 is used only on a CPU with bfloat16 instructions (AVX512-BF16 or
-AMX): elsewhere TensorFlow would emulate it, slower than float32, so such a CPU gets float32 by itself.
-A model exported before levels existed offers one level, its ``serving_default``.
+A model exported with levels (core.contract.LEVELS) lists them in metadata.json with their figures, one
+float32 signature per level in its SavedModel and, since the OpenVINO runtime, the precision the export
+chose per level for OpenVINO (metadata.json ``openvino.precision``: bfloat16 only where it measured faster
+and kept accuracy and ECE within 0.1 points of float32). bfloat16 is used only on a CPU with bfloat16
+instructions (AVX512-BF16 or AMX) and when the settings allow it: elsewhere every level runs in float32.
+A model exported before levels offers one level, its ``serving_default``.
 """
 
-import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.contract import (
@@ -21,6 +21,9 @@ from core.contract import (
     level_for_tta,
     level_signature,
 )
+
+# metadata.json's section written by training/openvino_export.py: IR files, precision and figures per level.
+OPENVINO_SECTION = "openvino"
 
 
 class UnknownLevelError(ValueError):
@@ -47,8 +50,7 @@ MODEL_LEVELS = LevelSettings()  # the model's own default level, bfloat16 where 
 class LevelTable:
     default: str
     figures: dict[str, dict[str, Any]]  # level -> its metadata.json entry (accuracy, ECE, images/s, ...)
-    timed_batch_sizes: tuple[int, ...] = ()
-    bfloat16_batch_sizes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # empty: float32 only
+    bfloat16_levels: frozenset[str] = field(default_factory=frozenset)  # empty: float32 everywhere
     legacy: bool = False  # exported before levels: its one level is serving_default
 
     @property
@@ -63,31 +65,21 @@ class LevelTable:
             raise UnknownLevelError(level, self.names)
         return level
 
-    def precision(self, level: str, batch_size: int) -> str:
-        """float32 or bfloat16 for a batch of ``batch_size``: the choice measured at the largest timed size
-        not above it (below the smallest timed size, the smallest's)."""
-        chosen = self.bfloat16_batch_sizes.get(level, ())
-        if not chosen or not self.timed_batch_sizes:
-            return FLOAT32
-        index = max(0, bisect.bisect_right(self.timed_batch_sizes, batch_size) - 1)
-        return BFLOAT16 if self.timed_batch_sizes[index] in chosen else FLOAT32
+    def precision(self, level: str) -> str:
+        """float32 or bfloat16: what ``level`` computes in on this CPU under these settings."""
+        return BFLOAT16 if level in self.bfloat16_levels else FLOAT32
 
-    def signature(self, level: str, batch_size: int) -> str:
-        if self.legacy:
-            return SIGNATURE_NAME
-        return level_signature(level, self.precision(level, batch_size))
+    def signature(self, level: str) -> str:
+        """The SavedModel signature that computes ``level`` in float32 (what OpenVINO converts)."""
+        return SIGNATURE_NAME if self.legacy else level_signature(level)
 
     def signatures(self) -> set[str]:
-        """Every signature this table may call."""
-        if self.legacy:
-            return {SIGNATURE_NAME}
-        names = {level_signature(level) for level in self.names}
-        names |= {level_signature(level, BFLOAT16) for level, sizes in self.bfloat16_batch_sizes.items() if sizes}
-        return names
+        """Every signature this table may convert."""
+        return {self.signature(level) for level in self.names}
 
 
 def level_table(metadata: dict[str, Any], bfloat16: bool, default: str | None = None) -> LevelTable:
-    """The levels metadata.json describes; bfloat16 batch sizes only if ``bfloat16`` (the CPU has it and the
+    """The levels metadata.json describes; bfloat16 levels only if ``bfloat16`` (the CPU has it and the
     settings allow it). ``default`` overrides the model's default level; it must be one the model offers."""
     levels = metadata.get("levels")
     if not isinstance(levels, dict) or not levels:
@@ -96,14 +88,11 @@ def level_table(metadata: dict[str, Any], bfloat16: bool, default: str | None = 
         table = LevelTable(default=only, figures=figures, legacy=True)
     else:
         figures = {name: levels[name] for name in LEVEL_NAMES if name in levels}
-        precision = metadata.get("precision") or {}
-        timed = tuple(sorted(int(size) for size in precision.get("timed_batch_sizes", [])))
-        chosen = {name: tuple(int(size) for size in sizes)
-                  for name, sizes in (precision.get("bfloat16_batch_sizes") or {}).items()} if bfloat16 else {}
+        chosen = (metadata.get(OPENVINO_SECTION) or {}).get("precision") or {}
+        bfloat16_levels = frozenset(name for name, precision in chosen.items()
+                                    if precision == BFLOAT16 and name in figures) if bfloat16 else frozenset()
         table = LevelTable(default=str(metadata.get("default_level") or DEFAULT_LEVEL), figures=figures,
-                           timed_batch_sizes=timed, bfloat16_batch_sizes=chosen)
+                           bfloat16_levels=bfloat16_levels)
     if default is not None:
-        table = LevelTable(default=table.resolve(default), figures=table.figures,
-                           timed_batch_sizes=table.timed_batch_sizes,
-                           bfloat16_batch_sizes=table.bfloat16_batch_sizes, legacy=table.legacy)
+        table = replace(table, default=table.resolve(default))
     return table

@@ -1,6 +1,8 @@
-"""Loading the SavedModel and checking it keeps the export contract.
+"""Loading a version folder and checking it keeps the export contract.
 
-Serving needs TensorFlow and the SavedModel alone: nothing from ``training`` is imported.
+The checks read the files alone (metadata.json, saved_model.pb's SignatureDefs through
+core.saved_model_proto) and fail in milliseconds; only then does the runtime load the model. Serving's
+runtime is OpenVINO (core.openvino_runtime): neither TensorFlow nor anything from ``training`` is imported.
 """
 
 import itertools
@@ -16,7 +18,6 @@ import numpy as np
 from core.contract import (
     CHANNELS,
     CLASS_NAMES,
-    FEATURE_NORM_NAME,
     IMAGE_SIZE,
     INPUT_NAME,
     METADATA_FILE,
@@ -28,10 +29,15 @@ from core.contract import (
 )
 from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import MODEL_LEVELS, LevelSettings, LevelTable, UnknownLevelError, level_table
-from core.tensorflow_runtime import import_tensorflow, set_tensorflow_threads
+from core.openvino_runtime import RuntimeLoadError, first_line, load_openvino
+from core.runtime import DEFAULT_OPTIONS, ModelRuntime, RuntimeLoader, RuntimeOptions
+from core.saved_model_proto import DT_FLOAT, DT_UINT8, parse_saved_model, signature_defs
 
 logger = logging.getLogger("core.versions")
 HOW_TO_MAKE_ONE = "Train one with `python -m training train` (see README) or set MODEL_DIR to a model directory."
+# What loads a checked folder. bench/tensorflow_app.py sets TensorFlow's here to measure the old path beside
+# the new one; the service and training always use OpenVINO's.
+runtime_loader: RuntimeLoader = load_openvino
 
 
 class ModelLoadError(RuntimeError):
@@ -52,11 +58,8 @@ class LoadedModel:
     version: int
     path: Path
     metadata: dict[str, Any]
-    signature: Any  # the concrete serving_default function
-    # The object tf.saved_model.load returned: the signature holds only weak references to its
-    # variables, so this field is what keeps them alive as long as the model is served.
-    saved_model: Any
-    level_table: LevelTable  # the accuracy levels it offers, and which signature computes each batch
+    level_table: LevelTable  # the accuracy levels it offers, and the precision each runs in
+    runtime: ModelRuntime  # what computes them (core.runtime)
 
     @property
     def default_level(self) -> str:
@@ -67,17 +70,10 @@ class LoadedModel:
         return self.level_table.names
 
     def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray:
-        """``uint8 (n, 32, 32, 3)`` -> ``float32 (n, 10)`` probabilities at ``level`` (None: the default
-        level), through the signature its table picks for a batch of n; ``(n, 11)`` when the signature also
-        outputs FEATURE_NORM_NAME, which core.ood scores: one row per image, so batches split by rows."""
-        tf = import_tensorflow()
-
-        name = self.level_table.signature(self.level_table.resolve(level), len(images))
-        outputs = self.saved_model.signatures[name](**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
-        probabilities = outputs[OUTPUT_NAME].numpy()
-        if FEATURE_NORM_NAME not in outputs:
-            return probabilities
-        return np.concatenate([probabilities, outputs[FEATURE_NORM_NAME].numpy()[:, np.newaxis]], axis=1)
+        """``uint8 (n, 32, 32, 3)`` -> ``float32 (n, 10)`` probabilities at ``level`` (None: the default level);
+        ``(n, 11)`` when the model also outputs core.contract.FEATURE_NORM_NAME, which core.ood scores: one row
+        per image, so batches split by rows."""
+        return self.runtime.run(images, self.level_table.resolve(level))
 
 
 def resolve_version_dir(model_dir: Path) -> tuple[int, Path]:
@@ -103,20 +99,20 @@ def pinned_version_dir(model_dir: Path, version: int) -> tuple[int, Path]:
     return version, path
 
 
-def load_model(model_dir: Path, version: int | None = None, tensorflow_threads: int | None = None,
+def load_model(model_dir: Path, version: int | None = None, options: RuntimeOptions = DEFAULT_OPTIONS,
                level_settings: LevelSettings = MODEL_LEVELS) -> LoadedModel:
     """The version ``model_dir`` names: ``version`` if given, else itself or its highest version."""
     number, path = resolve_version_dir(model_dir) if version is None else pinned_version_dir(model_dir, version)
-    return load_version(path, number, tensorflow_threads, level_settings)
+    return load_version(path, number, options, level_settings)
 
 
-def load_version(path: Path, version: int, tensorflow_threads: int | None = None,
+def load_version(path: Path, version: int, options: RuntimeOptions = DEFAULT_OPTIONS,
                  level_settings: LevelSettings = MODEL_LEVELS) -> LoadedModel:
-    """Check one version folder against the export contract, then load it; ``tensorflow_threads`` sizes
-    TensorFlow's pools (None: its default); ``level_settings`` picks the default level and allows bfloat16.
+    """Check one version folder against the export contract, then load it with ``options`` (threads, batches
+    at once); ``level_settings`` picks the default level and allows bfloat16.
 
-    Importing TensorFlow takes seconds, so the file checks come first: a missing or incomplete model
-    directory fails at once."""
+    Converting and compiling takes seconds, so the file checks come first: a missing, incomplete or
+    off-contract model directory fails at once."""
     if not (path / SAVED_MODEL_FILE).is_file():
         raise ModelLoadError(f"{path} has no {SAVED_MODEL_FILE}. {HOW_TO_MAKE_ONE}", reason="incomplete")
     metadata_path = path / METADATA_FILE
@@ -133,20 +129,20 @@ def load_version(path: Path, version: int, tensorflow_threads: int | None = None
                              f"{list(CLASS_NAMES)}. Re-export the model.", reason="contract")
     table = served_levels(path, metadata, level_settings)
     check_wire_format(path)
-    tf = import_tensorflow()
-    if tensorflow_threads is not None:
-        set_tensorflow_threads(tensorflow_threads)
-    # The signature is read from saved_model.pb itself: a model off the contract fails in
-    # milliseconds instead of after restoring its variables and functions.
+    # The signatures are read from saved_model.pb itself: a model off the contract fails in
+    # milliseconds instead of after converting and compiling it.
     check_signature_def(path, [SIGNATURE_NAME, *sorted(table.signatures() - {SIGNATURE_NAME})])
     try:
-        saved = tf.saved_model.load(str(path))
-    except Exception as error:  # TensorFlow raises many types for a corrupt file
+        runtime = runtime_loader(path, table, options)
+    except RuntimeLoadError as error:
+        raise ModelLoadError(f"{path} is not a loadable model ({error}). Re-export it with "
+                             "`python -m training reexport`.",
+                             reason="contract" if "does not match the contract" in str(error) else "unloadable",
+                             ) from None
+    except Exception as error:  # a runtime raises many types for a corrupt file
         raise ModelLoadError(f"{path} is not a loadable SavedModel ({first_line(error)}). {HOW_TO_MAKE_ONE}") from None
-    signature = saved.signatures[SIGNATURE_NAME]  # present: check_signature_def found its SignatureDef
     name = str(metadata.get("name") or path.parent.name)
-    return LoadedModel(name=name, version=version, path=path, metadata=metadata, signature=signature,
-                       saved_model=saved, level_table=table)
+    return LoadedModel(name=name, version=version, path=path, metadata=metadata, level_table=table, runtime=runtime)
 
 
 def served_levels(path: Path, metadata: dict[str, Any], settings: LevelSettings) -> LevelTable:
@@ -160,14 +156,9 @@ def served_levels(path: Path, metadata: dict[str, Any], settings: LevelSettings)
                              reason="contract") from None
 
 
-def first_line(error: Exception) -> str:
-    """TensorFlow's errors run to pages: their first line, shortened, is what a log line can carry."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-
-
 def check_wire_format(path: Path) -> None:
     """Parse saved_model.pb as a message with no known fields: that checks the protocol-buffer wire format
-    in milliseconds, so a corrupt or truncated file fails before the multi-second TensorFlow import."""
+    in milliseconds, so a corrupt or truncated file fails before the runtime is imported."""
     from google.protobuf import empty_pb2
     from google.protobuf.message import DecodeError
 
@@ -181,14 +172,10 @@ def check_wire_format(path: Path) -> None:
 def check_signature_def(path: Path, names: list[str] | None = None) -> None:
     """Each named SignatureDef in saved_model.pb (default: ``serving_default``) must be the export contract
     exactly: a model with levels is checked for every signature its metadata.json says it serves."""
-    from tensorflow.core.framework import types_pb2
-    from tensorflow.core.protobuf import saved_model_pb2
-
     expected = (f"{INPUT_NAME}: uint8 [None, {IMAGE_SIZE}, {IMAGE_SIZE}, {CHANNELS}] -> "
                 f"{OUTPUT_NAME}: float32 [None, {NUM_CLASSES}]")
-    saved_model = saved_model_pb2.SavedModel()
     try:
-        saved_model.ParseFromString((path / SAVED_MODEL_FILE).read_bytes())
+        saved_model = parse_saved_model((path / SAVED_MODEL_FILE).read_bytes())
     except Exception as error:  # DecodeError, or a message with fields of the wrong types
         raise ModelLoadError(f"{path} is not a loadable SavedModel ({error}). {HOW_TO_MAKE_ONE}") from None
 
@@ -197,16 +184,16 @@ def check_signature_def(path: Path, names: list[str] | None = None) -> None:
         return (info is not None and info.dtype == dtype and not info.tensor_shape.unknown_rank
                 and [dim.size for dim in info.tensor_shape.dim] == shape)
 
+    found = signature_defs(saved_model)
     for name in names or [SIGNATURE_NAME]:
-        signatures = [meta.signature_def[name] for meta in saved_model.meta_graphs if name in meta.signature_def]
-        if not signatures:
+        signature = found.get(name)
+        if signature is None:
             raise ModelLoadError(f"{path} has no '{name}' signature. Re-export with `python -m training reexport`.",
                                  reason="contract")
-        signature = signatures[0]
         # One input, as the service feeds only the images; further outputs would be harmless.
         if not (len(signature.inputs) == 1
-                and matches(signature.inputs, INPUT_NAME, types_pb2.DT_UINT8, [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
-                and matches(signature.outputs, OUTPUT_NAME, types_pb2.DT_FLOAT, [-1, NUM_CLASSES])):
+                and matches(signature.inputs, INPUT_NAME, DT_UINT8, [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
+                and matches(signature.outputs, OUTPUT_NAME, DT_FLOAT, [-1, NUM_CLASSES])):
             raise ModelLoadError(f"{path}: signature '{name}' does not match the contract ({expected}). "
                                  "Re-export with `python -m training reexport`.", reason="contract")
 
@@ -219,7 +206,7 @@ def check_answers(model: LoadedModel, batch_sizes: Iterable[int]) -> None:
         images = rng.integers(0, 256, (size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         try:
             rows = np.asarray(model.predict(images, level))
-        except Exception as error:  # TensorFlow raises many types for a graph that cannot run
+        except Exception as error:  # a runtime raises many types for a graph that cannot run
             raise ModelLoadError(f"{model.path} failed on a batch of {size} ({first_line(error)}). "
                                  "Re-export the model.", reason="bad_output") from None
         probabilities = rows[:, :NUM_CLASSES] if rows.ndim == 2 else rows  # a feature norm may follow them

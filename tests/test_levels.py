@@ -1,8 +1,8 @@
-"""Which signature answers a batch: levels, the default, bfloat16 per batch size, and float32 without bfloat16."""
+"""Which levels a model offers, the default, and the precision each runs in: bfloat16 only where the export chose
+it for OpenVINO and the CPU has it, float32 everywhere else."""
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from core.contract import SIGNATURE_NAME, version_dirs
@@ -10,30 +10,47 @@ from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import LevelSettings, UnknownLevelError, level_table
 from core.versions import ModelLoadError, load_model
 from training.evaluation import bfloat16_batch_sizes
+from training.openvino_export import choose_precision
 
 METADATA = {
     "default_level": "accurate",
     "levels": {name: {"views": views, "val_accuracy": 0.9} for name, views in
                (("fast", 1), ("balanced", 2), ("accurate", 6))},
-    "precision": {"timed_batch_sizes": [1, 2, 4, 8, 16, 32, 64],
-                  "bfloat16_batch_sizes": {"fast": [], "balanced": [32, 64], "accurate": [8, 16, 32, 64]}},
+    "openvino": {"precision": {"fast": "float32", "balanced": "bfloat16", "accurate": "bfloat16"}},
 }
 
 
-def test_bfloat16_is_used_from_the_timed_batch_sizes_where_it_was_faster() -> None:
+def test_bfloat16_runs_the_levels_the_export_chose_it_for() -> None:
     table = level_table(METADATA, bfloat16=True)
-    assert [table.signature("accurate", n) for n in (1, 7, 8, 12, 64, 100)] == [
-        "accurate", "accurate", "accurate_bfloat16", "accurate_bfloat16", "accurate_bfloat16", "accurate_bfloat16"]
-    assert [table.signature("balanced", n) for n in (16, 31, 32)] == ["balanced", "balanced", "balanced_bfloat16"]
-    assert {table.signature("fast", n) for n in range(1, 65)} == {"fast"}
-    assert table.signatures() == {"fast", "balanced", "accurate", "balanced_bfloat16", "accurate_bfloat16"}
-
-
-def test_a_cpu_without_bfloat16_gets_float32_at_every_batch_size() -> None:
-    table = level_table(METADATA, bfloat16=False)
-    for level in ("fast", "balanced", "accurate"):
-        assert {table.signature(level, n) for n in range(1, 129)} == {level}
+    assert [table.precision(level) for level in table.names] == ["float32", "bfloat16", "bfloat16"]
+    # OpenVINO converts the float32 signature of every level; the precision is a compile setting.
     assert table.signatures() == {"fast", "balanced", "accurate"}
+
+
+def test_a_cpu_without_bfloat16_gets_float32_at_every_level() -> None:
+    table = level_table(METADATA, bfloat16=False)
+    assert {table.precision(level) for level in table.names} == {"float32"}
+
+
+def test_a_model_without_an_openvino_section_runs_float32() -> None:
+    """Exported before the OpenVINO runtime: its bfloat16 figures were TensorFlow's, so they choose nothing."""
+    metadata = {key: value for key, value in METADATA.items() if key != "openvino"}
+    metadata["precision"] = {"timed_batch_sizes": [1, 64], "bfloat16_batch_sizes": {"accurate": [64]}}
+    table = level_table(metadata, bfloat16=True)
+    assert {table.precision(level) for level in table.names} == {"float32"}
+
+
+def test_bfloat16_is_chosen_only_faster_at_both_sizes_and_within_a_tenth_of_a_point() -> None:
+    def figures(accuracy: float, ece: float, batch_1: float, batch_64: float) -> dict:
+        return {"val_accuracy": accuracy, "val_ece": ece,
+                "images_per_second": {"batch_1": batch_1, "batch_64": batch_64}}
+
+    full = figures(0.9, 0.02, 100, 200)
+    assert choose_precision({"float32": full}) == "float32"
+    assert choose_precision({"float32": full, "bfloat16": figures(0.9005, 0.0205, 150, 300)}) == "bfloat16"
+    assert choose_precision({"float32": full, "bfloat16": figures(0.9, 0.02, 90, 300)}) == "float32"
+    assert choose_precision({"float32": full, "bfloat16": figures(0.898, 0.02, 150, 300)}) == "float32"
+    assert choose_precision({"float32": full, "bfloat16": figures(0.9, 0.022, 150, 300)}) == "float32"
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
@@ -56,7 +73,7 @@ def test_levels_resolve_and_refuse_unknown_names() -> None:
 def test_a_model_exported_before_levels_offers_its_serving_default() -> None:
     table = level_table({"tta": "flip-translate", "val_accuracy": 0.9174}, bfloat16=True)
     assert table.names == ("accurate",) and table.default == "accurate"
-    assert table.signature("accurate", 64) == SIGNATURE_NAME
+    assert table.signature("accurate") == SIGNATURE_NAME and table.precision("accurate") == "float32"
     with pytest.raises(UnknownLevelError):
         table.resolve("fast")
 
@@ -66,17 +83,25 @@ def test_bfloat16_batch_sizes_are_those_where_it_measured_faster() -> None:
     assert bfloat16_batch_sizes(speeds) == {"accurate": [64]}
 
 
-def test_loading_on_a_cpu_without_bfloat16_serves_float32(trained_model_dir: Path) -> None:
-    """The real loader, told the CPU has AVX2 but no bfloat16: every batch size runs the float32 signature."""
-    path = version_dirs(trained_model_dir)[-1][1]
-    model = load_model(path, level_settings=LevelSettings(cpu_flags=frozenset({"avx2", "fma"})))
-    assert model.level_table.bfloat16_batch_sizes == {}
-    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    for level in model.level_names:
-        outputs = model.saved_model.signatures[level](images=images)
-        expected = np.concatenate([outputs["probabilities"].numpy(), outputs["feature_norm"].numpy()[:, None]], axis=1)
-        np.testing.assert_array_equal(model.predict(images, level), expected)  # the norm follows the ten
-    assert model.default_level == "fast"
+def test_loading_on_a_cpu_with_bfloat16_compiles_the_chosen_levels_in_bfloat16(trained_model_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The real loader, told the CPU has AMX and the export chose bfloat16 for one level: that level is compiled
+    with OpenVINO's bf16 hint, the others with f32; told the CPU lacks it, every level is f32."""
+    import json
+    import shutil
+
+    version = tmp_path / "shapes" / "1"
+    shutil.copytree(version_dirs(trained_model_dir)[-1][1], version)
+    metadata = json.loads((version / "metadata.json").read_text())
+    metadata["openvino"]["precision"]["balanced"] = "bfloat16"
+    (version / "metadata.json").write_text(json.dumps(metadata))
+
+    def hints(flags: frozenset[str]) -> dict[str, str]:
+        model = load_model(version, level_settings=LevelSettings(cpu_flags=flags))
+        return {level: model.runtime.precision_hint(level) for level in model.level_names}
+
+    assert hints(frozenset({"avx512f", "amx_bf16"})) == {"fast": "f32", "balanced": "bf16", "accurate": "f32"}
+    assert hints(frozenset({"avx2", "fma"})) == {"fast": "f32", "balanced": "f32", "accurate": "f32"}
 
 
 def test_a_default_level_the_model_lacks_stops_startup_with_the_fix(trained_model_dir: Path, tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from core.contract import LEVELS, METADATA_FILE, SIGNATURE_NAME, export_contract, level_named
-from training import calibration, evaluation, ood_export, reports, signatures
+from core.level_table import OPENVINO_SECTION
+from training import calibration, evaluation, ood_export, openvino_export, reports, signatures
 from training.calibration import FittedTemperature
 from training.data import Split
 from training.recipes import Recipe
@@ -72,6 +73,8 @@ def export(directory: Path, trained: Trained, val: Split, test: Split | None, na
     # and adds its metadata.json entries to `further` (e.g. a conversion for another runtime).
     further: dict[str, Any] = {
         "ood": ood_export.fit_ood(directory, val.images, measured.level_probabilities),  # "none of these"
+        # What the service loads: an OpenVINO IR per level, and each level's precision (docs/runtime.md).
+        OPENVINO_SECTION: openvino_export.export_openvino(directory, val.images, val.labels, threads, timing_seconds),
     }
     reports.write_report(directory / reports.REPORT_DIR, trained.history, val.images, val.labels,
                          measured.val_probabilities, trained.description["class_names"], trained.model, trained.seed)

@@ -1,0 +1,183 @@
+"""OpenVINO runs the served model: one compiled model per accuracy level, on the CPU, without TensorFlow.
+
+Each level comes from ``openvino/<level>.xml`` (+ ``.bin``) in the version folder when the export wrote it
+(training/openvino_export.py), else it is converted from the SavedModel itself: OpenVINO's converter reads
+only ``serving_default``, so the level's SignatureDef is copied over it in a temporary ``saved_model.pb``
+beside a link to the folder's variables (core.saved_model_proto). Both give the same graph; the IR only
+saves the conversion's time at start-up (docs/runtime.md).
+
+Compiled with INFERENCE_NUM_THREADS = the service's inference threads, one stream (latency), and the
+level's precision as INFERENCE_PRECISION_HINT (set to f32 explicitly: OpenVINO would otherwise pick bf16
+by itself on a CPU that has it). Each level keeps ``concurrency`` infer requests, so BATCH_CONCURRENCY
+batches can run at once; a call takes a free one and gives it back.
+"""
+
+import logging
+import queue
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.contract import (
+    BFLOAT16,
+    CHANNELS,
+    IMAGE_SIZE,
+    INPUT_NAME,
+    NUM_CLASSES,
+    OUTPUT_NAME,
+    SAVED_MODEL_FILE,
+    SIGNATURE_NAME,
+)
+from core.level_table import LevelTable
+from core.runtime import RuntimeOptions
+from core.saved_model_proto import with_signature_as_default
+
+logger = logging.getLogger("core.openvino_runtime")
+IR_DIR = "openvino"  # in a version folder: <level>.xml and <level>.bin
+PRECISION_HINTS = {BFLOAT16: "bf16"}  # everything else: f32
+DEVICE = "CPU"
+
+
+class RuntimeLoadError(RuntimeError):
+    """A level could not be read, converted or compiled; core.versions turns it into a ModelLoadError."""
+
+
+def ir_path(version_dir: Path, level: str) -> Path:
+    return version_dir / IR_DIR / f"{level}.xml"
+
+
+@cache
+def openvino_core() -> Any:
+    """One ``openvino.Core`` per process: it holds the plugin and its caches. Imported on first use, so the
+    file checks before a load (core.versions) fail fast without it."""
+    import openvino
+
+    return openvino.Core()
+
+
+def convert_signature(version_dir: Path, signature: str) -> Any:
+    """The SavedModel's ``signature`` as an ``openvino.Model`` (no TensorFlow needed)."""
+    import openvino
+
+    if signature == SIGNATURE_NAME:
+        return openvino.convert_model(str(version_dir))
+    with tempfile.TemporaryDirectory(prefix="openvino-convert-") as temporary:
+        folder = Path(temporary)
+        data = (version_dir / SAVED_MODEL_FILE).read_bytes()
+        (folder / SAVED_MODEL_FILE).write_bytes(with_signature_as_default(data, signature))
+        for part in ("variables", "assets"):
+            if (version_dir / part).exists():
+                (folder / part).symlink_to((version_dir / part).resolve())
+        return openvino.convert_model(str(folder))
+
+
+def read_level(version_dir: Path, level: str, signature: str) -> tuple[Any, str]:
+    """(the level's model, where it came from): its IR if the export wrote one, else converted."""
+    path = ir_path(version_dir, level)
+    if path.is_file():
+        return openvino_core().read_model(str(path)), f"{IR_DIR}/{path.name}"
+    return convert_signature(version_dir, signature), f"converted from signature {signature!r}"
+
+
+def check_io(model: Any, source: str) -> None:
+    """One uint8 ``images`` input ``[?, 32, 32, 3]`` and a float32 ``probabilities`` output ``[?, 10]``
+    (further outputs are allowed: only probabilities are read)."""
+    import openvino
+
+    want_input = openvino.PartialShape([-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
+    inputs = model.inputs
+    outputs = [port for port in model.outputs if OUTPUT_NAME in port.get_names()]
+    if not (len(inputs) == 1 and inputs[0].get_element_type() == openvino.Type.u8
+            and inputs[0].get_partial_shape() == want_input and len(outputs) == 1
+            and outputs[0].get_element_type() == openvino.Type.f32
+            and outputs[0].get_partial_shape() == openvino.PartialShape([-1, NUM_CLASSES])):
+        found = ", ".join(f"{sorted(p.get_names())} {p.get_element_type()} {p.get_partial_shape()}"
+                          for p in [*inputs, *model.outputs])
+        raise RuntimeLoadError(f"{source} does not match the contract ({INPUT_NAME}: uint8 [?,32,32,3] -> "
+                               f"{OUTPUT_NAME}: float32 [?,10]; found {found})")
+
+
+def compile_config(precision: str, threads: int | None) -> dict[str, Any]:
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                              "INFERENCE_PRECISION_HINT": PRECISION_HINTS.get(precision, "f32")}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
+class CompiledLevel:
+    """One level compiled, with a pool of infer requests (one per batch that may run at once)."""
+
+    def __init__(self, compiled: Any, concurrency: int, precision_hint: str, description: str) -> None:
+        self.compiled = compiled
+        self.precision_hint = precision_hint  # as asked: a CPU without bf16 computes f32 whatever was asked
+        self.output = compiled.output(OUTPUT_NAME)
+        self.description = description
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(max(1, concurrency)):
+            self._requests.put(compiled.create_infer_request())
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        request = self._requests.get()  # blocks only if more callers than concurrency: they take turns
+        try:
+            # share_inputs: the batch is read in place; outputs are copied, so the request can be reused.
+            results = request.infer([np.ascontiguousarray(images, dtype=np.uint8)], share_inputs=True)
+            return np.asarray(results[self.output], dtype=np.float32)
+        finally:
+            self._requests.put(request)
+
+
+class OpenVinoModel:
+    """A version folder compiled for OpenVINO: :class:`core.runtime.ModelRuntime`."""
+
+    def __init__(self, compiled: dict[str, CompiledLevel], threads: int | None) -> None:
+        self._compiled = compiled
+        self.threads = threads
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return tuple(self._compiled)
+
+    def describe(self) -> str:
+        import openvino
+
+        threads = self.threads if self.threads is not None else "default"
+        return (f"OpenVINO {openvino.get_version().split('-')[0]}, {threads} threads: "
+                + "; ".join(f"{name} {level.description}" for name, level in self._compiled.items()))
+
+    def precision_hint(self, level: str) -> str:
+        """The INFERENCE_PRECISION_HINT ``level`` was compiled with (f32 or bf16)."""
+        return self._compiled[level].precision_hint
+
+    def run(self, images: np.ndarray, level: str) -> np.ndarray:
+        return self._compiled[level].run(images)
+
+
+def load_openvino(version_dir: Path, levels: LevelTable, options: RuntimeOptions) -> OpenVinoModel:
+    """Read (or convert) and compile every level of ``version_dir``; raises :class:`RuntimeLoadError`."""
+    compiled: dict[str, CompiledLevel] = {}
+    for level in levels.names:
+        signature = levels.signature(level)
+        try:
+            model, source = read_level(version_dir, level, signature)
+        except Exception as error:  # OpenVINO raises RuntimeError (and others) for files it cannot read
+            raise RuntimeLoadError(f"level {level}: {first_line(error)}") from None
+        check_io(model, f"level {level} ({source})")
+        precision = levels.precision(level)
+        config = compile_config(precision, options.threads)
+        try:
+            compiled_model = openvino_core().compile_model(model, DEVICE, config)
+        except Exception as error:
+            raise RuntimeLoadError(f"level {level} ({source}) does not compile: {first_line(error)}") from None
+        compiled[level] = CompiledLevel(compiled_model, options.concurrency, config["INFERENCE_PRECISION_HINT"],
+                                        f"{source}, {precision}")
+        logger.debug("level %s: %s, %s", level, source, precision)
+    return OpenVinoModel(compiled, options.threads)
+
+
+def first_line(error: Exception) -> str:
+    """OpenVINO's and TensorFlow's errors run to pages: their first line, shortened, fits a log line."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

@@ -1,0 +1,165 @@
+"""The OpenVINO runtime against TensorFlow on the same SavedModel: every level, from the export's IR and from the
+fallback conversion, within 1e-5; two batches at once; and serving that never imports TensorFlow."""
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from core.contract import INPUT_NAME, LEVEL_NAMES, METADATA_FILE, OUTPUT_NAME, version_dirs
+from core.cpus import cpu_flags, has_bfloat16
+from core.level_table import LevelSettings
+from core.openvino_runtime import IR_DIR, ir_path
+from core.runtime import RuntimeOptions
+from core.versions import ModelLoadError, check_answers, load_model
+from tests.model_versions import write_model
+from tests.servers import REPO
+from tests.synthetic import shape_arrays
+
+PARITY = 1e-5  # largest difference of one probability, OpenVINO float32 against TensorFlow float32
+
+
+def parity_images() -> np.ndarray:
+    """Shapes like the training data, and uniform noise: both in-distribution and far from it."""
+    shapes, _ = shape_arrays(per_class=3, seed=7)
+    noise = np.random.default_rng(3).integers(0, 256, (17, 32, 32, 3), dtype=np.uint8)
+    return np.concatenate([shapes, noise])
+
+
+def tensorflow_probabilities(version: Path, signature: str, images: np.ndarray) -> np.ndarray:
+    saved = tf.saved_model.load(str(version))
+    return saved.signatures[signature](**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+
+
+def copy_version(trained_model_dir: Path, tmp_path: Path) -> Path:
+    version = tmp_path / "shapes" / "1"
+    shutil.copytree(version_dirs(trained_model_dir)[-1][1], version)
+    return version
+
+
+def test_the_export_writes_an_ir_per_level_and_chooses_its_precision(trained_model_dir: Path) -> None:
+    version = version_dirs(trained_model_dir)[-1][1]
+    section = json.loads((version / METADATA_FILE).read_text())["openvino"]
+    for level in LEVEL_NAMES:
+        assert ir_path(version, level).is_file() and ir_path(version, level).with_suffix(".bin").is_file()
+        assert section["ir"][level] == f"{IR_DIR}/{level}.xml"
+        figures = section["levels"][level]["float32"]
+        assert 0 <= figures["val_accuracy"] <= 1 and figures["images_per_second"]["batch_64"] > 0
+    assert set(section["precision"].values()) <= {"float32", "bfloat16"}
+    if not has_bfloat16(cpu_flags()):  # nothing to choose between: float32, and bfloat16 was not even tried
+        assert set(section["precision"].values()) == {"float32"}
+        assert all(set(figures) == {"float32"} for figures in section["levels"].values())
+
+
+@pytest.mark.parametrize("source", ["ir", "converted"])
+def test_every_level_matches_tensorflow_within_1e5(trained_model_dir: Path, tmp_path: Path, source: str) -> None:
+    version = copy_version(trained_model_dir, tmp_path)
+    if source == "converted":  # a folder exported before the IR: each level converted from its signature
+        shutil.rmtree(version / IR_DIR)
+    model = load_model(version, level_settings=LevelSettings(allow_bfloat16=False))
+    assert model.level_names == LEVEL_NAMES
+    described = model.runtime.describe()
+    assert ("converted from signature 'accurate'" in described) == (source == "converted"), described
+    images = parity_images()
+    for level in LEVEL_NAMES:
+        expected = tensorflow_probabilities(version, level, images)
+        difference = float(np.abs(model.predict(images, level) - expected).max())
+        assert difference <= PARITY, f"{level} ({source}): {difference:.1e}"
+
+
+def test_a_model_without_levels_serves_its_serving_default(tmp_path: Path) -> None:
+    version = write_model(tmp_path / "tiny" / "1", seed=4)
+    model = load_model(version)
+    images = parity_images()
+    assert model.level_names == ("accurate",)
+    assert np.abs(model.predict(images) - tensorflow_probabilities(version, "serving_default", images)).max() <= PARITY
+
+
+def test_two_batches_at_once_each_get_their_own_answers(trained_model_dir: Path) -> None:
+    """BATCH_CONCURRENCY=2: two threads call the same level at once, each on its own infer request."""
+    model = load_model(trained_model_dir, options=RuntimeOptions(threads=1, concurrency=2))
+    images = parity_images()
+    halves = (images[:20], images[20:])
+    expected = [model.predict(half, "balanced") for half in halves]
+    wrong: list[int] = []
+
+    def ask(index: int) -> None:
+        for _ in range(30):
+            if not np.array_equal(model.predict(halves[index], "balanced"), expected[index]):
+                wrong.append(index)
+
+    threads = [threading.Thread(target=ask, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong
+
+
+def test_an_ir_off_the_contract_is_refused_with_the_fix(trained_model_dir: Path, tmp_path: Path) -> None:
+    """An IR off the contract (here: the fast level's graph answering "scores", not probabilities) fails the load,
+    naming the level and its file."""
+    version = copy_version(trained_model_dir, tmp_path)
+    xml = ir_path(version, "fast")
+    xml.write_text(xml.read_text().replace('names="probabilities"', 'names="scores"'))
+    with pytest.raises(ModelLoadError, match=r"level fast \(openvino/fast.xml\) does not match the contract") as error:
+        load_model(version)
+    assert error.value.reason == "contract" and "Re-export" in str(error.value)
+
+
+def test_a_truncated_ir_is_unloadable_not_a_crash(trained_model_dir: Path, tmp_path: Path) -> None:
+    version = copy_version(trained_model_dir, tmp_path)
+    weights = ir_path(version, "accurate").with_suffix(".bin")
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="is not a loadable model") as error:
+        load_model(version)
+    assert error.value.reason == "unloadable"
+
+
+# Run in a fresh interpreter that cannot import TensorFlow or Keras at all (as in the serving install): the real
+# app starts, loads the model, warms it up, answers every level, and TensorFlow is still not in sys.modules.
+NO_TENSORFLOW = r"""
+import importlib.abc, sys, time
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"tensorflow", "keras", "tf_keras"}:
+            raise ImportError(f"{name} imported while serving")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+from fastapi.testclient import TestClient
+from app.main import create_app
+from app.settings import Settings
+
+app = create_app(Settings(model_dir=sys.argv[1], inference_threads=1, decode_threads=1))
+with TestClient(app) as client:
+    deadline = time.monotonic() + 120
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.05)
+    png = open(sys.argv[2], "rb").read()
+    for level in ("fast", "balanced", "accurate"):
+        answer = client.post(f"/predict?level={level}", files={"file": ("a.png", png, "image/png")})
+        assert answer.status_code == 200 and answer.json()["model"]["level"] == level, answer.text
+print(sorted(name for name in sys.modules if name.split(".")[0] in {"tensorflow", "keras", "tf_keras"}))
+"""
+
+
+def test_serving_imports_no_tensorflow(trained_model_dir: Path, shapes_dataset: Path) -> None:
+    png = next((shapes_dataset / "test").rglob("*.png"))
+    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(trained_model_dir), str(png)], cwd=REPO,
+                            capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_check_answers_runs_every_level_of_the_loaded_model(trained_model_dir: Path) -> None:
+    model = load_model(trained_model_dir, options=RuntimeOptions(threads=1, concurrency=1))
+    check_answers(model, [1, 3])
