@@ -1,8 +1,8 @@
 # The CIFAR-10 classifier service: `docker compose up` (see docs/deployment.md).
 #
-# Three stages, so that a code or model change never rebuilds or re-ships the ~1.4 GB of libraries:
+# Three stages, so that a code or model change never rebuilds or re-ships the libraries:
 #   deps     a virtual environment holding exactly requirements-serve.lock (the pins the README
-#            installs: CPU TensorFlow, wheels only)
+#            installs: OpenVINO, no TensorFlow, wheels only)
 #   project  the project installed on top of it (into a separate root, so only its own files are
 #            copied on) and the shipped model
 #   runtime  a clean base with those copied in, running as a non-root user
@@ -22,9 +22,8 @@ FROM ${BASE_IMAGE} AS deps
 COPY deploy/certs/ /tmp/extra-ca/
 
 COPY requirements-serve.lock /tmp/requirements-serve.lock
-# --only-binary: no compiler is ever needed or installed. tensorflow/include holds C++ headers for
-# building custom ops (~290 MB); serving never reads them. pip goes last: nothing at run time
-# installs packages.
+# --only-binary: no compiler is ever needed or installed. openvino/include and its cmake files are for
+# building against it in C++; serving never reads them. pip goes last: nothing at run time installs packages.
 RUN set -eu; \
     if ls /tmp/extra-ca/*.crt >/dev/null 2>&1; then \
         cat /etc/ssl/certs/ca-certificates.crt /tmp/extra-ca/*.crt > /tmp/ca-bundle.pem; \
@@ -33,7 +32,7 @@ RUN set -eu; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
         -r /tmp/requirements-serve.lock; \
-    rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include; \
+    rm -rf /opt/venv/lib/python3*/site-packages/openvino/include /opt/venv/lib/python3*/site-packages/openvino/cmake; \
     /opt/venv/bin/python -m pip uninstall --yes --disable-pip-version-check pip
 
 
@@ -75,14 +74,13 @@ WORKDIR /srv
 COPY --from=project /srv/models /srv/models
 
 # HOST: listen on the container's interface, not loopback. PYTHONDONTWRITEBYTECODE: the root
-# filesystem may be read-only; the venv's bytecode was compiled at install. HOME and KERAS_HOME: the
-# user has no home, and /tmp is the one writable place (a tmpfs in docker-compose.yml).
+# filesystem may be read-only; the venv's bytecode was compiled at install. HOME: the
+# user has no home, and /tmp is the one writable place (a tmpfs in docker-compose.yml; a version folder
+# without OpenVINO IR is converted through a temporary folder there).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    KERAS_HOME=/tmp/.keras \
-    TF_CPP_MIN_LOG_LEVEL=2 \
     MODEL_DIR=/srv/models/cifar10 \
     HOST=0.0.0.0 \
     PORT=8000

@@ -1,11 +1,15 @@
-# `make serve` and `make test` do all set-up themselves: a virtual environment with the locked set.
+# `make serve` and `make test` do all set-up themselves. `make serve` uses its own environment with the
+# serving set alone (requirements-serve.lock: OpenVINO, no TensorFlow), as the Docker image does; everything
+# else (tests, training, benchmarks) the full locked set in .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed-$(shell cat requirements-serve.lock pyproject.toml | cksum | cut -d' ' -f1)
 DATA ?= ../shared/data/cifar10-train-jpeg.tar.gz
 
-.PHONY: install serve test lint train distill train-tutorial bench-train bench-serve clean
+.PHONY: install install-serve serve test lint train distill train-tutorial bench-train bench-serve clean
 
 install: $(STAMP)
 
@@ -16,8 +20,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-serve: $(STAMP)  ## serve the shipped model on http://127.0.0.1:8000 (docs at /docs)
-	$(BIN)/python -m app
+install-serve: $(SERVE_STAMP)
+
+$(SERVE_STAMP): requirements-serve.lock pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet -r requirements-serve.lock
+	$(SERVE_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	rm -f $(SERVE_VENV)/.installed-* && touch $@
+
+serve: $(SERVE_STAMP)  ## serve the shipped model on http://127.0.0.1:8000 (docs at /docs); no TensorFlow installed
+	$(SERVE_VENV)/bin/python -m app
 
 # tests/test_web_page.py drives Debian's Chromium (never a downloaded browser; without it those tests fail).
 CHROMIUM ?= /usr/bin/chromium
@@ -64,4 +77,4 @@ bench-serve: $(STAMP)  ## the service under load against its in-process ceiling 
 	$(BIN)/python bench/serve.py --model-dir $(or $(MODEL_DIR),models/cifar10) --json docs/bench-serve.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .ruff_cache runs

@@ -318,6 +318,20 @@ def test_dockerfile_is_multi_stage_on_one_base_argument() -> None:
                                                  "${BASE_IMAGE} AS runtime"]
 
 
+def test_the_serving_install_has_no_tensorflow_and_training_keeps_it() -> None:
+    """requirements-serve.lock (the Docker image, `make serve`) pins OpenVINO and no TensorFlow or Keras;
+    the full lock, which `make test` installs, still has them for training."""
+    def pinned(lock: str) -> set[str]:
+        return {line.split("==")[0].lower() for line in (ROOT / lock).read_text().splitlines() if "==" in line}
+
+    serving = pinned("requirements-serve.lock")
+    assert "openvino" in serving and "protobuf" in serving
+    assert not {name for name in serving if name.startswith(("tensorflow", "keras", "tf-keras"))}, serving
+    assert {"tensorflow-cpu", "keras", "openvino"} <= pinned("requirements.lock")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-r requirements-serve.lock" in makefile and "serve: $(SERVE_STAMP)" in makefile
+
+
 def test_dockerfile_installs_the_serving_lock_and_the_project_without_deps() -> None:
     deps = "; ".join(rest for keyword, rest in stage("deps") if keyword == "RUN")
     project = "; ".join(rest for keyword, rest in stage("project") if keyword == "RUN")
