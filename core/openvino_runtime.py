@@ -24,6 +24,7 @@ import numpy as np
 from core.contract import (
     BFLOAT16,
     CHANNELS,
+    FEATURE_NORM_NAME,
     IMAGE_SIZE,
     INPUT_NAME,
     NUM_CLASSES,
@@ -83,14 +84,17 @@ def read_level(version_dir: Path, level: str, signature: str) -> tuple[Any, str]
 
 
 def check_io(model: Any, source: str) -> None:
-    """One uint8 ``images`` input ``[?, 32, 32, 3]`` and a float32 ``probabilities`` output ``[?, 10]``
-    (further outputs are allowed: only probabilities are read)."""
+    """One uint8 ``images`` input ``[?, 32, 32, 3]`` and a float32 ``probabilities`` output ``[?, 10]``; a
+    ``feature_norm`` output, where the export added it, float32 ``[?]`` (other outputs are not read)."""
     import openvino
 
     want_input = openvino.PartialShape([-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
     inputs = model.inputs
     outputs = [port for port in model.outputs if OUTPUT_NAME in port.get_names()]
-    if not (len(inputs) == 1 and inputs[0].get_element_type() == openvino.Type.u8
+    norms = [port for port in model.outputs if FEATURE_NORM_NAME in port.get_names()]
+    norm_ok = all(port.get_element_type() == openvino.Type.f32
+                  and port.get_partial_shape() == openvino.PartialShape([-1]) for port in norms)
+    if not (norm_ok and len(inputs) == 1 and inputs[0].get_element_type() == openvino.Type.u8
             and inputs[0].get_partial_shape() == want_input and len(outputs) == 1
             and outputs[0].get_element_type() == openvino.Type.f32
             and outputs[0].get_partial_shape() == openvino.PartialShape([-1, NUM_CLASSES])):
@@ -115,6 +119,8 @@ class CompiledLevel:
         self.compiled = compiled
         self.precision_hint = precision_hint  # as asked: a CPU without bf16 computes f32 whatever was asked
         self.output = compiled.output(OUTPUT_NAME)
+        names = {name for port in compiled.outputs for name in port.get_names()}
+        self.feature_norm = compiled.output(FEATURE_NORM_NAME) if FEATURE_NORM_NAME in names else None
         self.description = description
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(max(1, concurrency)):
@@ -125,7 +131,12 @@ class CompiledLevel:
         try:
             # share_inputs: the batch is read in place; outputs are copied, so the request can be reused.
             results = request.infer([np.ascontiguousarray(images, dtype=np.uint8)], share_inputs=True)
-            return np.asarray(results[self.output], dtype=np.float32)
+            probabilities = np.asarray(results[self.output], dtype=np.float32)
+            if self.feature_norm is None:
+                return probabilities
+            # core.versions.LoadedModel.predict's rows: the ten probabilities, then the feature norm (core.ood).
+            norms = np.asarray(results[self.feature_norm], dtype=np.float32)
+            return np.concatenate([probabilities, norms[:, np.newaxis]], axis=1)
         finally:
             self._requests.put(request)
 

@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from core.contract import INPUT_NAME, LEVEL_NAMES, METADATA_FILE, OUTPUT_NAME, version_dirs
+from core.contract import (
+    FEATURE_NORM_NAME,
+    INPUT_NAME,
+    LEVEL_NAMES,
+    METADATA_FILE,
+    NUM_CLASSES,
+    OUTPUT_NAME,
+    version_dirs,
+)
 from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import LevelSettings
 from core.openvino_runtime import IR_DIR, ir_path
@@ -33,8 +41,12 @@ def parity_images() -> np.ndarray:
 
 
 def tensorflow_probabilities(version: Path, signature: str, images: np.ndarray) -> np.ndarray:
+    """The signature's rows as LoadedModel.predict gives them: probabilities, then the feature norm if any."""
     saved = tf.saved_model.load(str(version))
-    return saved.signatures[signature](**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+    outputs = saved.signatures[signature](**{INPUT_NAME: tf.constant(images)})
+    if FEATURE_NORM_NAME not in outputs:
+        return outputs[OUTPUT_NAME].numpy()
+    return np.concatenate([outputs[OUTPUT_NAME].numpy(), outputs[FEATURE_NORM_NAME].numpy()[:, None]], axis=1)
 
 
 def copy_version(trained_model_dir: Path, tmp_path: Path) -> Path:
@@ -69,8 +81,12 @@ def test_every_level_matches_tensorflow_within_1e5(trained_model_dir: Path, tmp_
     images = parity_images()
     for level in LEVEL_NAMES:
         expected = tensorflow_probabilities(version, level, images)
-        difference = float(np.abs(model.predict(images, level) - expected).max())
+        rows = model.predict(images, level)
+        assert rows.shape == expected.shape
+        difference = float(np.abs(rows[:, :NUM_CLASSES] - expected[:, :NUM_CLASSES]).max())
         assert difference <= PARITY, f"{level} ({source}): {difference:.1e}"
+        if expected.shape[1] > NUM_CLASSES:  # the feature norm core.ood scores: a magnitude, compared relatively
+            np.testing.assert_allclose(rows[:, NUM_CLASSES], expected[:, NUM_CLASSES], rtol=1e-4)
 
 
 def test_a_model_without_levels_serves_its_serving_default(tmp_path: Path) -> None:
