@@ -332,9 +332,11 @@ def test_pasted_and_dropped_images_are_classified(open_page, server: str) -> Non
 def test_keyboard_alone_picks_a_file_and_sets_the_true_class(open_page, server: str) -> None:
     page = open_page(viewport={"width": 1280, "height": 900}).page
     assert page.locator("#status").get_attribute("aria-live") == "polite"
-    # Tab order: the two links, then the picker button.
+    # Tab order: the two links, the folded API key field's summary, then the picker button.
     for _ in range(3):
         page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "API key"
+    page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "pick-button"
     image = shape_file(5, seed=6)
     # Space activates a focused button as Enter does. Headless Chromium 156 now and then swallows the
