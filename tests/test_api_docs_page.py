@@ -15,6 +15,13 @@ from tests.synthetic import shape_image
 
 OPERATIONS = ["POST /predict", "POST /predict/batch", "POST /explain", "GET /livez", "GET /readyz", "GET /metrics",
               "GET /metadata"]
+# The Open Inference Protocol (v2) and TensorFlow Serving's REST API, each path with and without a version.
+V2_MODEL, V2_VERSION = "/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"
+V1_MODEL, V1_VERSION = "/v1/models/{model_name}", "/v1/models/{model_name}/versions/{model_version}"
+OPERATIONS += ["GET /v2/health/live", "GET /v2/health/ready", "GET /v2", f"GET {V2_MODEL}", f"GET {V2_VERSION}",
+               f"GET {V2_MODEL}/ready", f"GET {V2_VERSION}/ready", f"POST {V2_MODEL}/infer", f"POST {V2_VERSION}/infer",
+               f"GET {V1_MODEL}", f"GET {V1_VERSION}", f"GET {V1_MODEL}/metadata", f"GET {V1_VERSION}/metadata",
+               f"POST {V1_MODEL}:predict", f"POST {V1_VERSION}:predict"]
 
 
 @pytest.fixture(scope="module")
