@@ -109,9 +109,10 @@ def main() -> None:
         times = time_over_http(args.url, images[: args.count])
         where = f"POST /explain on {args.url}, one connection"
     else:
+        from core.runtime import RuntimeOptions
         from core.versions import load_model
 
-        model = load_model(args.model, tensorflow_threads=args.threads)
+        model = load_model(args.model, options=RuntimeOptions(threads=args.threads))
         if args.examples:
             write_examples(model, images, labels, [int(i) for i in args.indices.split(",")], args.examples)
             return

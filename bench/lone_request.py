@@ -35,9 +35,10 @@ def model_process(model_dir: Path) -> None:
     import numpy as np
 
     from core.cpus import available_cpus
+    from core.runtime import RuntimeOptions
     from core.versions import load_model
 
-    model = load_model(model_dir, tensorflow_threads=available_cpus())
+    model = load_model(model_dir, options=RuntimeOptions(threads=available_cpus()))
     image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
     for level in model.level_names:
         for _ in range(5):  # first calls trace and allocate
