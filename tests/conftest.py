@@ -12,6 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tests.synthetic import write_image_folder
 
 if TYPE_CHECKING:
+    import httpx
+
     from tests.servers import Server
 
 TEST_THREADS = 2
@@ -62,3 +64,21 @@ def protocol_server(levels_model_dir: Path, tmp_path_factory: pytest.TempPathFac
 
     with running_server(levels_model_dir, tmp_path_factory.mktemp("protocols") / "server.log") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def http(protocol_server: "Server") -> Iterator["httpx.Client"]:
+    """An HTTP session on :func:`protocol_server`."""
+    import httpx
+
+    with httpx.Client(base_url=protocol_server.url, timeout=60) as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, headless, through Playwright (tests/browser.py)."""
+    from tests.browser import headless_chromium
+
+    with headless_chromium() as chromium:
+        yield chromium

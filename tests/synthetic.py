@@ -1,5 +1,6 @@
 """Small synthetic CIFAR-like images the tests make for themselves: ten classes of coloured shapes."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,10 @@ def write_jpegs(folder: Path, count: int, seed: int = 0, size: int = 48) -> list
         shape_image(label, rng, size=size).save(path, format="JPEG", quality=90)
         paths.append(path)
     return paths
+
+
+def image_file(seed: int, size: int = 32, image_format: str = "PNG") -> bytes:
+    """An encoded shape image, its class ``seed % 10``."""
+    buffer = io.BytesIO()
+    shape_image(seed % 10, np.random.default_rng(seed), size=size).save(buffer, format=image_format)
+    return buffer.getvalue()

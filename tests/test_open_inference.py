@@ -2,7 +2,6 @@
 tritonclient's InferenceServerClient. Every answer is checked against /predict's for the same image."""
 
 import base64
-import io
 from collections.abc import Iterator
 
 import httpx
@@ -14,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 from core.contract import CLASS_NAMES
 from core.preprocessing import image_bytes_to_array
 from tests.servers import Server
-from tests.synthetic import shape_image
+from tests.synthetic import image_file
 
 MODEL = "cifar10"
 
@@ -24,18 +23,6 @@ def client(protocol_server: Server) -> Iterator[triton.InferenceServerClient]:
     client = triton.InferenceServerClient(protocol_server.url.removeprefix("http://"), network_timeout=60)
     yield client
     client.close()
-
-
-@pytest.fixture(scope="module")
-def http(protocol_server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=protocol_server.url, timeout=60) as session:
-        yield session
-
-
-def image_file(seed: int, size: int = 32, image_format: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    shape_image(seed % 10, np.random.default_rng(seed), size=size).save(buffer, format=image_format)
-    return buffer.getvalue()
 
 
 def predict(http: httpx.Client, data: bytes, level: str | None = None) -> dict:

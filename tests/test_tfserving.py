@@ -3,30 +3,15 @@
 Every answer is checked against /predict's for the same image."""
 
 import base64
-import io
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
 from core.preprocessing import image_bytes_to_array
-from tests.servers import Server
-from tests.synthetic import shape_image
+from tests.synthetic import image_file
 
 PREDICT = "/v1/models/cifar10:predict"
-
-
-@pytest.fixture(scope="module")
-def http(protocol_server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=protocol_server.url, timeout=60) as session:
-        yield session
-
-
-def image_file(seed: int, size: int = 32, image_format: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    shape_image(seed % 10, np.random.default_rng(seed), size=size).save(buffer, format=image_format)
-    return buffer.getvalue()
 
 
 def b64(data: bytes) -> dict[str, str]:

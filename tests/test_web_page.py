@@ -21,7 +21,7 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from core.contract import CLASS_NAMES
-from tests.browser import ARTIFACTS, OffHostRequests, headless_chromium
+from tests.browser import ARTIFACTS, OffHostRequests
 from tests.servers import running_server
 from tests.synthetic import shape_image
 
@@ -42,12 +42,6 @@ def server(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     with running_server(trained_model_dir, log_path, MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
                         INFERENCE_THREADS="1", DECODE_THREADS="1") as running:
         yield running.url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with headless_chromium() as chromium:
-        yield chromium
 
 
 class OpenPage:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.access import hash_line
-from tests.browser import ARTIFACTS, headless_chromium
+from tests.browser import ARTIFACTS
 from tests.servers import running_server
 from tests.test_web_page import OpenPage, card, shape_file
 
@@ -27,12 +27,6 @@ def keyed_server(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     with running_server(trained_model_dir, folder / "uvicorn.log", API_KEYS_FILE=str(folder / "api-keys"),
                         INFERENCE_THREADS="1", DECODE_THREADS="1") as running:
         yield running.url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with headless_chromium() as chromium:
-        yield chromium
 
 
 def pick(page, name: str, data: bytes) -> None:
