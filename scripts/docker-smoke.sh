@@ -39,6 +39,7 @@ PROMETHEUS_PORT=${SMOKE_PROMETHEUS_PORT:-19090}
 CONNECTIONS=${SMOKE_CONNECTIONS:-16}  # concurrent requests during the faults
 SLOW_S=2                              # no request may take longer, during any fault
 CALM_S=3                              # seconds of load before each fault, and after it settled
+MEMORY_AFTER_REQUESTS=10000          # the replicas' memory is read after each has answered this many
 EXTRA_CA=${EXTRA_CA-/etc/ssl/certs/ca-certificates.crt}
 MODEL_SRC=$ROOT/models/cifar10
 REPLICAS=2
@@ -375,9 +376,26 @@ done
 wait_for 60 "Prometheus following the scaling" scraped_is "$REPLICAS"
 echo "Prometheus scrapes $REPLICAS/$REPLICAS replicas after the faults (the new one included)"
 mapfile -t ids < <(compose ps -q classifier)
-# What each replica holds after serving the faults' load (docker stats: its cgroup, page cache excluded).
+# What each replica holds after serving the faults' load (docker stats: its cgroup, page cache excluded),
+# beside how many requests it has answered (its own /metrics) and how long it took to be ready.
+served_by() {
+    docker exec "$1" python -c 'import re, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=5).read().decode()
+print(int(sum(float(v) for v in re.findall(r"^cifar10_requests_total\{[^}]*\} (\S+)$", text, re.M))))'
+}
+fewest_served() { for id in "${ids[@]}"; do served_by "$id"; done | sort -n | head -1; }
+# Issue 24's figure is the memory after 10,000 requests: more load until every replica has answered that many.
+while [ "$(fewest_served)" -lt "$MEMORY_AFTER_REQUESTS" ]; do
+    python3 "$ROOT/scripts/fault_load.py" --url "http://127.0.0.1:$PORT/predict" --image "$WORK/sample.jpg" \
+        --connections "$CONNECTIONS" --duration 30 --summary "$WORK/memory-load.json" \
+        || die "the load before the memory reading failed"
+done
 memory=$(docker stats --no-stream --format '{{.MemUsage}}' "${ids[@]}" | sed 's| / .*||' | paste -sd ' ')
-echo "memory per replica: $memory"
+served=$(for id in "${ids[@]}"; do served_by "$id"; done | paste -sd ' ')
+ready_after=$(for id in "${ids[@]}"; do
+    docker logs "$id" 2>&1 | sed -n 's/.*ready: model warmed up, \([0-9.]*\) s after start.*/\1/p' | tail -1
+done | paste -sd ' ')
+echo "memory per replica: $memory, after answering $served requests; ready ${ready_after} s after start"
 
 # --- a new model version through a models volume, under load ------------------------------------
 # The upgrade path of docs/deployment.md ("Upgrading the model"): the replicas recreated on a host
@@ -542,7 +560,8 @@ layers         $layers
 time to healthy ${healthy_seconds}s from \`compose up\` to $REPLICAS/$REPLICAS replicas healthy and nginx ready
 prediction     $prediction
 load balancing $answering/$REPLICAS replicas answered through nginx
-memory         $memory per replica (docker stats after the faults' load; limit $MEMORY_LIMIT)
+memory         $memory per replica (docker stats after the faults' load: $served requests answered; limit $MEMORY_LIMIT)
+ready          $ready_after s after start, per replica (its log's "ready: model warmed up" line)
 metrics        Prometheus scraped every replica on its own address, before and after the faults; /metrics 404 through nginx
 limits         PROXY_RATE_PER_ADDRESS=$LIMIT_RATE burst $LIMIT_BURST; polite client at ${POLITE_RATE}/s over 2 connections, greedy at 64:
 $limits

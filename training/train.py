@@ -223,7 +223,9 @@ def describe_training(config: TrainConfig, recipe: Recipe, splits: Splits, fitte
             "temperature": recipe.distillation.temperature},
         "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
         "seconds_per_epoch": [round(s, 1) for s in history.get("epoch_seconds", [])],
-        "train_images_per_second": round(float(np.mean(history["images_per_second"])), 1)
+        # The median epoch: one epoch slowed by other work on the machine (or a run paused and resumed) does not
+        # move it, where the mean would.
+        "train_images_per_second": round(float(np.median(history["images_per_second"])), 1)
         if history.get("images_per_second") else None,
         "history": {k: [round(v, 4) for v in vs] for k, vs in history.items() if k != "epoch"},
         "data": {"source": dataset.source if dataset.source == KERAS_SOURCE else Path(dataset.source).name,
