@@ -10,6 +10,14 @@ Compiled with INFERENCE_NUM_THREADS = the service's inference threads, one strea
 level's precision as INFERENCE_PRECISION_HINT (set to f32 explicitly: OpenVINO would otherwise pick bf16
 by itself on a CPU that has it). Each level keeps ``concurrency`` infer requests, so BATCH_CONCURRENCY
 batches can run at once; a call takes a free one and gives it back.
+
+Memory: OpenVINO's CPU plugin keeps, per infer request, buffers sized for the largest input it has run
+and compiled kernels for every input shape it has seen. Fed every batch size from 1 to 64 at the three
+levels, a process grew from 130 to 1,363 MiB (the 6-view level turns 64 images into 384). So a batch
+runs in chunks of at most MAX_VIEWS_PER_CALL views (32 images at ``fast``, 16 at ``balanced``, 4 at
+``accurate``), each padded with blank images to a power of two: a level sees at most six shapes, and the
+same 1-64 sweep ends at 200 MiB, at the same images/s (on 2 cores these batch sizes are as fast as 64;
+docs/runtime.md). The padding's rows are computed and dropped: each image's row depends on it alone.
 """
 
 import logging
@@ -31,6 +39,7 @@ from core.contract import (
     OUTPUT_NAME,
     SAVED_MODEL_FILE,
     SIGNATURE_NAME,
+    level_named,
 )
 from core.level_table import LevelTable
 from core.runtime import RuntimeOptions
@@ -40,6 +49,7 @@ logger = logging.getLogger("core.openvino_runtime")
 IR_DIR = "openvino"  # in a version folder: <level>.xml and <level>.bin
 PRECISION_HINTS = {BFLOAT16: "bf16"}  # everything else: f32
 DEVICE = "CPU"
+MAX_VIEWS_PER_CALL = 32  # images x test-time views in one model call (see Memory above)
 
 
 class RuntimeLoadError(RuntimeError):
@@ -112,11 +122,23 @@ def compile_config(precision: str, threads: int | None) -> dict[str, Any]:
     return config
 
 
+def chunk_size(views: int) -> int:
+    """Images per model call at a level of ``views`` views: a power of two, at most MAX_VIEWS_PER_CALL views."""
+    return 1 << (max(1, MAX_VIEWS_PER_CALL // views).bit_length() - 1)
+
+
+def padded_size(count: int) -> int:
+    """The power of two a chunk of ``count`` images is padded to."""
+    return 1 << (count - 1).bit_length()
+
+
 class CompiledLevel:
     """One level compiled, with a pool of infer requests (one per batch that may run at once)."""
 
-    def __init__(self, compiled: Any, concurrency: int, precision_hint: str, description: str) -> None:
+    def __init__(self, compiled: Any, concurrency: int, precision_hint: str, description: str,
+                 views: int) -> None:
         self.compiled = compiled
+        self.chunk = chunk_size(views)
         self.precision_hint = precision_hint  # as asked: a CPU without bf16 computes f32 whatever was asked
         self.output = compiled.output(OUTPUT_NAME)
         names = {name for port in compiled.outputs for name in port.get_names()}
@@ -127,18 +149,29 @@ class CompiledLevel:
             self._requests.put(compiled.create_infer_request())
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        """core.versions.LoadedModel.predict's rows: the ten probabilities, then the feature norm (core.ood)
+        where the model has it; computed in chunks of at most ``self.chunk`` images."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
         request = self._requests.get()  # blocks only if more callers than concurrency: they take turns
         try:
-            # share_inputs: the batch is read in place; outputs are copied, so the request can be reused.
-            results = request.infer([np.ascontiguousarray(images, dtype=np.uint8)], share_inputs=True)
-            probabilities = np.asarray(results[self.output], dtype=np.float32)
-            if self.feature_norm is None:
-                return probabilities
-            # core.versions.LoadedModel.predict's rows: the ten probabilities, then the feature norm (core.ood).
-            norms = np.asarray(results[self.feature_norm], dtype=np.float32)
-            return np.concatenate([probabilities, norms[:, np.newaxis]], axis=1)
+            rows = [self._run_chunk(request, images[start:start + self.chunk])
+                    for start in range(0, len(images), self.chunk)]
         finally:
             self._requests.put(request)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _run_chunk(self, request: Any, images: np.ndarray) -> np.ndarray:
+        count = len(images)
+        padded = padded_size(count)
+        if padded > count:
+            images = np.concatenate([images, np.zeros((padded - count, *images.shape[1:]), dtype=np.uint8)])
+        # share_inputs: the chunk is read in place; outputs are copied, so the request can be reused.
+        results = request.infer([images], share_inputs=True)
+        probabilities = np.asarray(results[self.output][:count], dtype=np.float32)
+        if self.feature_norm is None:
+            return probabilities
+        norms = np.asarray(results[self.feature_norm][:count], dtype=np.float32)
+        return np.concatenate([probabilities, norms[:, np.newaxis]], axis=1)
 
 
 class OpenVinoModel:
@@ -184,7 +217,7 @@ def load_openvino(version_dir: Path, levels: LevelTable, options: RuntimeOptions
         except Exception as error:
             raise RuntimeLoadError(f"level {level} ({source}) does not compile: {first_line(error)}") from None
         compiled[level] = CompiledLevel(compiled_model, options.concurrency, config["INFERENCE_PRECISION_HINT"],
-                                        f"{source}, {precision}")
+                                        f"{source}, {precision}", level_named(level).views)
         logger.debug("level %s: %s, %s", level, source, precision)
     return OpenVinoModel(compiled, options.threads)
 

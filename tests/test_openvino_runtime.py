@@ -19,11 +19,12 @@ from core.contract import (
     METADATA_FILE,
     NUM_CLASSES,
     OUTPUT_NAME,
+    level_named,
     version_dirs,
 )
 from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import LevelSettings
-from core.openvino_runtime import IR_DIR, ir_path
+from core.openvino_runtime import IR_DIR, MAX_VIEWS_PER_CALL, chunk_size, ir_path, padded_size
 from core.runtime import RuntimeOptions
 from core.versions import ModelLoadError, check_answers, load_model
 from tests.model_versions import write_model
@@ -95,6 +96,19 @@ def test_a_model_without_levels_serves_its_serving_default(tmp_path: Path) -> No
     images = parity_images()
     assert model.level_names == ("accurate",)
     assert np.abs(model.predict(images) - tensorflow_probabilities(version, "serving_default", images)).max() <= PARITY
+
+
+def test_batches_run_in_padded_chunks_that_leave_each_row_its_own(trained_model_dir: Path) -> None:
+    """A level sees few input shapes (memory: core.openvino_runtime), and neither the chunking nor the blank
+    images padding a chunk change any image's row: a batch gives what each image gives alone."""
+    assert [chunk_size(level_named(level).views) for level in LEVEL_NAMES] == [32, 16, 4] == [
+        MAX_VIEWS_PER_CALL, MAX_VIEWS_PER_CALL // 2, 4]
+    assert [padded_size(count) for count in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
+    model = load_model(trained_model_dir, level_settings=LevelSettings(allow_bfloat16=False))
+    images = parity_images()  # 47: chunks of 32 + 15 (padded to 16) at fast, 11 x 4 + 3 at accurate
+    for level in LEVEL_NAMES:
+        alone = np.concatenate([model.predict(image[np.newaxis], level) for image in images])
+        np.testing.assert_allclose(model.predict(images, level), alone, rtol=0, atol=1e-6, err_msg=level)
 
 
 def test_two_batches_at_once_each_get_their_own_answers(trained_model_dir: Path) -> None:
