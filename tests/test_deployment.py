@@ -332,6 +332,18 @@ def test_the_serving_install_has_no_tensorflow_and_training_keeps_it() -> None:
     assert "-r requirements-serve.lock" in makefile and "serve: $(SERVE_STAMP)" in makefile
 
 
+def test_the_serving_lock_pins_the_setuptools_that_builds_the_project() -> None:
+    """The Makefile and the Dockerfile build the project with --no-build-isolation, so the serving lock must
+    bring the build backend: the setuptools a new venv has (65 on Python 3.11) has no bdist_wheel and fails."""
+    versions = dict(line.split("==") for line in (ROOT / "requirements-serve.lock").read_text().splitlines()
+                    if "==" in line)
+    assert tuple(int(part) for part in versions["setuptools"].split(".")[:2]) >= (70, 1)
+    assert "--no-build-isolation -e ." in (ROOT / "Makefile").read_text()
+    (project_install,) = re.findall(r"pip install[^;]*", "; ".join(rest for keyword, rest in stage("project")
+                                                                  if keyword == "RUN"))
+    assert "--no-build-isolation" in project_install
+
+
 def test_dockerfile_installs_the_serving_lock_and_the_project_without_deps() -> None:
     deps = "; ".join(rest for keyword, rest in stage("deps") if keyword == "RUN")
     project = "; ".join(rest for keyword, rest in stage("project") if keyword == "RUN")
