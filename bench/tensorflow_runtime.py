@@ -39,6 +39,9 @@ class TensorFlowModel:
         use = bool(chosen and self.timed and self.timed[index] in chosen)
         return level_signature(level, BFLOAT16) if use else level_signature(level)
 
+    def call_size(self, level: str) -> None:
+        return None  # a batch is one call to the signature
+
     def run(self, images: np.ndarray, level: str) -> np.ndarray:
         tf = import_tensorflow()
         signature = self.saved.signatures[self.signature(level, len(images))]

@@ -6,10 +6,12 @@ only ``serving_default``, so the level's SignatureDef is copied over it in a tem
 beside a link to the folder's variables (core.saved_model_proto). Both give the same graph; the IR only
 saves the conversion's time at start-up (docs/runtime.md).
 
-Compiled with INFERENCE_NUM_THREADS = the service's inference threads, one stream (latency), and the
-level's precision as INFERENCE_PRECISION_HINT (set to f32 explicitly: OpenVINO would otherwise pick bf16
-by itself on a CPU that has it). Each level keeps ``concurrency`` infer requests, so BATCH_CONCURRENCY
-batches can run at once; a call takes a free one and gives it back.
+Each level is compiled with the level's precision as INFERENCE_PRECISION_HINT (set to f32 explicitly:
+OpenVINO would otherwise pick bf16 by itself on a CPU that has it), twice where BATCH_CONCURRENCY batches may
+run at once on more than one thread: once as one stream on every inference thread, for a batch that starts
+while no other is being computed (a lone request gets all the cores), and once as BATCH_CONCURRENCY streams
+that divide the threads, for a batch that starts beside another. Two batches that each want both threads stall
+each other at every layer, and the event loop's share of the cores stalls them more (docs/runtime.md).
 
 Memory: OpenVINO's CPU plugin keeps, per infer request, buffers sized for the largest input it has run
 and compiled kernels for every input shape it has seen. Fed every batch size from 1 to 64 at the three
@@ -23,6 +25,10 @@ docs/runtime.md). The padding's rows are computed and dropped: each image's row 
 import logging
 import queue
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -114,12 +120,59 @@ def check_io(model: Any, source: str) -> None:
                                f"{OUTPUT_NAME}: float32 [?,10]; found {found})")
 
 
-def compile_config(precision: str, threads: int | None) -> dict[str, Any]:
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+def compile_config(precision: str, threads: int | None, streams: int = 1) -> dict[str, Any]:
+    """One stream on ``threads`` threads (None: OpenVINO's default), or ``streams`` streams dividing them."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT", "NUM_STREAMS": streams,
                               "INFERENCE_PRECISION_HINT": PRECISION_HINTS.get(precision, "f32")}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
+
+
+def shared_streams(options: RuntimeOptions) -> int:
+    """Streams of the compilation for batches that run beside another; 0 where there is none to make (one
+    batch at a time, or one thread, or a thread count left to OpenVINO)."""
+    if options.threads is None or options.threads < 2 or options.concurrency < 2:
+        return 0
+    return min(options.concurrency, options.threads)
+
+
+class InFlight:
+    """How many batches are being computed, over every level: one that starts alone gets every thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @contextmanager
+    def entered(self) -> Iterator[bool]:
+        """Counts a batch in while the block runs; yields whether no other batch was being computed."""
+        with self._lock:
+            alone = self._count == 0
+            self._count += 1
+        try:
+            yield alone
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
+@dataclass(frozen=True)
+class Request:
+    """An infer request and the output ports of the compiled model it belongs to."""
+
+    infer_request: Any
+    output: Any
+    feature_norm: Any | None  # None: the model was exported without the feature norm
+
+
+def request_pool(compiled: Any, size: int) -> queue.SimpleQueue:
+    names = {name for port in compiled.outputs for name in port.get_names()}
+    norm = compiled.output(FEATURE_NORM_NAME) if FEATURE_NORM_NAME in names else None
+    pool: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(size):
+        pool.put(Request(compiled.create_infer_request(), compiled.output(OUTPUT_NAME), norm))
+    return pool
 
 
 def chunk_size(views: int) -> int:
@@ -133,53 +186,56 @@ def padded_size(count: int) -> int:
 
 
 class CompiledLevel:
-    """One level compiled, with a pool of infer requests (one per batch that may run at once)."""
+    """One level compiled for a batch alone and, where there are threads to divide, for a batch beside others;
+    a pool of infer requests for each (one per batch that may run at once)."""
 
-    def __init__(self, compiled: Any, concurrency: int, precision_hint: str, description: str,
-                 views: int) -> None:
-        self.compiled = compiled
+    def __init__(self, alone: Any, shared: Any | None, concurrency: int, in_flight: InFlight, precision_hint: str,
+                 description: str, views: int) -> None:
         self.chunk = chunk_size(views)
         self.precision_hint = precision_hint  # as asked: a CPU without bf16 computes f32 whatever was asked
-        self.output = compiled.output(OUTPUT_NAME)
-        names = {name for port in compiled.outputs for name in port.get_names()}
-        self.feature_norm = compiled.output(FEATURE_NORM_NAME) if FEATURE_NORM_NAME in names else None
         self.description = description
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(max(1, concurrency)):
-            self._requests.put(compiled.create_infer_request())
+        self.in_flight = in_flight
+        # Without a shared compilation every batch runs on the one model: it needs a request per batch.
+        self._alone = request_pool(alone, 1 if shared is not None else max(1, concurrency))
+        self._shared = request_pool(shared, concurrency) if shared is not None else None
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """core.versions.LoadedModel.predict's rows: the ten probabilities, then the feature norm (core.ood)
         where the model has it; computed in chunks of at most ``self.chunk`` images."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        request = self._requests.get()  # blocks only if more callers than concurrency: they take turns
-        try:
-            rows = [self._run_chunk(request, images[start:start + self.chunk])
-                    for start in range(0, len(images), self.chunk)]
-        finally:
-            self._requests.put(request)
+        with self.in_flight.entered() as alone:
+            pool = self._alone if alone or self._shared is None else self._shared
+            request = pool.get()  # blocks only if more callers than concurrency: they take turns
+            try:
+                rows = [run_chunk(request, images[start:start + self.chunk])
+                        for start in range(0, len(images), self.chunk)]
+            finally:
+                pool.put(request)
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
-    def _run_chunk(self, request: Any, images: np.ndarray) -> np.ndarray:
-        count = len(images)
-        padded = padded_size(count)
-        if padded > count:
-            images = np.concatenate([images, np.zeros((padded - count, *images.shape[1:]), dtype=np.uint8)])
-        # share_inputs: the chunk is read in place; outputs are copied, so the request can be reused.
-        results = request.infer([images], share_inputs=True)
-        probabilities = np.asarray(results[self.output][:count], dtype=np.float32)
-        if self.feature_norm is None:
-            return probabilities
-        norms = np.asarray(results[self.feature_norm][:count], dtype=np.float32)
-        return np.concatenate([probabilities, norms[:, np.newaxis]], axis=1)
+
+def run_chunk(request: Request, images: np.ndarray) -> np.ndarray:
+    """One model call on ``images``, padded with blank images to a power of two; the padding's rows dropped."""
+    count = len(images)
+    padded = padded_size(count)
+    if padded > count:
+        images = np.concatenate([images, np.zeros((padded - count, *images.shape[1:]), dtype=np.uint8)])
+    # share_inputs: the chunk is read in place; outputs are copied, so the request can be reused.
+    results = request.infer_request.infer([images], share_inputs=True)
+    probabilities = np.asarray(results[request.output][:count], dtype=np.float32)
+    if request.feature_norm is None:
+        return probabilities
+    norms = np.asarray(results[request.feature_norm][:count], dtype=np.float32)
+    return np.concatenate([probabilities, norms[:, np.newaxis]], axis=1)
 
 
 class OpenVinoModel:
     """A version folder compiled for OpenVINO: :class:`core.runtime.ModelRuntime`."""
 
-    def __init__(self, compiled: dict[str, CompiledLevel], threads: int | None) -> None:
+    def __init__(self, compiled: dict[str, CompiledLevel], threads: int | None, streams: int) -> None:
         self._compiled = compiled
         self.threads = threads
+        self.streams = streams  # of the compilation for batches beside another; 0: none
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -189,7 +245,8 @@ class OpenVinoModel:
         import openvino
 
         threads = self.threads if self.threads is not None else "default"
-        return (f"OpenVINO {openvino.get_version().split('-')[0]}, {threads} threads: "
+        beside = f" (a batch beside another: {self.threads // self.streams} each)" if self.streams else ""
+        return (f"OpenVINO {openvino.get_version().split('-')[0]}, {threads} threads{beside}: "
                 + "; ".join(f"{name} {level.description}" for name, level in self._compiled.items()))
 
     def precision_hint(self, level: str) -> str:
@@ -199,10 +256,15 @@ class OpenVinoModel:
     def run(self, images: np.ndarray, level: str) -> np.ndarray:
         return self._compiled[level].run(images)
 
+    def call_size(self, level: str) -> int:
+        return self._compiled[level].chunk
+
 
 def load_openvino(version_dir: Path, levels: LevelTable, options: RuntimeOptions) -> OpenVinoModel:
     """Read (or convert) and compile every level of ``version_dir``; raises :class:`RuntimeLoadError`."""
     compiled: dict[str, CompiledLevel] = {}
+    streams = shared_streams(options)
+    in_flight = InFlight()
     for level in levels.names:
         signature = levels.signature(level)
         try:
@@ -213,13 +275,16 @@ def load_openvino(version_dir: Path, levels: LevelTable, options: RuntimeOptions
         precision = levels.precision(level)
         config = compile_config(precision, options.threads)
         try:
-            compiled_model = openvino_core().compile_model(model, DEVICE, config)
+            alone = openvino_core().compile_model(model, DEVICE, config)
+            shared = openvino_core().compile_model(model, DEVICE, compile_config(
+                precision, options.threads, streams)) if streams else None
         except Exception as error:
             raise RuntimeLoadError(f"level {level} ({source}) does not compile: {first_line(error)}") from None
-        compiled[level] = CompiledLevel(compiled_model, options.concurrency, config["INFERENCE_PRECISION_HINT"],
-                                        f"{source}, {precision}", level_named(level).views)
+        compiled[level] = CompiledLevel(alone, shared, options.concurrency, in_flight,
+                                        config["INFERENCE_PRECISION_HINT"], f"{source}, {precision}",
+                                        level_named(level).views)
         logger.debug("level %s: %s, %s", level, source, precision)
-    return OpenVinoModel(compiled, options.threads)
+    return OpenVinoModel(compiled, options.threads, streams)
 
 
 def first_line(error: Exception) -> str:

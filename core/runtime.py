@@ -42,6 +42,11 @@ class ModelRuntime(Protocol):
         Safe to call from ``concurrency`` threads at once."""
         ...
 
+    def call_size(self, level: str) -> int | None:
+        """The most images one model call takes at ``level`` (a larger batch runs as several); None: any.
+        Warming a model up with a batch of this size prepares it for every larger one."""
+        ...
+
 
 # (version folder, its level table, options) -> the loaded runtime; raises on a folder it cannot load.
 RuntimeLoader = Callable[[Path, LevelTable, RuntimeOptions], ModelRuntime]

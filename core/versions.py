@@ -5,7 +5,6 @@ core.saved_model_proto) and fail in milliseconds; only then does the runtime loa
 runtime is OpenVINO (core.openvino_runtime): neither TensorFlow nor anything from ``training`` is imported.
 """
 
-import itertools
 import json
 import logging
 from collections.abc import Iterable
@@ -202,17 +201,25 @@ def check_answers(model: LoadedModel, batch_sizes: Iterable[int]) -> None:
     """Run ``model`` at every level on a batch of each size (which also warms it up): every row must be ten
     finite probabilities summing to 1. A graph can load and keep the signature yet answer NaN or garbage."""
     rng = np.random.default_rng(0)
-    for level, size in itertools.product(model.level_names, batch_sizes):
-        images = rng.integers(0, 256, (size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        try:
-            rows = np.asarray(model.predict(images, level))
-        except Exception as error:  # a runtime raises many types for a graph that cannot run
-            raise ModelLoadError(f"{model.path} failed on a batch of {size} ({first_line(error)}). "
-                                 "Re-export the model.", reason="bad_output") from None
-        probabilities = rows[:, :NUM_CLASSES] if rows.ndim == 2 else rows  # a feature norm may follow them
-        if (probabilities.shape != (size, NUM_CLASSES) or not np.all(np.isfinite(probabilities))
-                or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)):
-            raise ModelLoadError(f"{model.path} does not answer probabilities: on a batch of {size} it gave shape "
-                                 f"{probabilities.shape}, row sums {np.round(probabilities.sum(axis=-1)[:3], 4)}"
-                                 f"... (want ({size}, {NUM_CLASSES}), each summing to 1). Re-export the model.",
-                                 reason="bad_output")
+    for level in model.level_names:
+        call_size = model.runtime.call_size(level)
+        # A batch larger than one model call runs as calls of that size: the largest call is the one to warm.
+        for size in sorted({size if call_size is None else min(size, call_size) for size in batch_sizes}):
+            check_batch(model, level, size, rng)
+
+
+def check_batch(model: LoadedModel, level: str, size: int, rng: np.random.Generator) -> None:
+    """One batch of ``size`` random images at ``level``: ModelLoadError unless ten probabilities per row."""
+    images = rng.integers(0, 256, (size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    try:
+        rows = np.asarray(model.predict(images, level))
+    except Exception as error:  # a runtime raises many types for a graph that cannot run
+        raise ModelLoadError(f"{model.path} failed on a batch of {size} ({first_line(error)}). "
+                             "Re-export the model.", reason="bad_output") from None
+    probabilities = rows[:, :NUM_CLASSES] if rows.ndim == 2 else rows  # a feature norm may follow them
+    if (probabilities.shape != (size, NUM_CLASSES) or not np.all(np.isfinite(probabilities))
+            or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)):
+        raise ModelLoadError(f"{model.path} does not answer probabilities: on a batch of {size} it gave shape "
+                             f"{probabilities.shape}, row sums {np.round(probabilities.sum(axis=-1)[:3], 4)}"
+                             f"... (want ({size}, {NUM_CLASSES}), each summing to 1). Re-export the model.",
+                             reason="bad_output")

@@ -111,17 +111,20 @@ def test_batches_run_in_padded_chunks_that_leave_each_row_its_own(trained_model_
         np.testing.assert_allclose(model.predict(images, level), alone, rtol=0, atol=1e-6, err_msg=level)
 
 
-def test_two_batches_at_once_each_get_their_own_answers(trained_model_dir: Path) -> None:
-    """BATCH_CONCURRENCY=2: two threads call the same level at once, each on its own infer request."""
-    model = load_model(trained_model_dir, options=RuntimeOptions(threads=1, concurrency=2))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_batches_at_once_each_get_their_own_answers(trained_model_dir: Path, threads: int) -> None:
+    """BATCH_CONCURRENCY=2: two threads call the same level at once, each on its own infer request. With two
+    inference threads a batch alone runs on both, and batches side by side on the streams that divide them."""
+    model = load_model(trained_model_dir, options=RuntimeOptions(threads=threads, concurrency=2))
+    assert ("a batch beside another: 1 each" in model.runtime.describe()) == (threads == 2)
     images = parity_images()
     halves = (images[:20], images[20:])
-    expected = [model.predict(half, "balanced") for half in halves]
+    expected = [model.predict(half, "balanced") for half in halves]  # one at a time: each alone
     wrong: list[int] = []
 
     def ask(index: int) -> None:
         for _ in range(30):
-            if not np.array_equal(model.predict(halves[index], "balanced"), expected[index]):
+            if not np.allclose(model.predict(halves[index], "balanced"), expected[index], rtol=0, atol=1e-6):
                 wrong.append(index)
 
     threads = [threading.Thread(target=ask, args=(index,)) for index in (0, 1)]
