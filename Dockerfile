@@ -23,7 +23,11 @@ COPY deploy/certs/ /tmp/extra-ca/
 
 COPY requirements-serve.lock /tmp/requirements-serve.lock
 # --only-binary: no compiler is ever needed or installed. openvino/include and its cmake files are for
-# building against it in C++; serving never reads them. pip goes last: nothing at run time installs packages.
+# building against it in C++; serving never reads them. Of OpenVINO's libraries the service needs the CPU
+# plugin, the IR reader and the TensorFlow frontend (a version folder without IR is converted from its
+# SavedModel): the GPU and NPU plugins, the GPU's kernel cache (cache.json) and the ONNX, PyTorch, Paddle,
+# TensorFlow Lite, JAX and GGUF frontends are 76 MB of the image that nothing loads. pip goes last: nothing at
+# run time installs packages.
 RUN set -eu; \
     if ls /tmp/extra-ca/*.crt >/dev/null 2>&1; then \
         cat /etc/ssl/certs/ca-certificates.crt /tmp/extra-ca/*.crt > /tmp/ca-bundle.pem; \
@@ -32,7 +36,12 @@ RUN set -eu; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
         -r /tmp/requirements-serve.lock; \
-    rm -rf /opt/venv/lib/python3*/site-packages/openvino/include /opt/venv/lib/python3*/site-packages/openvino/cmake; \
+    openvino=$(echo /opt/venv/lib/python3*/site-packages/openvino); \
+    rm -rf "$openvino/include" "$openvino/cmake" "$openvino/libs/cache.json" \
+        "$openvino"/libs/libopenvino_intel_gpu_plugin.so "$openvino"/libs/libopenvino_intel_npu_plugin.so \
+        "$openvino"/libs/libopenvino_onnx_frontend.so* "$openvino"/libs/libopenvino_pytorch_frontend.so* \
+        "$openvino"/libs/libopenvino_paddle_frontend.so* "$openvino"/libs/libopenvino_tensorflow_lite_frontend.so* \
+        "$openvino"/libs/libopenvino_jax_frontend.so* "$openvino"/libs/libopenvino_gguf_frontend.so*; \
     /opt/venv/bin/python -m pip uninstall --yes --disable-pip-version-check pip
 
 
@@ -51,10 +60,15 @@ RUN set -eu; \
     /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
         --no-build-isolation --root /opt/project /src
 
-# The shipped model. Its version folder comes out of the trainer as a private temporary folder
-# (mode 0700); the service runs as another user, so make everything readable, nothing writable.
+# The shipped model: the newest version only, the one the service serves (older ones stay in the
+# repository, for a rollback through a models volume: docs/deployment.md). Its version folder comes out of
+# the trainer as a private temporary folder (mode 0700); the service runs as another user, so make
+# everything readable, nothing writable.
 COPY models/cifar10 /srv/models/cifar10
-RUN chmod -R a+rX,go-w /srv/models
+RUN /opt/venv/bin/python -c "import pathlib, shutil; \
+versions = sorted((p for p in pathlib.Path('/srv/models/cifar10').iterdir() if p.name.isdigit()), key=lambda p: int(p.name)); \
+[shutil.rmtree(p) for p in versions[:-1]]" \
+    && chmod -R a+rX,go-w /srv/models
 
 
 FROM ${BASE_IMAGE} AS runtime
