@@ -17,8 +17,8 @@ Memory: OpenVINO's CPU plugin keeps, per infer request, buffers sized for the la
 and compiled kernels for every input shape it has seen. Fed every batch size from 1 to 64 at the three
 levels, a process grew from 130 to 1,363 MiB (the 6-view level turns 64 images into 384). So a batch
 runs in chunks of at most MAX_VIEWS_PER_CALL views (32 images at ``fast``, 16 at ``balanced``, 4 at
-``accurate``), each padded with blank images to a power of two: a level sees at most six shapes, and the
-same 1-64 sweep ends at 200 MiB, at the same images/s (on 2 cores these batch sizes are as fast as 64;
+``accurate``), each padded with blank images to a multiple of four: a level sees at most ten shapes, and the
+same 1-64 sweep ends at about 200 MiB, at the same images/s (on 2 cores these batch sizes are as fast as 64;
 docs/runtime.md). The padding's rows are computed and dropped: each image's row depends on it alone.
 """
 
@@ -56,6 +56,7 @@ IR_DIR = "openvino"  # in a version folder: <level>.xml and <level>.bin
 PRECISION_HINTS = {BFLOAT16: "bf16"}  # everything else: f32
 DEVICE = "CPU"
 MAX_VIEWS_PER_CALL = 32  # images x test-time views in one model call (see Memory above)
+PAD_MULTIPLE = 4  # a chunk is padded to a multiple of this many images (see Memory above)
 
 
 class RuntimeLoadError(RuntimeError):
@@ -181,8 +182,9 @@ def chunk_size(views: int) -> int:
 
 
 def padded_size(count: int) -> int:
-    """The power of two a chunk of ``count`` images is padded to."""
-    return 1 << (count - 1).bit_length()
+    """The size a chunk of ``count`` images is padded to: 1 or 2 as they are, else the next multiple of 4 (at
+    most 3 blank images per call, and at most MAX_VIEWS_PER_CALL / 4 + 2 shapes per level)."""
+    return count if count <= 2 else -(-count // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
 class CompiledLevel:
