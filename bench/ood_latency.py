@@ -63,7 +63,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 connections[side] = http.client.HTTPConnection("127.0.0.1", args.port + index, timeout=60)
             body = jpeg_upload()
             answers = {side: first_answer(connections[side], body) for side in sides}
-            levels = LEVEL_NAMES
+            levels = tuple(args.level or LEVEL_NAMES)
             for side in sides:
                 for level in levels:
                     service_times(connections[side], body, level, 20)  # warm each level's kernels
@@ -113,6 +113,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--without", dest="without_dir", type=Path, default=Path("models/cifar10/4"),
                         help="the same weights exported without it")
     parser.add_argument("--pairs", type=int, default=500, help="calls per level and side, taken in turns")
+    parser.add_argument("--level", action="append", choices=LEVEL_NAMES, help="measure only this level (repeatable)")
     parser.add_argument("--port", type=int, default=8792, help="the first service's port; the second gets the next")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     return parser.parse_args()
