@@ -217,7 +217,7 @@ class CompiledLevel:
 
 
 def run_chunk(request: Request, images: np.ndarray) -> np.ndarray:
-    """One model call on ``images``, padded with blank images to a power of two; the padding's rows dropped."""
+    """One model call on ``images``, padded with blank images to padded_size; the padding's rows dropped."""
     count = len(images)
     padded = padded_size(count)
     if padded > count:
