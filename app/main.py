@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api_keys.load()  # a bad key file stops the start before the slow model load
-        level_settings = LevelSettings(settings.default_level, settings.bfloat16)
+        level_settings = LevelSettings(settings.default_level, settings.bfloat16, settings.int8)
         options = RuntimeOptions(threads=settings.inference_threads, concurrency=settings.batch_concurrency)
         served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
                                         warm_up_sizes(settings), metrics, options, level_settings)
@@ -146,11 +146,11 @@ async def _warm_up_then_follow(service: ClassifierService, watcher: ModelWatcher
 
 
 def levels_in_words(levels: LevelTable, adapt_queue_images: int, adapt_level: str) -> str:
-    """One log line: the levels, the default, load adaptation and where bfloat16 is used."""
-    bfloat16 = ", ".join(name for name in levels.names if name in levels.bfloat16_levels) or "nowhere"
+    """One log line: the levels, the default, load adaptation and the levels that run below float32."""
+    reduced = ", ".join(f"{name} {precision}" for name, precision in levels.reduced_precision.items()) or "none"
     adapt = (f"{adapt_level} above {adapt_queue_images} queued images" if adapt_queue_images and
              adapt_level in levels.names else "off")
-    return f"{', '.join(levels.names)}; default {levels.default}; adaptation {adapt}; bfloat16 {bfloat16}"
+    return f"{', '.join(levels.names)}; default {levels.default}; adaptation {adapt}; below float32: {reduced}"
 
 
 def _accuracy_in_words(metadata: dict) -> str:

@@ -34,7 +34,7 @@ def main() -> int:
     import numpy as np
 
     from bench.serve import load_jpegs
-    from core.level_table import LevelSettings
+    from core.level_table import FLOAT32_LEVELS
     from core.preprocessing import image_bytes_to_array
     from core.runtime import RuntimeOptions
     from core.tensorflow_runtime import import_tensorflow
@@ -44,7 +44,7 @@ def main() -> int:
     images = np.stack([image_bytes_to_array(data) for data in jpegs])
     started = time.perf_counter()
     model = load_version(args.model, int(args.model.name), RuntimeOptions(threads=args.threads),
-                         LevelSettings(allow_bfloat16=False))
+                         FLOAT32_LEVELS)
     load_s = time.perf_counter() - started
     tf = import_tensorflow()
     saved = tf.saved_model.load(str(args.model))

@@ -141,7 +141,7 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
     import numpy as np
 
     import core.versions
-    from core.level_table import LevelSettings
+    from core.level_table import FLOAT32_LEVELS
     from core.runtime import RuntimeOptions
     from core.versions import load_model
 
@@ -151,7 +151,7 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
         core.versions.runtime_loader = load_tensorflow
     options = RuntimeOptions(threads=threads)
     model = load_model(model_dir, options=options)
-    float32_only = load_model(model_dir, options=options, level_settings=LevelSettings(allow_bfloat16=False))
+    float32_only = load_model(model_dir, options=options, level_settings=FLOAT32_LEVELS)
     busy_before, total_before = machine_cpu_seconds()
     own_before = resource.getrusage(resource.RUSAGE_SELF)
     rng = np.random.default_rng(0)

@@ -66,7 +66,7 @@ assert LEVEL_NAMES == tuple(level.name for level in LEVELS)
 DEFAULT_LEVEL = "accurate"
 FLOAT32 = "float32"
 BFLOAT16 = "bfloat16"
-PRECISIONS = (FLOAT32, BFLOAT16)
+INT8 = "int8"  # OpenVINO only: post-training quantized IR (training/openvino_export.py); no SavedModel signature
 
 
 # The training code's names for the levels' views ("none", "flip", "flip-translate"), spelled only in LEVELS.

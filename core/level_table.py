@@ -2,9 +2,10 @@
 
 A model exported with levels (core.contract.LEVELS) lists them in metadata.json with their figures, one
 float32 signature per level in its SavedModel and, since the OpenVINO runtime, the precision the export
-chose per level for OpenVINO (metadata.json ``openvino.precision``: bfloat16 only where it measured faster
-and kept accuracy and ECE within 0.1 points of float32). bfloat16 is used only on a CPU with bfloat16
-instructions (AVX512-BF16 or AMX) and when the settings allow it: elsewhere every level runs in float32.
+chose per level for OpenVINO (metadata.json ``openvino.precision``: bfloat16 or int8 only where it measured
+faster and kept accuracy and ECE within 0.1 points of float32). bfloat16 is used only on a CPU with bfloat16
+instructions (AVX512-BF16 or AMX) and when the settings allow it; int8 (a quantized IR, which OpenVINO runs on
+any x86 CPU) when the settings allow it; every other level runs in float32.
 A model exported before levels offers one level, its ``serving_default``.
 """
 
@@ -15,6 +16,7 @@ from core.contract import (
     BFLOAT16,
     DEFAULT_LEVEL,
     FLOAT32,
+    INT8,
     LEVEL_NAMES,
     SIGNATURE_NAME,
     TTA_NAMES,
@@ -40,17 +42,19 @@ class LevelSettings:
 
     default_level: str | None = None  # None: the model's own default
     allow_bfloat16: bool = True
+    allow_int8: bool = True
     cpu_flags: frozenset[str] | None = None  # None: this machine's (tests pass a CPU's flags to try another)
 
 
-MODEL_LEVELS = LevelSettings()  # the model's own default level, bfloat16 where the CPU has it
+MODEL_LEVELS = LevelSettings()  # the model's own default level, the export's precisions where the CPU has them
+FLOAT32_LEVELS = LevelSettings(allow_bfloat16=False, allow_int8=False)  # every level in float32: parity checks
 
 
 @dataclass(frozen=True)
 class LevelTable:
     default: str
     figures: dict[str, dict[str, Any]]  # level -> its metadata.json entry (accuracy, ECE, images/s, ...)
-    bfloat16_levels: frozenset[str] = field(default_factory=frozenset)  # empty: float32 everywhere
+    reduced_precision: dict[str, str] = field(default_factory=dict)  # level -> bfloat16 or int8; others float32
     legacy: bool = False  # exported before levels: its one level is serving_default
 
     @property
@@ -66,8 +70,8 @@ class LevelTable:
         return level
 
     def precision(self, level: str) -> str:
-        """float32 or bfloat16: what ``level`` computes in on this CPU under these settings."""
-        return BFLOAT16 if level in self.bfloat16_levels else FLOAT32
+        """float32, bfloat16 or int8: what ``level`` computes in on this CPU under these settings."""
+        return self.reduced_precision.get(level, FLOAT32)
 
     def signature(self, level: str) -> str:
         """The SavedModel signature that computes ``level`` in float32 (what OpenVINO converts)."""
@@ -78,9 +82,10 @@ class LevelTable:
         return {self.signature(level) for level in self.names}
 
 
-def level_table(metadata: dict[str, Any], bfloat16: bool, default: str | None = None) -> LevelTable:
+def level_table(metadata: dict[str, Any], bfloat16: bool, int8: bool = True, default: str | None = None) -> LevelTable:
     """The levels metadata.json describes; bfloat16 levels only if ``bfloat16`` (the CPU has it and the
-    settings allow it). ``default`` overrides the model's default level; it must be one the model offers."""
+    settings allow it), int8 levels only if ``int8`` (the settings allow it). ``default`` overrides the model's
+    default level; it must be one the model offers."""
     levels = metadata.get("levels")
     if not isinstance(levels, dict) or not levels:
         only = level_for_tta(metadata["tta"]) if metadata.get("tta") in TTA_NAMES else DEFAULT_LEVEL
@@ -89,10 +94,10 @@ def level_table(metadata: dict[str, Any], bfloat16: bool, default: str | None = 
     else:
         figures = {name: levels[name] for name in LEVEL_NAMES if name in levels}
         chosen = (metadata.get(OPENVINO_SECTION) or {}).get("precision") or {}
-        bfloat16_levels = frozenset(name for name, precision in chosen.items()
-                                    if precision == BFLOAT16 and name in figures) if bfloat16 else frozenset()
+        usable = {BFLOAT16: bfloat16, INT8: int8}
+        reduced = {name: precision for name, precision in chosen.items() if name in figures and usable.get(precision)}
         table = LevelTable(default=str(metadata.get("default_level") or DEFAULT_LEVEL), figures=figures,
-                           bfloat16_levels=bfloat16_levels)
+                           reduced_precision=reduced)
     if default is not None:
         table = replace(table, default=table.resolve(default))
     return table

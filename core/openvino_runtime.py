@@ -1,10 +1,11 @@
 """OpenVINO runs the served model: one compiled model per accuracy level, on the CPU, without TensorFlow.
 
 Each level comes from ``openvino/<level>.xml`` (+ ``.bin``) in the version folder when the export wrote it
-(training/openvino_export.py), else it is converted from the SavedModel itself: OpenVINO's converter reads
-only ``serving_default``, so the level's SignatureDef is copied over it in a temporary ``saved_model.pb``
-beside a link to the folder's variables (core.saved_model_proto). Both give the same graph; the IR only
-saves the conversion's time at start-up (docs/runtime.md).
+(training/openvino_export.py), or from ``openvino/<level>.int8.xml`` where the export chose int8 for it (a
+quantized copy of the same graph, which only the export can make); else it is converted from the
+SavedModel itself: OpenVINO's converter reads only ``serving_default``, so the level's SignatureDef is copied
+over it in a temporary ``saved_model.pb`` beside a link to the folder's variables (core.saved_model_proto).
+Both give the same graph; the IR only saves the conversion's time at start-up (docs/runtime.md).
 
 Each level is compiled with the level's precision as INFERENCE_PRECISION_HINT (set to f32 explicitly:
 OpenVINO would otherwise pick bf16 by itself on a CPU that has it), twice where BATCH_CONCURRENCY batches may
@@ -39,8 +40,10 @@ from core.contract import (
     BFLOAT16,
     CHANNELS,
     FEATURE_NORM_NAME,
+    FLOAT32,
     IMAGE_SIZE,
     INPUT_NAME,
+    INT8,
     NUM_CLASSES,
     OUTPUT_NAME,
     SAVED_MODEL_FILE,
@@ -52,8 +55,8 @@ from core.runtime import RuntimeOptions
 from core.saved_model_proto import with_signature_as_default
 
 logger = logging.getLogger("core.openvino_runtime")
-IR_DIR = "openvino"  # in a version folder: <level>.xml and <level>.bin
-PRECISION_HINTS = {BFLOAT16: "bf16"}  # everything else: f32
+IR_DIR = "openvino"  # in a version folder: <level>.xml and <level>.bin, <level>.int8.xml and .bin
+PRECISION_HINTS = {BFLOAT16: "bf16"}  # everything else: f32 (an int8 IR's layers left unquantized run in f32)
 DEVICE = "CPU"
 MAX_VIEWS_PER_CALL = 32  # images x test-time views in one model call (see Memory above)
 PAD_MULTIPLE = 4  # a chunk is padded to a multiple of this many images (see Memory above)
@@ -63,8 +66,9 @@ class RuntimeLoadError(RuntimeError):
     """A level could not be read, converted or compiled; core.versions turns it into a ModelLoadError."""
 
 
-def ir_path(version_dir: Path, level: str) -> Path:
-    return version_dir / IR_DIR / f"{level}.xml"
+def ir_path(version_dir: Path, level: str, precision: str = FLOAT32) -> Path:
+    """The level's IR: the float32 graph (computed in float32 or bfloat16), or its int8 quantized copy."""
+    return version_dir / IR_DIR / (f"{level}.{INT8}.xml" if precision == INT8 else f"{level}.xml")
 
 
 @cache
@@ -92,11 +96,14 @@ def convert_signature(version_dir: Path, signature: str) -> Any:
         return openvino.convert_model(str(folder))
 
 
-def read_level(version_dir: Path, level: str, signature: str) -> tuple[Any, str]:
-    """(the level's model, where it came from): its IR if the export wrote one, else converted."""
-    path = ir_path(version_dir, level)
+def read_level(version_dir: Path, level: str, signature: str, precision: str = FLOAT32) -> tuple[Any, str]:
+    """(the level's model, where it came from): its IR if the export wrote one, else converted. An int8 level
+    has no SavedModel signature to convert: its IR must be there."""
+    path = ir_path(version_dir, level, precision)
     if path.is_file():
         return openvino_core().read_model(str(path)), f"{IR_DIR}/{path.name}"
+    if precision == INT8:
+        raise RuntimeLoadError(f"level {level}: metadata.json chose int8, but {IR_DIR}/{path.name} is missing")
     return convert_signature(version_dir, signature), f"converted from signature {signature!r}"
 
 
@@ -268,13 +275,14 @@ def load_openvino(version_dir: Path, levels: LevelTable, options: RuntimeOptions
     streams = shared_streams(options)
     in_flight = InFlight()
     for level in levels.names:
-        signature = levels.signature(level)
+        signature, precision = levels.signature(level), levels.precision(level)
         try:
-            model, source = read_level(version_dir, level, signature)
+            model, source = read_level(version_dir, level, signature, precision)
+        except RuntimeLoadError:
+            raise
         except Exception as error:  # OpenVINO raises RuntimeError (and others) for files it cannot read
             raise RuntimeLoadError(f"level {level}: {first_line(error)}") from None
         check_io(model, f"level {level} ({source})")
-        precision = levels.precision(level)
         config = compile_config(precision, options.threads)
         try:
             alone = openvino_core().compile_model(model, DEVICE, config)

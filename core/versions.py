@@ -108,7 +108,7 @@ def load_model(model_dir: Path, version: int | None = None, options: RuntimeOpti
 def load_version(path: Path, version: int, options: RuntimeOptions = DEFAULT_OPTIONS,
                  level_settings: LevelSettings = MODEL_LEVELS) -> LoadedModel:
     """Check one version folder against the export contract, then load it with ``options`` (threads, batches
-    at once); ``level_settings`` picks the default level and allows bfloat16.
+    at once); ``level_settings`` picks the default level and allows bfloat16 and int8.
 
     Converting and compiling takes seconds, so the file checks come first: a missing, incomplete or
     off-contract model directory fails at once."""
@@ -148,7 +148,8 @@ def served_levels(path: Path, metadata: dict[str, Any], settings: LevelSettings)
     """The model's level table under these settings; bfloat16 only on a CPU with bfloat16 instructions."""
     flags = cpu_flags() if settings.cpu_flags is None else settings.cpu_flags
     try:
-        return level_table(metadata, settings.allow_bfloat16 and has_bfloat16(flags), settings.default_level)
+        return level_table(metadata, settings.allow_bfloat16 and has_bfloat16(flags), settings.allow_int8,
+                           settings.default_level)
     except UnknownLevelError as error:
         raise ModelLoadError(f"DEFAULT_LEVEL={settings.default_level}: {path} offers {', '.join(error.offered)}. "
                              "Set DEFAULT_LEVEL to one of them, or unset it for the model's own default.",

@@ -1,11 +1,12 @@
 """Which levels a model offers, the default, and the precision each runs in: bfloat16 only where the export chose
-it for OpenVINO and the CPU has it, float32 everywhere else."""
+it for OpenVINO and the CPU has it, int8 where the export chose it and the settings allow it, float32 everywhere
+else."""
 
 from pathlib import Path
 
 import pytest
 
-from core.contract import SIGNATURE_NAME, version_dirs
+from core.contract import LEVEL_NAMES, SIGNATURE_NAME, version_dirs
 from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import LevelSettings, UnknownLevelError, level_table
 from core.versions import ModelLoadError, load_model
@@ -32,6 +33,17 @@ def test_a_cpu_without_bfloat16_gets_float32_at_every_level() -> None:
     assert {table.precision(level) for level in table.names} == {"float32"}
 
 
+def test_int8_runs_where_the_export_chose_it_unless_the_settings_forbid_it() -> None:
+    """int8 needs no CPU feature (a quantized IR runs on any CPU OpenVINO runs on); INT8=false turns it off."""
+    metadata = {**METADATA, "openvino": {"precision": {"fast": "int8", "balanced": "bfloat16", "accurate": "int8"}}}
+    assert [level_table(metadata, bfloat16=False).precision(level) for level in LEVEL_NAMES] == [
+        "int8", "float32", "int8"]
+    assert [level_table(metadata, bfloat16=True, int8=False).precision(level) for level in LEVEL_NAMES] == [
+        "float32", "bfloat16", "float32"]
+    # OpenVINO reads an int8 level's own IR; the SavedModel signature it would otherwise convert is the float32 one.
+    assert level_table(metadata, bfloat16=False).signatures() == {"fast", "balanced", "accurate"}
+
+
 def test_a_model_without_an_openvino_section_runs_float32() -> None:
     """Exported before the OpenVINO runtime: its bfloat16 figures were TensorFlow's, so they choose nothing."""
     metadata = {key: value for key, value in METADATA.items() if key != "openvino"}
@@ -51,6 +63,13 @@ def test_bfloat16_is_chosen_only_faster_at_both_sizes_and_within_a_tenth_of_a_po
     assert choose_precision({"float32": full, "bfloat16": figures(0.9, 0.02, 90, 300)}) == "float32"
     assert choose_precision({"float32": full, "bfloat16": figures(0.898, 0.02, 150, 300)}) == "float32"
     assert choose_precision({"float32": full, "bfloat16": figures(0.9, 0.022, 150, 300)}) == "float32"
+    # int8 by the same rule; of two that pass, the faster at batch 64.
+    assert choose_precision({"float32": full, "int8": figures(0.9008, 0.0195, 180, 390)}) == "int8"
+    assert choose_precision({"float32": full, "int8": figures(0.8985, 0.02, 180, 390)}) == "float32"
+    assert choose_precision({"float32": full, "bfloat16": figures(0.9, 0.02, 150, 300),
+                             "int8": figures(0.9, 0.02, 140, 390)}) == "int8"
+    assert choose_precision({"float32": full, "bfloat16": figures(0.9, 0.02, 150, 300),
+                             "int8": figures(0.9, 0.0215, 200, 500)}) == "bfloat16"
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import openvino
 import pytest
 import tensorflow as tf
 
@@ -23,13 +24,14 @@ from core.contract import (
     version_dirs,
 )
 from core.cpus import cpu_flags, has_bfloat16
-from core.level_table import LevelSettings
-from core.openvino_runtime import IR_DIR, MAX_VIEWS_PER_CALL, chunk_size, ir_path, padded_size
+from core.level_table import FLOAT32_LEVELS
+from core.openvino_runtime import IR_DIR, MAX_VIEWS_PER_CALL, chunk_size, ir_path, openvino_core, padded_size
 from core.runtime import RuntimeOptions
 from core.versions import ModelLoadError, check_answers, load_model
 from tests.model_versions import write_model
 from tests.servers import REPO
 from tests.synthetic import shape_arrays
+from training.openvino_export import choose_precision, quantize
 
 PARITY = 1e-5  # largest difference of one probability, OpenVINO float32 against TensorFlow float32
 
@@ -61,13 +63,17 @@ def test_the_export_writes_an_ir_per_level_and_chooses_its_precision(trained_mod
     section = json.loads((version / METADATA_FILE).read_text())["openvino"]
     for level in LEVEL_NAMES:
         assert ir_path(version, level).is_file() and ir_path(version, level).with_suffix(".bin").is_file()
-        assert section["ir"][level] == f"{IR_DIR}/{level}.xml"
         figures = section["levels"][level]["float32"]
         assert 0 <= figures["val_accuracy"] <= 1 and figures["images_per_second"]["batch_64"] > 0
-    assert set(section["precision"].values()) <= {"float32", "bfloat16"}
-    if not has_bfloat16(cpu_flags()):  # nothing to choose between: float32, and bfloat16 was not even tried
-        assert set(section["precision"].values()) == {"float32"}
-        assert all(set(figures) == {"float32"} for figures in section["levels"].values())
+    for level, precision in section["precision"].items():
+        # Chosen by the rule from the figures recorded beside it; int8 was measured at every level, and its IR
+        # kept only where chosen.
+        assert precision == choose_precision(section["levels"][level])
+        assert "int8" in section["levels"][level]
+        assert ir_path(version, level, "int8").is_file() == (precision == "int8")
+        assert section["ir"][level] == f"{IR_DIR}/{ir_path(version, level, precision).name}"
+    if not has_bfloat16(cpu_flags()):  # bfloat16 not even tried
+        assert all(set(figures) == {"float32", "int8"} for figures in section["levels"].values())
 
 
 @pytest.mark.parametrize("source", ["ir", "converted"])
@@ -75,7 +81,7 @@ def test_every_level_matches_tensorflow_within_1e5(trained_model_dir: Path, tmp_
     version = copy_version(trained_model_dir, tmp_path)
     if source == "converted":  # a folder exported before the IR: each level converted from its signature
         shutil.rmtree(version / IR_DIR)
-    model = load_model(version, level_settings=LevelSettings(allow_bfloat16=False))
+    model = load_model(version, level_settings=FLOAT32_LEVELS)
     assert model.level_names == LEVEL_NAMES
     described = model.runtime.describe()
     assert ("converted from signature 'accurate'" in described) == (source == "converted"), described
@@ -88,6 +94,34 @@ def test_every_level_matches_tensorflow_within_1e5(trained_model_dir: Path, tmp_
         assert difference <= PARITY, f"{level} ({source}): {difference:.1e}"
         if expected.shape[1] > NUM_CLASSES:  # the feature norm core.ood scores: a magnitude, compared relatively
             np.testing.assert_allclose(rows[:, NUM_CLASSES], expected[:, NUM_CLASSES], rtol=1e-4)
+
+
+def test_an_int8_level_runs_its_quantized_ir(trained_model_dir: Path, tmp_path: Path) -> None:
+    """A level the export chose int8 for is read from openvino/<level>.int8.xml, answers close to float32 (its
+    dense layer's weights and inputs in int8), and runs in float32 again under FLOAT32_LEVELS (INT8=false); a
+    folder whose metadata chose int8 without the file is refused, naming the file."""
+    version = copy_version(trained_model_dir, tmp_path)
+    images = parity_images()
+    calibration, _ = shape_arrays(per_class=5, seed=11)
+    quantized = quantize(openvino_core().read_model(str(ir_path(version, "fast"))), calibration)
+    assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops())
+    openvino.save_model(quantized, str(ir_path(version, "fast", "int8")), compress_to_fp16=False)
+    metadata = json.loads((version / METADATA_FILE).read_text())
+    metadata["openvino"]["precision"]["fast"] = "int8"
+    (version / METADATA_FILE).write_text(json.dumps(metadata))
+
+    int8 = load_model(version)
+    assert "fast openvino/fast.int8.xml, int8" in int8.runtime.describe()
+    float32 = load_model(version, level_settings=FLOAT32_LEVELS)
+    assert "fast openvino/fast.xml, float32" in float32.runtime.describe()
+    reduced, full = int8.predict(images, "fast")[:, :NUM_CLASSES], float32.predict(images, "fast")[:, :NUM_CLASSES]
+    assert 0 < np.abs(reduced - full).max() < 0.1
+    np.testing.assert_allclose(reduced.sum(axis=1), 1.0, atol=1e-5)
+
+    ir_path(version, "fast", "int8").unlink()
+    with pytest.raises(ModelLoadError, match=r"fast\.int8\.xml") as error:
+        load_model(version)
+    assert error.value.reason == "unloadable"
 
 
 def test_a_model_without_levels_serves_its_serving_default(tmp_path: Path) -> None:
@@ -104,7 +138,7 @@ def test_batches_run_in_padded_chunks_that_leave_each_row_its_own(trained_model_
     assert [chunk_size(level_named(level).views) for level in LEVEL_NAMES] == [32, 16, 4] == [
         MAX_VIEWS_PER_CALL, MAX_VIEWS_PER_CALL // 2, 4]
     assert [padded_size(count) for count in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 20, 32]
-    model = load_model(trained_model_dir, level_settings=LevelSettings(allow_bfloat16=False))
+    model = load_model(trained_model_dir, level_settings=FLOAT32_LEVELS)
     images = parity_images()  # 47: chunks of 32 + 15 (padded to 16) at fast, 11 x 4 + 3 (padded to 4) at accurate
     for level in LEVEL_NAMES:
         alone = np.concatenate([model.predict(image[np.newaxis], level) for image in images])
@@ -139,9 +173,10 @@ def test_an_ir_off_the_contract_is_refused_with_the_fix(trained_model_dir: Path,
     """An IR off the contract (here: the fast level's graph answering "scores", not probabilities) fails the load,
     naming the level and its file."""
     version = copy_version(trained_model_dir, tmp_path)
-    xml = ir_path(version, "fast")
+    served = json.loads((version / METADATA_FILE).read_text())["openvino"]["ir"]["fast"]  # float32 or int8
+    xml = version / served
     xml.write_text(xml.read_text().replace('names="probabilities"', 'names="scores"'))
-    with pytest.raises(ModelLoadError, match=r"level fast \(openvino/fast.xml\) does not match the contract") as error:
+    with pytest.raises(ModelLoadError, match=rf"level fast \({served}\) does not match the contract") as error:
         load_model(version)
     assert error.value.reason == "contract" and "Re-export" in str(error.value)
 

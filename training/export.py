@@ -61,9 +61,10 @@ class Exported:
     val_probabilities: np.ndarray  # the default level's, as its signature answers
 
 
-def export(directory: Path, trained: Trained, val: Split, test: Split | None, name: str, threads: int,
-           timing_seconds: float = evaluation.TIMING_SECONDS) -> Exported:
-    """Write ``trained`` into ``directory`` as a complete version: SavedModel, report/ and metadata.json."""
+def export(directory: Path, trained: Trained, train_images: np.ndarray, val: Split, test: Split | None, name: str,
+           threads: int, timing_seconds: float = evaluation.TIMING_SECONDS) -> Exported:
+    """Write ``trained`` into ``directory`` as a complete version: SavedModel, report/ and metadata.json.
+    ``train_images``: the training split's, which calibrate the int8 levels (judged on ``val``)."""
     temperatures = calibrate(trained.model, val)
     signatures.write_saved_model(directory, trained.model, signatures.level_signatures(
         trained.model, {level: fitted.temperature for level, fitted in temperatures.items()},
@@ -74,7 +75,8 @@ def export(directory: Path, trained: Trained, val: Split, test: Split | None, na
     further: dict[str, Any] = {
         "ood": ood_export.fit_ood(directory, val.images, measured.level_probabilities),  # "none of these"
         # What the service loads: an OpenVINO IR per level, and each level's precision (docs/runtime.md).
-        OPENVINO_SECTION: openvino_export.export_openvino(directory, val.images, val.labels, threads, timing_seconds),
+        OPENVINO_SECTION: openvino_export.export_openvino(directory, val.images, val.labels, train_images, threads,
+                                                            timing_seconds),
     }
     reports.write_report(directory / reports.REPORT_DIR, trained.history, val.images, val.labels,
                          measured.val_probabilities, trained.description["class_names"], trained.model, trained.seed)

@@ -4,20 +4,28 @@
 converts that signature (core.openvino_runtime.convert_signature: the same conversion the service falls back
 to for a folder without IR), writes ``openvino/<level>.xml`` and ``.bin`` with float32 weights (no float16
 compression: probabilities stay within 1e-5 of TensorFlow's), then runs the written IR on the validation
-split and times it at batch 1 and 64. On a CPU with bfloat16 instructions it does the same with
-OpenVINO's bfloat16 inference and keeps bfloat16 for a level only where it was faster at both batch sizes
-and its validation accuracy and ECE stay within 0.1 points of float32; elsewhere (a CPU without bfloat16,
-where OpenVINO would compute float32 anyway) every level is float32. The result is metadata.json's
-``openvino`` section, which the service reads (core.level_table).
+split and times it at batch 1 and 64. It does the same with two cheaper forms of the level:
+
+- int8: NNCF's post-training quantization of the IR (``openvino/<level>.int8.xml``), its ranges set on
+  CALIBRATION_IMAGES images of the training split, never the validation split it is judged on. The stem
+  convolution that reads the pixels and the classifier's last matrix product stay float32: quantized, they
+  cost the most accuracy and calibration for the least time (docs/runtime.md);
+- bfloat16, OpenVINO's bfloat16 inference of the float32 IR, on a CPU with bfloat16 instructions only (elsewhere
+  OpenVINO would compute float32 anyway).
+
+A level keeps the fastest of them that was faster than float32 at both batch sizes with validation accuracy and
+ECE within 0.1 points of float32's; else float32. An int8 IR that was not chosen is deleted. The result is
+metadata.json's ``openvino`` section, which the service reads (core.level_table).
 """
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.contract import BFLOAT16, FLOAT32, LEVELS, level_signature
+from core.contract import BFLOAT16, CHANNELS, FLOAT32, INT8, LEVELS, NUM_CLASSES, level_signature
 from core.cpus import cpu_flags, has_bfloat16
 from core.openvino_runtime import (
     DEVICE,
@@ -30,20 +38,25 @@ from core.openvino_runtime import (
 )
 from training import calibration
 
-BFLOAT16_MAX_CHANGE = 0.001  # 0.1 points of validation accuracy, and of ECE
+MAX_CHANGE = 0.001  # 0.1 points of validation accuracy, and of ECE, against float32
 TIMED_BATCH_SIZES = (1, 64)
 EVALUATION_BATCH_SIZE = 500
+CALIBRATION_IMAGES = 1000  # training images whose activations set int8's ranges (NNCF's default is 300)
+CALIBRATION_SEED = 0
 
 
-def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, threads: int,
-                    timing_seconds: float = 1.0, bfloat16: bool | None = None) -> dict[str, Any]:
-    """Write ``version_dir/openvino/<level>.xml|.bin`` for every level and return metadata.json's ``openvino``
-    section. ``bfloat16``: whether to try it (None: if this CPU has bfloat16 instructions)."""
+def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, train_images: np.ndarray,
+                    threads: int, timing_seconds: float = 1.0, bfloat16: bool | None = None) -> dict[str, Any]:
+    """Write ``version_dir/openvino/<level>.xml|.bin`` (and ``<level>.int8.*`` where chosen) for every level and
+    return metadata.json's ``openvino`` section. ``images``, ``labels``: the validation split, which judges;
+    ``train_images``: the training split, which calibrates int8. ``bfloat16``: whether to try it (None: if this
+    CPU has bfloat16 instructions)."""
     import openvino
 
     try_bfloat16 = has_bfloat16(cpu_flags()) if bfloat16 is None else bfloat16
-    precisions = (FLOAT32, BFLOAT16) if try_bfloat16 else (FLOAT32,)
+    precisions = (FLOAT32, INT8, BFLOAT16) if try_bfloat16 else (FLOAT32, INT8)
     timing_images = np.resize(images, (max(TIMED_BATCH_SIZES), *images.shape[1:]))
+    calibration_images = calibration_sample(train_images)
     figures: dict[str, dict[str, Any]] = {}
     chosen: dict[str, str] = {}
     for level in LEVELS:
@@ -51,10 +64,15 @@ def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, t
         path.parent.mkdir(exist_ok=True)
         openvino.save_model(convert_signature(version_dir, level_signature(level.name)), str(path),
                             compress_to_fp16=False)
-        model = openvino_core().read_model(str(path))  # measured as the service will read it
-        check_io(model, f"{IR_DIR}/{path.name}")
+        quantized_path = ir_path(version_dir, level.name, INT8)
+        openvino.save_model(quantize(openvino_core().read_model(str(path)), calibration_images),
+                            str(quantized_path), compress_to_fp16=False)
         by_precision = {}
         for precision in precisions:
+            # Each measured as the service will read it.
+            source = quantized_path if precision == INT8 else path
+            model = openvino_core().read_model(str(source))
+            check_io(model, f"{IR_DIR}/{source.name}")
             compiled = openvino_core().compile_model(model, DEVICE, compile_config(precision, threads))
             probabilities = predict(compiled, images)
             by_precision[precision] = {
@@ -66,28 +84,69 @@ def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, t
             }
         figures[level.name] = by_precision
         chosen[level.name] = choose_precision(by_precision)
+        if chosen[level.name] != INT8:
+            quantized_path.unlink()
+            quantized_path.with_suffix(".bin").unlink()
     return {
         "openvino_version": openvino.get_version().split("-")[0],
-        "ir": {level.name: f"{IR_DIR}/{level.name}.xml" for level in LEVELS},
+        "ir": {level.name: f"{IR_DIR}/{ir_path(version_dir, level.name, chosen[level.name]).name}"
+               for level in LEVELS},
         "precision": chosen,
         "cpu_has_bfloat16": try_bfloat16,
-        "rule": (f"bfloat16 only where it measured faster at batch {' and '.join(map(str, TIMED_BATCH_SIZES))} "
-                 f"and validation accuracy and ECE stay within {BFLOAT16_MAX_CHANGE * 100:.1f} points of float32; "
-                 "float32 on a CPU without bfloat16 instructions"),
+        "int8": {"calibration_images": len(calibration_images), "calibration": "training split",
+                 "kept_float32": "the convolutions reading the image's channels, the products writing the "
+                 f"{NUM_CLASSES} logits"},
+        "rule": (f"int8 or bfloat16 only where it measured faster at batch {' and '.join(map(str, TIMED_BATCH_SIZES))} "
+                 f"and validation accuracy and ECE stay within {MAX_CHANGE * 100:.1f} points of float32 (the "
+                 "fastest such); bfloat16 tried only on a CPU with bfloat16 instructions"),
         "threads": threads,
         "levels": figures,
     }
 
 
 def choose_precision(by_precision: dict[str, dict[str, Any]]) -> str:
-    """bfloat16 if it was measured, faster at every timed batch size and within the limits; else float32."""
-    if BFLOAT16 not in by_precision:
-        return FLOAT32
-    full, half = by_precision[FLOAT32], by_precision[BFLOAT16]
-    faster = all(half["images_per_second"][key] > rate for key, rate in full["images_per_second"].items())
-    close = (abs(half["val_accuracy"] - full["val_accuracy"]) <= BFLOAT16_MAX_CHANGE
-             and abs(half["val_ece"] - full["val_ece"]) <= BFLOAT16_MAX_CHANGE)
-    return BFLOAT16 if faster and close else FLOAT32
+    """Of the precisions measured beside float32, the fastest at the largest timed batch among those faster at
+    every timed batch size and within MAX_CHANGE of float32's accuracy and ECE; else float32."""
+    full = by_precision[FLOAT32]
+
+    def acceptable(figures: dict[str, Any]) -> bool:
+        faster = all(figures["images_per_second"][key] > rate for key, rate in full["images_per_second"].items())
+        return faster and (abs(figures["val_accuracy"] - full["val_accuracy"]) <= MAX_CHANGE
+                           and abs(figures["val_ece"] - full["val_ece"]) <= MAX_CHANGE)
+
+    largest = f"batch_{max(TIMED_BATCH_SIZES)}"
+    candidates = [name for name, figures in by_precision.items() if name != FLOAT32 and acceptable(figures)]
+    return max(candidates, key=lambda name: by_precision[name]["images_per_second"][largest], default=FLOAT32)
+
+
+def calibration_sample(train_images: np.ndarray) -> np.ndarray:
+    """CALIBRATION_IMAGES training images drawn at random (a class-ordered folder starts with airplanes)."""
+    count = min(CALIBRATION_IMAGES, len(train_images))
+    return train_images[np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(train_images), count,
+                                                                               replace=False))]
+
+
+def quantize(model: Any, images: np.ndarray) -> Any:
+    """``model`` with int8 weights and activations where NNCF's post-training quantization puts them, except
+    the layers float32_layers names."""
+    import nncf
+
+    nncf.set_log_level(logging.WARNING)  # its INFO lines list every layer it leaves unquantized
+    return nncf.quantize(model, nncf.Dataset([image[np.newaxis] for image in images]),
+                         preset=nncf.QuantizationPreset.MIXED, subset_size=len(images),
+                         ignored_scope=nncf.IgnoredScope(names=float32_layers(model), validate=False))
+
+
+def float32_layers(model: Any) -> list[str]:
+    """The layers that stay float32: convolutions reading at most CHANNELS channels (the stem, on pixels) and
+    matrix products writing NUM_CLASSES columns (the logits)."""
+    kept = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Convolution" and op.input(1).get_partial_shape()[1].get_length() <= CHANNELS:
+            kept.append(op.get_friendly_name())
+        elif op.get_type_name() == "MatMul" and op.get_output_partial_shape(0)[-1].get_length() == NUM_CLASSES:
+            kept.append(op.get_friendly_name())
+    return kept
 
 
 def predict(compiled: Any, images: np.ndarray, batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:

@@ -42,7 +42,7 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
         raise ReexportError(f"{data}: sha256 {dataset.sha256} is not the data {source} was trained on "
                             f"({expected_sha}); pass that archive with --data.")
     seed = int(source_metadata["seed"])
-    _, val = stratified_split(dataset.train, int(source_metadata["val_images"]), seed)
+    train, val = stratified_split(dataset.train, int(source_metadata["val_images"]), seed)
 
     keras.config.set_dtype_policy("float32")
     model = recipe.build()
@@ -58,7 +58,8 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
     trained = export.Trained(model, recipe, default_level, source_metadata["history"], seed, source_metadata)
 
     with staging_dir(out) as staging:
-        exported = export.export(staging, trained, val, dataset.test, out.name, threads, timing_seconds)
+        exported = export.export(staging, trained, train.images, val, dataset.test, out.name, threads,
+                                 timing_seconds)
         # The rebuilt model must be the source model: its default level against the source's own signature.
         difference = float(np.abs(exported.val_probabilities - source_probabilities).max())
         source_accuracy = export.accuracy(source_probabilities, val.labels)

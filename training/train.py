@@ -80,8 +80,8 @@ def train(config: TrainConfig) -> Path:
                              config.seed, describe_training(config, recipe, splits, fitted))
     with staging_dir(config.out or config.run_dir) as staging:
         name = (config.out or DEFAULT_MODEL_ROOT).name
-        metadata = export.export(staging, trained, splits.val, splits.dataset.test, name, config.threads,
-                                 config.timing_seconds).metadata
+        metadata = export.export(staging, trained, splits.train.images, splits.val, splits.dataset.test, name,
+                                 config.threads, config.timing_seconds).metadata
         # An experiment never lands in the served folder by itself: promote checks and publishes it.
         export_dir = (publish_next_version(staging, config.out) if config.out
                       else publish_replacing(staging, config.run_dir / RUN_EXPORT_DIR))
