@@ -6,6 +6,7 @@ MODEL_VERSION pins; ten swaps leave the process's memory where the first left it
 """
 
 import re
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -224,7 +225,9 @@ def test_ten_swaps_leave_memory_where_the_first_left_it(tmp_path: Path) -> None:
                 assert predict_version(server.url) == version
             time.sleep(1.0)  # the old model's last batch is done and it has been collected
             rss[version] = rss_bytes(server.pid)
-    growth = rss[11] / rss[2] - 1
+    # Medians of the first and last five swaps: a leak grows every swap, while the allocator holds a freed
+    # model's ~25 MB for a swap or two now and then (seen at one swap in ten, either half).
+    growth = statistics.median(list(rss.values())[5:]) / statistics.median(list(rss.values())[:5]) - 1
     print("RSS MiB after each swap: " + ", ".join(f"v{v} {b / 2**20:.0f}" for v, b in rss.items())
-          + f"; after ten swaps {growth:+.1%} of after the first")
+          + f"; last five swaps {growth:+.1%} of the first five (medians)")
     assert growth <= 0.10
