@@ -76,5 +76,6 @@ bench-serve: $(STAMP)  ## the service under load against its in-process ceiling 
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/serve.py --model-dir $(or $(MODEL_DIR),models/cifar10) --json docs/bench-serve.json
 
-clean:
-	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .ruff_cache runs
+clean:  ## environments, caches and run folders; a run folder git tracks (docs/training.md) stays
+	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .ruff_cache
+	[ ! -d runs ] || git clean -fdXq runs
