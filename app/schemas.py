@@ -109,11 +109,14 @@ class LevelFigures(BaseModel):
     name: str = Field(examples=["accurate"])
     views: int | None = Field(None, description="Test-time views averaged per image.", examples=[6])
     description: str | None = None
-    val_accuracy: float | None = Field(None, description="Validation accuracy through this level's signature.",
-                                       examples=[0.9174])
-    val_ece: float | None = Field(None, description="Expected calibration error (15 bins) on validation.")
+    precision: str | None = Field(None, description="What this level computes in on this server: float32, "
+                                  "bfloat16 or int8.", examples=["int8"])
+    val_accuracy: float | None = Field(None, description="Validation accuracy of this level in its precision.",
+                                       examples=[0.9178])
+    val_ece: float | None = Field(None, description="Expected calibration error (15 bins) on validation, in this "
+                                  "level's precision.")
     images_per_second: dict[str, float] | None = Field(
-        None, description="In-process images/s at batch 1 and 64, measured at export.")
+        None, description="In-process images/s at batch 1 and 64 in this level's precision, measured at export.")
     default: bool = Field(description="Answers requests that name no level.")
 
 

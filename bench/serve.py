@@ -189,7 +189,7 @@ def measure_ceiling(model_dir: Path, threads: int, seconds: float, batches: list
             "single_image_ms": {"p50": round(statistics.median(single), 3), "p90": round(_pct(single, 90), 3),
                                 "mean": round(statistics.fmean(single), 3), "calls": len(single)},
             # As served: the export's figure for the precision the level runs in (int8 differs from float32).
-            "val_accuracy": served_accuracy(model, level),
+            "val_accuracy": model.level_table.figures[level].get("val_accuracy"),
         }
     busy_after, total_after = machine_cpu_seconds()
     own_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -872,14 +872,6 @@ def lone_request_rows(results: dict[str, Any]) -> list[str]:
                 rows.append(f"{label:<28}{alone:>8.1f} ms{served:>6.1f} ms{served - alone:>+8.1f}  "
                             f"{'met' if served <= alone + 2 else 'MISSED'}")
     return ["", header, "-" * len(header), *rows] if rows else []
-
-
-def served_accuracy(model: Any, level: str) -> float | None:
-    """The level's validation accuracy in the precision it is served in: the export measured float32, int8 and
-    bfloat16 each (metadata.json ``openvino.levels``); the level table holds the SavedModel's float32 figure."""
-    precision = model.level_table.precision(level)
-    measured = (model.metadata.get("openvino") or {}).get("levels", {}).get(level, {}).get(precision, {})
-    return measured.get("val_accuracy", model.level_table.figures[level].get("val_accuracy"))
 
 
 def _pct(values: list[float], q: float) -> float:

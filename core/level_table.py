@@ -53,7 +53,7 @@ FLOAT32_LEVELS = LevelSettings(allow_bfloat16=False, allow_int8=False)  # every 
 @dataclass(frozen=True)
 class LevelTable:
     default: str
-    figures: dict[str, dict[str, Any]]  # level -> its metadata.json entry (accuracy, ECE, images/s, ...)
+    figures: dict[str, dict[str, Any]]  # level -> its metadata.json entry, with the served precision's figures
     reduced_precision: dict[str, str] = field(default_factory=dict)  # level -> bfloat16 or int8; others float32
     legacy: bool = False  # exported before levels: its one level is serving_default
 
@@ -82,6 +82,15 @@ class LevelTable:
         return {self.signature(level) for level in self.names}
 
 
+def served_figures(level: dict[str, Any], measured: dict[str, dict[str, Any]], precision: str) -> dict[str, Any]:
+    """A level's metadata.json entry with the accuracy, ECE and images/s the OpenVINO export measured in the
+    precision it is served in (``measured``: its ``openvino.levels`` entry, by precision). The entry's own
+    figures are TensorFlow's float32 ones; without OpenVINO figures for ``precision`` they stand."""
+    served = {key: value for key, value in (measured.get(precision) or {}).items()
+              if key in ("val_accuracy", "val_ece", "images_per_second")}
+    return {**level, **served, "precision": precision}
+
+
 def level_table(metadata: dict[str, Any], bfloat16: bool, int8: bool = True, default: str | None = None) -> LevelTable:
     """The levels metadata.json describes; bfloat16 levels only if ``bfloat16`` (the CPU has it and the
     settings allow it), int8 levels only if ``int8`` (the settings allow it). ``default`` overrides the model's
@@ -89,13 +98,17 @@ def level_table(metadata: dict[str, Any], bfloat16: bool, int8: bool = True, def
     levels = metadata.get("levels")
     if not isinstance(levels, dict) or not levels:
         only = level_for_tta(metadata["tta"]) if metadata.get("tta") in TTA_NAMES else DEFAULT_LEVEL
-        figures = {only: {key: metadata[key] for key in ("val_accuracy", "val_ece") if key in metadata}}
+        figures = {only: {**{key: metadata[key] for key in ("val_accuracy", "val_ece") if key in metadata},
+                          "precision": FLOAT32}}
         table = LevelTable(default=only, figures=figures, legacy=True)
     else:
-        figures = {name: levels[name] for name in LEVEL_NAMES if name in levels}
-        chosen = (metadata.get(OPENVINO_SECTION) or {}).get("precision") or {}
+        openvino = metadata.get(OPENVINO_SECTION) or {}
         usable = {BFLOAT16: bfloat16, INT8: int8}
-        reduced = {name: precision for name, precision in chosen.items() if name in figures and usable.get(precision)}
+        reduced = {name: precision for name, precision in (openvino.get("precision") or {}).items()
+                   if name in levels and usable.get(precision)}
+        figures = {name: served_figures(levels[name], (openvino.get("levels") or {}).get(name) or {},
+                                        reduced.get(name, FLOAT32))
+                   for name in LEVEL_NAMES if name in levels}
         table = LevelTable(default=str(metadata.get("default_level") or DEFAULT_LEVEL), figures=figures,
                            reduced_precision=reduced)
     if default is not None:

@@ -44,6 +44,25 @@ def test_int8_runs_where_the_export_chose_it_unless_the_settings_forbid_it() -> 
     assert level_table(metadata, bfloat16=False).signatures() == {"fast", "balanced", "accurate"}
 
 
+def test_each_level_reports_the_figures_of_the_precision_it_is_served_in() -> None:
+    """The export measured every precision it tried; the service reports the one it runs (the level's own
+    entry holds TensorFlow's float32 figures), and float32's OpenVINO figures where int8 is turned off."""
+    def measured(accuracy: float, ece: float, batch_64: float) -> dict:
+        return {"val_accuracy": accuracy, "val_ece": ece, "images_per_second": {"batch_1": 1.0, "batch_64": batch_64}}
+
+    metadata = {**METADATA, "openvino": {
+        "precision": {"fast": "float32", "balanced": "float32", "accurate": "int8"},
+        "levels": {"fast": {"float32": measured(0.91, 0.011, 400)},
+                   "accurate": {"float32": measured(0.9174, 0.014, 71), "int8": measured(0.9178, 0.0138, 140)}}}}
+    served = level_table(metadata, bfloat16=False).figures
+    assert served["accurate"] == {"views": 6, "precision": "int8", **measured(0.9178, 0.0138, 140)}
+    assert served["fast"] == {"views": 1, "precision": "float32", **measured(0.91, 0.011, 400)}
+    # No OpenVINO figures for balanced: its own entry stands.
+    assert served["balanced"] == {"views": 2, "val_accuracy": 0.9, "precision": "float32"}
+    float32_only = level_table(metadata, bfloat16=False, int8=False).figures["accurate"]
+    assert float32_only == {"views": 6, "precision": "float32", **measured(0.9174, 0.014, 71)}
+
+
 def test_a_model_without_an_openvino_section_runs_float32() -> None:
     """Exported before the OpenVINO runtime: its bfloat16 figures were TensorFlow's, so they choose nothing."""
     metadata = {key: value for key, value in METADATA.items() if key != "openvino"}

@@ -195,6 +195,11 @@ def test_metadata_lists_the_levels_and_metrics_count_answers_per_level(client: T
     for level in levels.values():
         assert 0 <= level["val_accuracy"] <= 1 and 0 <= level["val_ece"] <= 1
         assert set(level["images_per_second"]) == {"batch_1", "batch_64"}
+    # Each level's figures are the export's OpenVINO measurement in the precision the level is served in.
+    measured = metadata["model"]["openvino"]["levels"]
+    for name, level in levels.items():
+        in_precision = measured[name][level["precision"]]
+        assert [level[key] for key in in_precision] == list(in_precision.values())
     assert metadata["serving"]["adapt_level"] == "fast"
 
     before = counter(client, 'cifar10_answers_by_level_total{level="balanced"}')
