@@ -74,11 +74,11 @@ class Settings(BaseSettings):
     )
     bfloat16: bool = Field(
         True, description="Run in bfloat16 the levels whose export chose it for OpenVINO (faster, accuracy and ECE "
-        "within 0.1 points; only on a CPU with AVX512-BF16 or AMX; elsewhere float32 regardless).",
+        "at most 0.1 points worse; only on a CPU with AVX512-BF16 or AMX; elsewhere float32 regardless).",
     )
     int8: bool = Field(
         True, description="Run in int8 the levels whose export chose a quantized OpenVINO model for them (faster, "
-        "accuracy and ECE within 0.1 points of float32); false: those levels run in float32.",
+        "accuracy and ECE at most 0.1 points worse than float32); false: those levels run in float32.",
     )
     ood_threshold: float | None = Field(
         None, description="Answers whose ood_score is above this are marked in_distribution: false, at every level "

@@ -3,7 +3,7 @@
 A model exported with levels (core.contract.LEVELS) lists them in metadata.json with their figures, one
 float32 signature per level in its SavedModel and, since the OpenVINO runtime, the precision the export
 chose per level for OpenVINO (metadata.json ``openvino.precision``: bfloat16 or int8 only where it measured
-faster and kept accuracy and ECE within 0.1 points of float32). bfloat16 is used only on a CPU with bfloat16
+faster with accuracy and ECE at most 0.1 points worse than float32). bfloat16 is used only on a CPU with bfloat16
 instructions (AVX512-BF16 or AMX) and when the settings allow it; int8 (a quantized IR, which OpenVINO runs on
 any x86 CPU) when the settings allow it; every other level runs in float32.
 A model exported before levels offers one level, its ``serving_default``.

@@ -71,7 +71,7 @@ def test_a_model_without_an_openvino_section_runs_float32() -> None:
     assert {table.precision(level) for level in table.names} == {"float32"}
 
 
-def test_bfloat16_is_chosen_only_faster_at_both_sizes_and_within_a_tenth_of_a_point() -> None:
+def test_a_cheaper_form_is_chosen_only_faster_at_both_sizes_and_at_most_a_tenth_of_a_point_worse() -> None:
     def figures(accuracy: float, ece: float, batch_1: float, batch_64: float) -> dict:
         return {"val_accuracy": accuracy, "val_ece": ece,
                 "images_per_second": {"batch_1": batch_1, "batch_64": batch_64}}
@@ -89,6 +89,9 @@ def test_bfloat16_is_chosen_only_faster_at_both_sizes_and_within_a_tenth_of_a_po
                              "int8": figures(0.9, 0.02, 140, 390)}) == "int8"
     assert choose_precision({"float32": full, "bfloat16": figures(0.9, 0.02, 150, 300),
                              "int8": figures(0.9, 0.0215, 200, 500)}) == "bfloat16"
+    # Worse by 0.1 points exactly still passes; better by any amount is no reason to refuse.
+    assert choose_precision({"float32": full, "int8": figures(0.899, 0.021, 180, 390)}) == "int8"
+    assert choose_precision({"float32": full, "int8": figures(0.9018, 0.0182, 180, 390)}) == "int8"
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:

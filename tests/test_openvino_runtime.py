@@ -31,7 +31,13 @@ from core.versions import ModelLoadError, check_answers, load_model
 from tests.model_versions import write_model
 from tests.servers import REPO
 from tests.synthetic import shape_arrays
-from training.openvino_export import choose_precision, quantize
+from training.calibration import softmax
+from training.openvino_export import (
+    choose_precision,
+    fit_temperature_factor,
+    quantize,
+    with_temperature_factor,
+)
 
 PARITY = 1e-5  # largest difference of one probability, OpenVINO float32 against TensorFlow float32
 
@@ -124,6 +130,27 @@ def test_an_int8_level_runs_its_quantized_ir(trained_model_dir: Path, tmp_path: 
     assert error.value.reason == "unloadable"
 
 
+def test_an_int8_level_gets_its_own_temperature(trained_model_dir: Path, tmp_path: Path) -> None:
+    """The factor divides the softmax's input: probabilities become softmax(log p / factor). Fitted on a copy
+    whose logits were made twice as sharp, it comes out twice the factor fitted on the original."""
+    version = copy_version(trained_model_dir, tmp_path)
+    images, labels = shape_arrays(per_class=8, seed=5)
+
+    def probabilities(model: openvino.Model) -> np.ndarray:
+        compiled = openvino_core().compile_model(model, "CPU")
+        return np.asarray(compiled.create_infer_request().infer([images])[compiled.output(OUTPUT_NAME)])
+
+    def read() -> openvino.Model:
+        return openvino_core().read_model(str(ir_path(version, "fast")))
+
+    original = probabilities(read())
+    np.testing.assert_allclose(probabilities(with_temperature_factor(read(), 2.0)),
+                               softmax(np.log(original), 2.0), atol=1e-5)
+    fitted = fit_temperature_factor(read(), images, labels, threads=1)
+    sharpened = fit_temperature_factor(with_temperature_factor(read(), 0.5), images, labels, threads=1)
+    assert 0.05 < fitted < 20 and sharpened == pytest.approx(2 * fitted, rel=1e-3)
+
+
 def test_a_model_without_levels_serves_its_serving_default(tmp_path: Path) -> None:
     version = write_model(tmp_path / "tiny" / "1", seed=4)
     model = load_model(version)
@@ -183,7 +210,8 @@ def test_an_ir_off_the_contract_is_refused_with_the_fix(trained_model_dir: Path,
 
 def test_a_truncated_ir_is_unloadable_not_a_crash(trained_model_dir: Path, tmp_path: Path) -> None:
     version = copy_version(trained_model_dir, tmp_path)
-    weights = ir_path(version, "accurate").with_suffix(".bin")
+    served = json.loads((version / METADATA_FILE).read_text())["openvino"]["ir"]["accurate"]  # float32 or int8
+    weights = (version / served).with_suffix(".bin")
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match="is not a loadable model") as error:
         load_model(version)
