@@ -18,7 +18,10 @@ Steps, each in its own process so none inherits another's threads or memory:
    app (``--skip ''``: bench/naive_app.py, ``model.predict`` per request).
 6. The serving protocols' cheapest request: one server, ``/predict`` with the 32x32 JPEGs beside
    ``/v2/models/<name>/infer`` with the same images as binary UINT8 tensors (no decode), both at
-   ``--protocol-level`` and ``--protocol-connections`` (fast, 64); ``--skip protocol`` leaves it out.
+   ``--protocol-level`` and ``--protocol-connections`` (fast, 64), in ``--protocol-rounds`` alternating turns
+   so that a drift in the machine's speed weighs on both alike; ``--skip protocol`` leaves it out. Each
+   route's server CPU per answer is split into the event loop's thread (HTTP, parsing, decoding) and the
+   rest (the inference threads).
 
 CPU time of the server, of wrk and of everything else is read from /proc around each level, so a
 busy machine shows in the figures instead of silently distorting them. Prints one table and
@@ -245,6 +248,23 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
         if fields := _stat(pid):
             result[pid] = (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
     return result
+
+
+def event_loop_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(the main thread's, every other thread's) CPU seconds of process ``pid``: uvicorn runs the event loop on
+    the main thread, the model on its inference threads."""
+    main = rest = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / TICKS
+        if task.name == str(pid):
+            main += seconds
+        else:
+            rest += seconds
+    return main, rest
 
 
 def machine_cpu_seconds() -> tuple[float, float]:
@@ -675,28 +695,52 @@ def bench_protocol(args: argparse.Namespace, body_dir: Path, bodies: list[bytes]
         status, headers, content = http_request(port, "POST", v2_path, v2_bodies[0], v2_headers)
         if status != 200 or "inference-header-content-length" not in {key.lower() for key in headers}:
             raise SystemExit(f"{v2_path} answered {status}: {content[:300]!r}")
-        runs = [("/predict", f"/predict?level={level}", body_dir, None),
-                ("/v2 binary uint8", v2_path, v2_dir, v2_headers)]
-        for route, path, folder, headers_ in runs:
-            report = work / f"protocol-{route.split()[0].strip('/').replace('/', '-')}-c{connections}.json"
-            warm(server, connections, args.warmup, folder, len(jpegs), report, path, headers_)
-            drain(port, metrics=True)
-            before = scrape_batches(port)
-            run = run_wrk(server, connections, args.seconds, folder, len(jpegs), report, timeout_s=30, path=path,
-                          headers=headers_)
-            after = scrape_batches(port)
-            calls = after[1] - before[1]
-            run.update(route=route, accuracy_level=level,
-                       mean_batch=round((after[0] - before[0]) / calls, 1) if calls else None)
-            result["levels"].append(run)
-            drain(port, metrics=True)
-            print(f"  {route} {level} c={connections}: {run['ok_per_s']:.0f} ok/s, p50 {run['latency_ms']['p50']} ms, "
-                  f"p99 {run['latency_ms']['p99']} ms, errors {run['errors']}, other {run['cpu_share']['other']:.0%}",
-                  file=sys.stderr)
+        routes = [("/predict", f"/predict?level={level}", body_dir, None),
+                  ("/v2 binary uint8", v2_path, v2_dir, v2_headers)]
+        turns: dict[str, list[dict[str, Any]]] = {route: [] for route, *_ in routes}
+        for _, path, folder, headers_ in routes:
+            warm(server, connections, args.warmup, folder, len(jpegs), work / "protocol-warm.json", path, headers_)
+        for round_ in range(args.protocol_rounds):
+            for route, path, folder, headers_ in routes:
+                report = work / f"protocol-{route.split()[0].strip('/').replace('/', '-')}-{round_}.json"
+                drain(port, metrics=True)
+                before, loop_before = scrape_batches(port), event_loop_cpu_seconds(server.pids()[0])
+                run = run_wrk(server, connections, args.seconds / args.protocol_rounds, folder, len(jpegs), report,
+                              timeout_s=30, path=path, headers=headers_)
+                after, loop_after = scrape_batches(port), event_loop_cpu_seconds(server.pids()[0])
+                run.update(images=after[0] - before[0], calls=after[1] - before[1],
+                           loop_cpu_s=loop_after[0] - loop_before[0], rest_cpu_s=loop_after[1] - loop_before[1])
+                turns[route].append(run)
+                print(f"  {route} {level} c={connections} turn {round_ + 1}: {run['ok_per_s']:.0f} ok/s, "
+                      f"p50 {run['latency_ms']['p50']} ms, errors {run['errors']}, "
+                      f"other {run['cpu_share']['other']:.0%}", file=sys.stderr)
+        result["levels"] = [combined_turns(route, level, turns[route]) for route, *_ in routes]
         result["memory_after"] = server.memory()
     finally:
         server.stop()
     return result
+
+
+def combined_turns(route: str, level: str, turns: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for a route's turns: answers and errors summed over their seconds, the turns' median latency
+    percentiles and machine shares, and the server's CPU ms per answer on the event loop and elsewhere."""
+    seconds, ok = sum(run["seconds"] for run in turns), sum(run["ok"] for run in turns)
+    calls, images = sum(run.pop("calls") for run in turns), sum(run.pop("images") for run in turns)
+    loop_s, rest_s = sum(run.pop("loop_cpu_s") for run in turns), sum(run.pop("rest_cpu_s") for run in turns)
+    return {
+        "route": route, "accuracy_level": level, "concurrency": turns[0]["concurrency"],
+        "seconds": round(seconds, 2), "requests": sum(run["requests"] for run in turns), "ok": ok,
+        "rejected_503": sum(run["rejected_503"] for run in turns), "errors": sum(run["errors"] for run in turns),
+        "ok_per_s": round(ok / seconds, 1),
+        "ok_per_s_by_turn": [run["ok_per_s"] for run in turns],
+        "latency_ms": {key: round(statistics.median(run["latency_ms"][key] for run in turns), 2)
+                       for key in turns[0]["latency_ms"]},
+        "cpu_share": {key: round(statistics.median(run["cpu_share"][key] for run in turns), 3)
+                      for key in ("server", "load_generator", "other", "idle")},
+        "server_cpu_ms_per_answer": {"event_loop": round(loop_s * 1000 / max(ok, 1), 2),
+                                     "inference_and_other_threads": round(rest_s * 1000 / max(ok, 1), 2)},
+        "mean_batch": round(images / calls, 1) if calls else None,
+    }
 
 
 def bench_naive(args: argparse.Namespace, bodies_dir: Path, bodies: list[bytes], work: Path) -> dict[str, Any]:
@@ -837,6 +881,12 @@ def table(results: dict[str, Any]) -> str:
                          f"{lat['p90']:>8.1f}{lat['p99']:>8.1f}{lat['max']:>8.0f}{lvl['rejected_503']:>7}"
                          f"{lvl['errors']:>5}{batch if batch is not None else '-':>6}{cpu['other']:>6.0%}  {answered}")
     lines += lone_request_rows(results)
+    for row in (results.get("protocol") or {}).get("levels", []):
+        cpu = row.get("server_cpu_ms_per_answer")
+        if cpu:
+            lines.append(f"{row['route']}: server CPU per answer {cpu['event_loop']:.2f} ms on the event loop, "
+                         f"{cpu['inference_and_other_threads']:.2f} ms on other threads; ok/s by turn "
+                         f"{', '.join(f'{value:.0f}' for value in row['ok_per_s_by_turn'])}")
     lines += ["ok/s: 200 answers per second (one image each); batch: mean images per model call; other: share of",
               "all CPUs used by processes other than the server and wrk (anything else running on the machine).",
               ""]
@@ -916,6 +966,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--protocol-level", default="fast",
                         help="accuracy level of the /predict vs /v2 binary UINT8 pair (both ask it)")
     parser.add_argument("--protocol-connections", type=int, default=64, help="concurrency of that pair")
+    parser.add_argument("--protocol-rounds", type=int, default=4,
+                        help="alternating turns of that pair, sharing --seconds per route")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="service setting for every service run, e.g. --env MAX_BATCH_SIZE=128 (repeatable)")
     parser.add_argument("--port", type=int, default=8765, help="service port; the naive app uses the next one")
