@@ -35,6 +35,7 @@ from training.calibration import softmax
 from training.openvino_export import (
     choose_precision,
     fit_temperature_factor,
+    float32_layers,
     quantize,
     with_temperature_factor,
 )
@@ -111,6 +112,11 @@ def test_an_int8_level_runs_its_quantized_ir(trained_model_dir: Path, tmp_path: 
     calibration, _ = shape_arrays(per_class=5, seed=11)
     quantized = quantize(openvino_core().read_model(str(ir_path(version, "fast"))), calibration)
     assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops())
+    # Nothing from the stem, or from the logits' product to the softmax, reads a quantized input.
+    kept = set(float32_layers(openvino_core().read_model(str(ir_path(version, "fast")))))
+    assert any("logits" in name for name in kept)
+    assert not [op.get_friendly_name() for op in quantized.get_ordered_ops() if op.get_friendly_name() in kept
+                and any(value.get_node().get_type_name() == "FakeQuantize" for value in op.input_values())]
     openvino.save_model(quantized, str(ir_path(version, "fast", "int8")), compress_to_fp16=False)
     metadata = json.loads((version / METADATA_FILE).read_text())
     metadata["openvino"]["precision"]["fast"] = "int8"

@@ -210,6 +210,13 @@ def test_tta_modes_average_the_views_they_name() -> None:
     np.testing.assert_allclose(signatures.logits_with_tta(model, images, pair), (plain + mirrored) / 2, atol=1e-4)
     six_views = signatures.logits_with_tta(model, images, six)
     assert six_views.shape == (10, 10) and not np.allclose(six_views, plain, atol=1e-3)
+    padded = np.pad(images.astype("float32"), [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+
+    def pair_of(views: np.ndarray) -> np.ndarray:
+        return (model.predict(views, verbose=0) + model.predict(views[:, :, ::-1], verbose=0)) / 2
+
+    shifted = (pair_of(padded[:, :32, :32]) + pair_of(padded[:, 2:, 2:])) / 2
+    np.testing.assert_allclose(six_views, ((plain + mirrored) / 2 + shifted) / 2, atol=1e-4)
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         signatures.logits_with_tta(model, images, "rotate")
 

@@ -178,15 +178,21 @@ def with_temperature_factor(model: Any, factor: float) -> Any:
 
 
 def float32_layers(model: Any) -> list[str]:
-    """The layers that stay float32: convolutions reading at most CHANNELS channels (the stem, on pixels) and
-    matrix products writing NUM_CLASSES columns (the logits)."""
-    kept = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() == "Convolution" and op.input(1).get_partial_shape()[1].get_length() <= CHANNELS:
-            kept.append(op.get_friendly_name())
-        elif op.get_type_name() == "MatMul" and op.get_output_partial_shape(0)[-1].get_length() == NUM_CLASSES:
-            kept.append(op.get_friendly_name())
-    return kept
+    """The layers that stay float32: convolutions reading at most CHANNELS channels (the stem, on pixels), and
+    every operation from the product that writes the NUM_CLASSES logits to the softmax (the views' weighted
+    average and the temperature among them: quantizing their inputs would round the logits)."""
+    kept = [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() == "Convolution" and op.input(1).get_partial_shape()[1].get_length() <= CHANNELS]
+    node = level_softmax(model).input_value(0).get_node()
+    while True:
+        kept.append(node.get_friendly_name())
+        if node.get_type_name() == "MatMul" and node.get_output_partial_shape(0)[-1] == NUM_CLASSES:
+            return kept
+        # Up the data path: the one input that is not a constant (a weight, the temperature).
+        data = [value.get_node() for value in node.input_values() if value.get_node().get_type_name() != "Constant"]
+        if len(data) != 1 or data[0].get_type_name() == "Parameter":  # no single path back: keep what was found
+            return kept
+        node = data[0]
 
 
 def predict(compiled: Any, images: np.ndarray, batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
