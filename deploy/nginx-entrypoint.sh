@@ -5,7 +5,8 @@
 # and on a read-only root filesystem (the result goes to /tmp).
 #
 #   PROXY_RATE_PER_ADDRESS   requests a second a client address may send on average, e.g. 20r/s
-#   PROXY_BURST_PER_ADDRESS  requests above that rate it may send at once before it gets 429s
+#   PROXY_BURST_PER_ADDRESS  requests above that rate it may send at once before it gets 429s: the
+#                            first half are served at once, the rest held and let through at the rate
 #   PROXY_RATE_PER_KEY       the same for each API key (requests that carry one)
 #   PROXY_BURST_PER_KEY
 set -eu
@@ -41,8 +42,17 @@ burst_per_address=$(burst PROXY_BURST_PER_ADDRESS)
 rate_per_key=$(rate PROXY_RATE_PER_KEY)
 burst_per_key=$(burst PROXY_BURST_PER_KEY)
 
-# Only these four names are replaced: nginx's own $variables stay as they are.
-sed -e "s|\${PROXY_RATE_PER_ADDRESS}|$rate_per_address|g" \
+at_once() {  # BURST: limit_req's parameter that lets the first half of a burst through at once, the rest
+    # held to the rate (nginx.conf); nginx refuses delay=0, and holds the whole burst without the parameter.
+    if [ "$(( $1 / 2 ))" -gt 0 ]; then echo "delay=$(( $1 / 2 ))"; fi
+}
+at_once_per_address=$(at_once "$burst_per_address")
+at_once_per_key=$(at_once "$burst_per_key")
+
+# Only these names are replaced: nginx's own $variables stay as they are.
+sed -e "s|\${PROXY_BURST_PER_ADDRESS_AT_ONCE}|$at_once_per_address|g" \
+    -e "s|\${PROXY_BURST_PER_KEY_AT_ONCE}|$at_once_per_key|g" \
+    -e "s|\${PROXY_RATE_PER_ADDRESS}|$rate_per_address|g" \
     -e "s|\${PROXY_BURST_PER_ADDRESS}|$burst_per_address|g" \
     -e "s|\${PROXY_RATE_PER_KEY}|$rate_per_key|g" \
     -e "s|\${PROXY_BURST_PER_KEY}|$burst_per_key|g" \

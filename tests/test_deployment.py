@@ -13,10 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import kubernetes_validate
@@ -34,6 +36,8 @@ ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 ROUTES = {route.path for routes in (router, predict_router, metrics_router) for route in routes.routes}
 NGINX_SETTINGS = {"PROXY_RATE_PER_ADDRESS", "PROXY_BURST_PER_ADDRESS", "PROXY_RATE_PER_KEY", "PROXY_BURST_PER_KEY"}
+# Derived by deploy/nginx-entrypoint.sh from the settings: how much of a burst goes through at once.
+NGINX_DERIVED = {"PROXY_BURST_PER_ADDRESS_AT_ONCE", "PROXY_BURST_PER_KEY_AT_ONCE"}
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -158,16 +162,17 @@ def test_one_port_everywhere() -> None:
 
 
 def test_nginx_template_settings_are_compose_settings_and_all_filled_in() -> None:
-    """Every ${PROXY_*} of the template is a proxy setting in compose, and the entrypoint replaces each."""
+    """Every ${PROXY_*} of the template is a proxy setting in compose or derived from one, and the entrypoint
+    replaces each."""
     nginx = (ROOT / "deploy" / "nginx.conf").read_text()
     code = "\n".join(line for line in nginx.splitlines() if not line.lstrip().startswith("#"))
-    assert set(re.findall(r"\$\{([A-Z0-9_]+)\}", code)) == NGINX_SETTINGS
+    assert set(re.findall(r"\$\{([A-Z0-9_]+)\}", code)) == NGINX_SETTINGS | NGINX_DERIVED
     environment = compose()["services"]["proxy"]["environment"]
     assert set(environment) == NGINX_SETTINGS
     for name, value in environment.items():
         assert value.startswith(f"${{{name}:-"), value
     script = (ROOT / "deploy" / "nginx-entrypoint.sh").read_text()
-    for name in NGINX_SETTINGS:
+    for name in NGINX_SETTINGS | NGINX_DERIVED:
         assert f'-e "s|\\${{{name}}}|' in script, name
 
 
@@ -190,7 +195,16 @@ def test_nginx_entrypoint_writes_the_settings_and_refuses_bad_ones(tmp_path: Pat
     assert result.stdout.strip() == f"nginx -c {tmp_path / 'nginx.conf'} -g daemon off;"
     rendered = (tmp_path / "nginx.conf").read_text()
     assert f"zone=per_address:10m rate={defaults['PROXY_RATE_PER_ADDRESS']};" in rendered
-    assert f"zone=per_key burst={defaults['PROXY_BURST_PER_KEY']} nodelay;" in rendered
+    # Half of each burst at once (rounded down), the rest held to the rate.
+    assert (f"zone=per_address burst={defaults['PROXY_BURST_PER_ADDRESS']} "
+            f"delay={int(defaults['PROXY_BURST_PER_ADDRESS']) // 2};") in rendered
+    assert (f"zone=per_key burst={defaults['PROXY_BURST_PER_KEY']} "
+            f"delay={int(defaults['PROXY_BURST_PER_KEY']) // 2};") in rendered
+    (tmp_path / "odd").mkdir()
+    odd = render_nginx(tmp_path / "odd", **{**defaults, "PROXY_BURST_PER_ADDRESS": "1"})
+    assert odd.returncode == 0, odd.stderr
+    # nginx takes no delay=0: without the parameter it holds every request of the burst.
+    assert "zone=per_address burst=1 ;" in (tmp_path / "odd" / "nginx.conf").read_text()
     assert "$binary_remote_addr" in rendered and "${PROXY_" not in rendered.split("http {", 1)[1]
     for name, value, says in [("PROXY_RATE_PER_ADDRESS", "20", "a rate ends in r/s"),
                               ("PROXY_RATE_PER_KEY", "0r/s", "at least 1"),
@@ -688,32 +702,66 @@ def assert_too_many(answer: httpx.Response) -> None:
     assert "Too many requests" in answer.json()["detail"]
 
 
-def test_nginx_limits_each_address_with_a_burst_then_429_json(replica: Server, tmp_path: Path) -> None:
-    with real_nginx(tmp_path, replica, PROXY_RATE_PER_ADDRESS="1r/s", PROXY_BURST_PER_ADDRESS="3") as proxy, \
-            httpx.Client(base_url=proxy, timeout=30) as client:
-        answers = [client.get("/metadata") for _ in range(8)]
-        # One at the rate plus the burst of 3 at once, then refusals (a second refills one request).
-        assert [answer.status_code for answer in answers[:4]] == [200] * 4
-        assert_too_many(answers[-1])
-        assert sum(answer.status_code == 429 for answer in answers) >= 3
+T = TypeVar("T")
+
+
+def at_once(count: int, call: Callable[[], T]) -> list[T | Exception]:
+    """``call`` made ``count`` times at the same moment, each in its own thread: its result or its exception."""
+    start = threading.Barrier(count)
+
+    def one() -> T | Exception:
+        start.wait()
+        try:
+            return call()
+        except Exception as error:
+            return error
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: one(), range(count)))
+
+
+def timed_get(client: httpx.Client, path: str,
+              headers: dict[str, str] | None = None) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    answer = client.get(path, headers=headers)
+    return answer, time.monotonic() - started
+
+
+def test_nginx_lets_half_a_burst_through_at_once_holds_the_rest_then_answers_429_json(
+        replica: Server, tmp_path: Path) -> None:
+    with real_nginx(tmp_path, replica, PROXY_RATE_PER_ADDRESS="1r/s", PROXY_BURST_PER_ADDRESS="4") as proxy, \
+            httpx.Client(base_url=proxy, timeout=30, limits=httpx.Limits(max_connections=8)) as client:
+        answers = at_once(8, lambda: timed_get(client, "/metadata"))
+        assert all(isinstance(answer, tuple) for answer in answers), answers
+        # One at the rate and half the burst of 4 at once; the other half held, a second apart at 1 r/s;
+        # the rest refused.
+        ok = [seconds for answer, seconds in answers if answer.status_code == 200]
+        at_full_speed, held = [s for s in ok if s < 0.8], sorted(s for s in ok if s >= 0.8)
+        assert len(at_full_speed) == 3 and len(held) == 2, answers
+        assert 0.8 <= held[0] < 1.8 <= held[1] < 3.0, held
+        refused = [answer for answer, _ in answers if answer.status_code != 200]
+        assert len(refused) == 3, answers
+        for answer in refused:
+            assert_too_many(answer)
         # Health checks are never limited, even for a client over its limit.
         assert client.get("/readyz").status_code == client.get("/livez").status_code == 200
-        time.sleep(1.1)  # what Retry-After said
-        assert client.get("/metadata").status_code == 200
         log = (tmp_path / "nginx.log").read_text()
         assert '"GET /metadata HTTP/1.1" 429 ' in log
+        time.sleep(5.1)  # the bucket empty again
+        assert client.get("/metadata").status_code == 200
 
 
 def test_nginx_limits_each_api_key_wherever_it_comes_from(replica: Server, tmp_path: Path) -> None:
     with real_nginx(tmp_path, replica, PROXY_RATE_PER_ADDRESS="1000r/s", PROXY_BURST_PER_ADDRESS="1000",
-                    PROXY_RATE_PER_KEY="1r/s", PROXY_BURST_PER_KEY="1") as proxy, \
-            httpx.Client(base_url=proxy, timeout=30) as client:
-        alice_bearer, alice_header = {"Authorization": "Bearer alice-key"}, {"X-API-Key": "alice-key"}
-        assert client.get("/metadata", headers=alice_bearer).status_code == 200
-        assert client.get("/metadata", headers=alice_header).status_code == 200  # the burst of 1
-        # The same key, however it is sent, shares one limit; other keys and no key are not affected.
-        assert_too_many(client.get("/metadata", headers=alice_bearer))
-        assert_too_many(client.get("/metadata", headers=alice_header))
+                    PROXY_RATE_PER_KEY="1r/s", PROXY_BURST_PER_KEY="2") as proxy, \
+            httpx.Client(base_url=proxy, timeout=30, limits=httpx.Limits(max_connections=8)) as client:
+        alice = [{"Authorization": "Bearer alice-key"}, {"X-API-Key": "alice-key"}]
+        # The same key, however it is sent, shares one limit: one at the rate, one of the burst of 2 at
+        # once, one held, the rest refused; other keys and no key are not affected.
+        answers = at_once(6, lambda: timed_get(client, "/metadata", alice[threading.get_ident() % 2]))
+        assert sorted(answer.status_code for answer, _ in answers) == [200, 200, 200, 429, 429, 429], answers
+        for answer in (answer for answer, _ in answers if answer.status_code != 200):
+            assert_too_many(answer)
         assert client.get("/metadata", headers={"X-API-Key": "bob-key"}).status_code == 200
         assert all(client.get("/metadata").status_code == 200 for _ in range(5))
         assert "alice-key" not in (tmp_path / "nginx.log").read_text()
@@ -743,13 +791,16 @@ def test_client_and_cli_wait_out_429s_after_retry_after(replica: Server, tmp_pat
         with httpx.Client(timeout=30, event_hooks=hooks) as http:
             client = Client(proxy, http_client=http, retries=5)
             started = time.monotonic()
-            labels = [client.predict(path).label for path in images[:4]]
-            assert len(labels) == 4 and statuses.count(200) == 4
+            # Four at once against one at the rate and a burst of 1 (held): two are refused and retried.
+            answers = at_once(4, lambda: client.predict(images[0]).label)
+            assert all(isinstance(label, str) for label in answers), answers
+            assert statuses.count(200) == 4
             assert statuses.count(429) >= 1 and time.monotonic() - started >= 1.0  # waited as told
-            with pytest.raises(ServiceUnavailable) as refused:
-                Client(proxy, http_client=http, retries=0).predict(images[0])
-                Client(proxy, http_client=http, retries=0).predict(images[0])
-            assert refused.value.status == 429 and "Too many requests" in refused.value.detail
+            impatient = Client(proxy, http_client=http, retries=0)
+            refusals = [answer for answer in at_once(4, lambda: impatient.predict(images[0]))
+                        if isinstance(answer, ServiceUnavailable)]
+            assert refusals and all(refused.status == 429 and "Too many requests" in refused.detail
+                                    for refused in refusals)
         time.sleep(1.1)
         refusals_before = (tmp_path / "nginx" / "nginx.log").read_text().count('" 429 ')
         assert client_main(["predict", str(tmp_path / "images"), "--url", proxy, "--concurrency", "3",
