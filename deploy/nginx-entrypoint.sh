@@ -42,16 +42,16 @@ burst_per_address=$(burst PROXY_BURST_PER_ADDRESS)
 rate_per_key=$(rate PROXY_RATE_PER_KEY)
 burst_per_key=$(burst PROXY_BURST_PER_KEY)
 
-at_once() {  # BURST: limit_req's parameter that lets the first half of a burst through at once, the rest
+delay() {  # BURST: limit_req's parameter that lets the first half of a burst through at once, the rest
     # held to the rate (nginx.conf); nginx refuses delay=0, and holds the whole burst without the parameter.
     if [ "$(( $1 / 2 ))" -gt 0 ]; then echo "delay=$(( $1 / 2 ))"; fi
 }
-at_once_per_address=$(at_once "$burst_per_address")
-at_once_per_key=$(at_once "$burst_per_key")
+delay_per_address=$(delay "$burst_per_address")
+delay_per_key=$(delay "$burst_per_key")
 
 # Only these names are replaced: nginx's own $variables stay as they are.
-sed -e "s|\${PROXY_BURST_PER_ADDRESS_AT_ONCE}|$at_once_per_address|g" \
-    -e "s|\${PROXY_BURST_PER_KEY_AT_ONCE}|$at_once_per_key|g" \
+sed -e "s|\${PROXY_BURST_PER_ADDRESS_DELAY}|$delay_per_address|g" \
+    -e "s|\${PROXY_BURST_PER_KEY_DELAY}|$delay_per_key|g" \
     -e "s|\${PROXY_RATE_PER_ADDRESS}|$rate_per_address|g" \
     -e "s|\${PROXY_BURST_PER_ADDRESS}|$burst_per_address|g" \
     -e "s|\${PROXY_RATE_PER_KEY}|$rate_per_key|g" \
