@@ -37,9 +37,10 @@ def horse_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_config(data: Path, run_dir: Path, **changes: object) -> TrainConfig:
-    return TrainConfig(recipe="tutorial-rgb", data=data, out=None, epochs=4, batch_size=32, seed=0, val_size=None,
-                       threads=TEST_THREADS, cache_dir=None, run_dir=run_dir, resume=False, verbose=0,
-                       timing_seconds=0.05, **changes)
+    fields: dict = {"recipe": "tutorial-rgb", "data": data, "out": None, "epochs": 4, "batch_size": 32, "seed": 0,
+                    "val_size": None, "threads": TEST_THREADS, "cache_dir": None, "run_dir": run_dir,
+                    "resume": False, "verbose": 0, "timing_seconds": 0.05}
+    return TrainConfig(**(fields | changes))
 
 
 def test_a_student_learns_its_teachers_answers(shapes_dataset: Path, trained_model_dir: Path,
@@ -55,6 +56,18 @@ def test_a_student_learns_its_teachers_answers(shapes_dataset: Path, trained_mod
     assert student["distillation"] == {"teacher": horse_teacher.as_posix(), "level": "accurate", "weight": 1.0,
                                        "temperature": 1.0}
     assert list((tmp_path / "run").glob("teacher-accurate-*.npy")), "the teacher's answers are kept for a rerun"
+
+
+def test_runs_sharing_a_cache_ask_the_teacher_once(shapes_dataset: Path, horse_teacher: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    for run in ("first", "second"):
+        train(run_config(shapes_dataset, tmp_path / run, teacher=horse_teacher, epochs=1,
+                         cache_dir=tmp_path / "cache"))
+    printed = capsys.readouterr().out
+    assert printed.count(f"teacher: {horse_teacher} at level accurate") == 1, "the second run read the cache"
+    assert printed.count("of the training split's labels") == 2, "both runs learnt from the teacher"
+    assert len(list((tmp_path / "cache").glob("teacher-accurate-*.npy"))) == 1
+    assert not list((tmp_path / "first").glob("teacher-*.npy")), "with a cache, the run folder holds none"
 
 
 def test_a_teacher_without_the_level_is_refused_by_name(shapes_dataset: Path, tmp_path: Path) -> None:

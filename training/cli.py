@@ -128,7 +128,8 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
 
 def add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
-                        help="where decoded ImageFolder arrays are cached, keyed by the data's hash")
+                        help="where decoded ImageFolder arrays and a teacher's probabilities are cached, keyed by "
+                             "their content (--no-cache: a teacher's go in the run folder)")
 
 
 def add_exported_version(parser: argparse.ArgumentParser) -> None:
