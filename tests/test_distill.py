@@ -12,7 +12,7 @@ from core.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE
 from tests.conftest import TEST_THREADS
 from tests.model_versions import metadata
 from training.augment import Augmentation, augment_batch
-from training.distill import TeacherError, soft_targets
+from training.distill import TeacherError, soft_targets, teacher_probabilities
 from training.train import TrainConfig, train
 
 TEACHER_CLASS = CLASS_NAMES.index("horse")
@@ -58,16 +58,22 @@ def test_a_student_learns_its_teachers_answers(shapes_dataset: Path, trained_mod
     assert list((tmp_path / "run").glob("teacher-accurate-*.npy")), "the teacher's answers are kept for a rerun"
 
 
-def test_runs_sharing_a_cache_ask_the_teacher_once(shapes_dataset: Path, horse_teacher: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    for run in ("first", "second"):
-        train(run_config(shapes_dataset, tmp_path / run, teacher=horse_teacher, epochs=1,
-                         cache_dir=tmp_path / "cache"))
-    printed = capsys.readouterr().out
-    assert printed.count(f"teacher: {horse_teacher} at level accurate") == 1, "the second run read the cache"
-    assert printed.count("of the training split's labels") == 2, "both runs learnt from the teacher"
-    assert len(list((tmp_path / "cache").glob("teacher-accurate-*.npy"))) == 1
-    assert not list((tmp_path / "first").glob("teacher-*.npy")), "with a cache, the run folder holds none"
+def test_a_run_keeps_its_teachers_answers_with_the_data_cache(shapes_dataset: Path, horse_teacher: Path,
+                                                              tmp_path: Path) -> None:
+    train(run_config(shapes_dataset, tmp_path / "run", teacher=horse_teacher, epochs=1, cache_dir=tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").glob("teacher-accurate-*.npy"))) == 1, "where the next run will look"
+    assert not list((tmp_path / "run").glob("teacher-*.npy"))
+
+
+def test_the_teacher_is_asked_once_for_the_same_images(horse_teacher: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (5, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    first = teacher_probabilities(horse_teacher, images, "accurate", tmp_path)
+    again = teacher_probabilities(horse_teacher, images, "accurate", tmp_path)
+    other = teacher_probabilities(horse_teacher, images[:4], "accurate", tmp_path)
+    assert capsys.readouterr().out.count(f"teacher: {horse_teacher} at level accurate") == 2, "others are asked"
+    assert np.array_equal(first, again) and first.shape == (5, len(CLASS_NAMES)) and len(other) == 4
+    assert first.argmax(axis=1).tolist() == [TEACHER_CLASS] * 5
 
 
 def test_a_teacher_without_the_level_is_refused_by_name(shapes_dataset: Path, tmp_path: Path) -> None:
