@@ -1,6 +1,7 @@
 """Distillation and batch augmentation: a student learns what its teacher says, and each augmentation
 does to a batch what it claims."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -37,10 +38,10 @@ def horse_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_config(data: Path, run_dir: Path, **changes: object) -> TrainConfig:
-    fields: dict = {"recipe": "tutorial-rgb", "data": data, "out": None, "epochs": 4, "batch_size": 32, "seed": 0,
-                    "val_size": None, "threads": TEST_THREADS, "cache_dir": None, "run_dir": run_dir,
-                    "resume": False, "verbose": 0, "timing_seconds": 0.05}
-    return TrainConfig(**(fields | changes))
+    config = TrainConfig(recipe="tutorial-rgb", data=data, out=None, epochs=4, batch_size=32, seed=0, val_size=None,
+                         threads=TEST_THREADS, cache_dir=None, run_dir=run_dir, resume=False, verbose=0,
+                         timing_seconds=0.05)
+    return dataclasses.replace(config, **changes)
 
 
 def test_a_student_learns_its_teachers_answers(shapes_dataset: Path, trained_model_dir: Path,

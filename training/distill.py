@@ -2,9 +2,10 @@
 
 The teacher is a version folder of the export contract (``models/cifar10/N``). Its probabilities at
 one accuracy level (``accurate``: six views averaged, what no single forward pass of the student
-gives) are computed once per training image and kept beside the run: a student epoch then costs no
-teacher pass at all. They are the teacher's answer for the whole image and its views, which the
-random flip and shift of training approximate; cutout is the one augmentation the teacher never saw.
+gives) are computed once per training image and kept with the decoded data (in the run folder without a
+cache), so runs on the same split share them and a student epoch costs no teacher pass at all. They are
+the teacher's answer for the whole image and its views, which the random flip and shift of training
+approximate; cutout is the one augmentation the teacher never saw.
 """
 
 import hashlib

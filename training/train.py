@@ -43,7 +43,7 @@ class TrainConfig:
     seed: int
     val_size: int | None  # None: 5,000 or 10% of a smaller dataset
     threads: int
-    cache_dir: Path | None
+    cache_dir: Path | None  # decoded ImageFolder arrays and a teacher's answers; None: the latter in run_dir
     run_dir: Path  # checkpoints, the epoch log (for --resume) and, without ``out``, the export
     resume: bool
     verbose: int = 1
