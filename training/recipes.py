@@ -152,9 +152,6 @@ AIRBENCH_MOMENTUM = 0.85  # Nesterov
 AIRBENCH_PEAK_LR = 11.5 / (1 + 1 / (1 - AIRBENCH_MOMENTUM))
 # airbench94 decays each weight by 0.0153 * 1024 / 7851 = 0.0020 per step through the momentum
 # buffer, amplified 1/(1 - momentum); Keras decays by lr * weight_decay outside it.
-# Distillation from the shipped model's six-view answers; weight and temperature from the ablation in
-# docs/training.md (where a row is still to be run, the values of Hinton et al.'s usual range).
-DEFAULT_DISTILLATION = Distillation(weight=0.5, temperature=2.0, teacher_level="accurate")
 AIRBENCH_WEIGHT_DECAY = 0.0153 * 1024 / (1024 * (1 + 1 / (1 - AIRBENCH_MOMENTUM))) / (
     1 - AIRBENCH_MOMENTUM) / AIRBENCH_PEAK_LR
 AIRBENCH_BIAS_SCALE = 64.0
@@ -167,6 +164,9 @@ AIRBENCH_WHITENING_IMAGES = 5000
 AIRBENCH_LOOKAHEAD = LookaheadSchedule(decay_base=0.95, decay_pow=3.0, every_steps=5)
 AIRBENCH_DEFAULT_LEVEL: LevelName = "accurate"  # airbench's TTA level 2: 6 views, 3x the inference of its mirror pair
 AIRBENCH_WHITENING_EPSILON = 5e-4  # added to each eigenvalue before its 1/sqrt
+# Distillation from the shipped model's six-view answers; weight and temperature from the ablation in
+# docs/training.md (where a row is still to be run, the values of Hinton et al.'s usual range).
+DEFAULT_DISTILLATION = Distillation(weight=0.5, temperature=2.0, teacher_level="accurate")
 # Muon on the conv filters (the ablation's row, docs/training.md): Keras' Muon scales each update
 # to Adam's RMS (rms_rate 0.2), so Adam-sized rates apply to both halves; untuned until that row runs.
 MUON_PEAK_LR = 0.01
