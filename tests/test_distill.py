@@ -13,28 +13,39 @@ from core.contract import CLASS_NAMES, IMAGE_SIZE, METADATA_FILE
 from tests.conftest import TEST_THREADS
 from tests.model_versions import metadata
 from training.augment import Augmentation, augment_batch
-from training.distill import TeacherError, soft_targets, teacher_probabilities
+from training.distill import TeacherError, ensemble_probabilities, soft_targets, teacher_probabilities
 from training.train import TrainConfig, train
 
 TEACHER_CLASS = CLASS_NAMES.index("horse")
 
 
 class OneClassTeacher(tf.Module):
-    """Says "horse" to every image, at every level it offers."""
+    """Says ``class_index`` to every image, at every level it offers."""
+
+    def __init__(self, class_index: int) -> None:
+        super().__init__()
+        self.answer = tf.constant(np.eye(len(CLASS_NAMES), dtype="float32")[[class_index]] * 0.99 + 0.001)
 
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name="images")])
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        rows = tf.shape(images)[0]
-        return {"probabilities": tf.tile(tf.one_hot([TEACHER_CLASS], len(CLASS_NAMES)) * 0.99 + 0.001, [rows, 1])}
+        return {"probabilities": tf.tile(self.answer, [tf.shape(images)[0], 1])}
+
+
+def one_class_teacher(directory: Path, class_name: str) -> Path:
+    module = OneClassTeacher(CLASS_NAMES.index(class_name))
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve, "accurate": module.serve})
+    (directory / METADATA_FILE).write_text(json.dumps(metadata(0.1, levels={"accurate": {"views": 6}})))
+    return directory
 
 
 @pytest.fixture(scope="module")
 def horse_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("teacher") / "1"
-    module = OneClassTeacher()
-    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve, "accurate": module.serve})
-    (directory / METADATA_FILE).write_text(json.dumps(metadata(0.1, levels={"accurate": {"views": 6}})))
-    return directory
+    return one_class_teacher(tmp_path_factory.mktemp("teacher") / "1", "horse")
+
+
+@pytest.fixture(scope="module")
+def cat_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return one_class_teacher(tmp_path_factory.mktemp("teacher") / "2", "cat")
 
 
 def run_config(data: Path, run_dir: Path, **changes: object) -> TrainConfig:
@@ -48,20 +59,21 @@ def test_a_student_learns_its_teachers_answers(shapes_dataset: Path, trained_mod
                                                horse_teacher: Path, tmp_path: Path) -> None:
     # The teacher's word alone (weight 1): the student says "horse" to the shapes the same recipe learns
     # without a teacher (trained_model_dir).
-    export = train(run_config(shapes_dataset, tmp_path / "run", teacher=horse_teacher,
+    export = train(run_config(shapes_dataset, tmp_path / "run", teachers=(horse_teacher,),
                               recipe_changes={"distill_weight": 1.0, "distill_temperature": 1.0}))
     student = json.loads((export / METADATA_FILE).read_text())
     alone = json.loads((trained_model_dir / "1" / METADATA_FILE).read_text())
     assert alone["val_accuracy"] >= 0.5
     assert student["val_accuracy"] <= 0.2  # one class in ten is right
-    assert student["distillation"] == {"teacher": horse_teacher.as_posix(), "level": "accurate", "weight": 1.0,
+    assert student["distillation"] == {"teachers": [horse_teacher.as_posix()], "level": "accurate", "weight": 1.0,
                                        "temperature": 1.0}
     assert list((tmp_path / "run").glob("teacher-accurate-*.npy")), "the teacher's answers are kept for a rerun"
 
 
 def test_a_run_keeps_its_teachers_answers_with_the_data_cache(shapes_dataset: Path, horse_teacher: Path,
                                                               tmp_path: Path) -> None:
-    train(run_config(shapes_dataset, tmp_path / "run", teacher=horse_teacher, epochs=1, cache_dir=tmp_path / "cache"))
+    train(run_config(shapes_dataset, tmp_path / "run", teachers=(horse_teacher,), epochs=1,
+                     cache_dir=tmp_path / "cache"))
     assert len(list((tmp_path / "cache").glob("teacher-accurate-*.npy"))) == 1, "where the next run will look"
     assert not list((tmp_path / "run").glob("teacher-*.npy"))
 
@@ -77,13 +89,26 @@ def test_the_teacher_is_asked_once_for_the_same_images(horse_teacher: Path, tmp_
     assert first.argmax(axis=1).tolist() == [TEACHER_CLASS] * 5
 
 
+def test_an_ensemble_teaches_its_average_asking_each_teacher_once(horse_teacher: Path, cat_teacher: Path,
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    horse = teacher_probabilities(horse_teacher, images, "accurate", tmp_path)
+    both = ensemble_probabilities((horse_teacher, cat_teacher), images, "accurate", tmp_path)
+    assert np.allclose(both, (horse + teacher_probabilities(cat_teacher, images, "accurate", tmp_path)) / 2)
+    # Each says its class at 0.991 and the other at 0.001.
+    assert np.allclose(both[:, [TEACHER_CLASS, CLASS_NAMES.index("cat")]], 0.496) and np.allclose(both.sum(1), 1)
+    asked = capsys.readouterr().out
+    assert asked.count(f"teacher: {horse_teacher} ") == 1 and asked.count(f"teacher: {cat_teacher} ") == 1
+
+
 def test_a_teacher_without_the_level_is_refused_by_name(shapes_dataset: Path, tmp_path: Path) -> None:
     folder = tmp_path / "3"
     folder.mkdir()
     (folder / "saved_model.pb").write_bytes(b"")
     (folder / METADATA_FILE).write_text(json.dumps(metadata(0.5)))
     with pytest.raises(TeacherError, match=r"--teacher .*3 has no level 'accurate'"):
-        train(run_config(shapes_dataset, tmp_path / "run", teacher=folder))
+        train(run_config(shapes_dataset, tmp_path / "run", teachers=(folder,)))
 
 
 def test_a_distilling_change_without_a_teacher_is_refused(shapes_dataset: Path, tmp_path: Path) -> None:

@@ -113,6 +113,13 @@ def test_recipe_names_the_run_folder(argv: list[str], recipe: str) -> None:
     assert config.run_dir.parent == Path("runs") and config.run_dir.name.startswith(f"{recipe}-20")
 
 
+def test_teacher_given_twice_is_an_ensemble_in_order() -> None:
+    args = ["train", "--recipe", "airbench-distill", "--teacher", "models/cifar10/4", "--teacher", "runs/a/model"]
+    assert config_from_args(build_parser().parse_args(args)).teachers == (Path("models/cifar10/4"),
+                                                                          Path("runs/a/model"))
+    assert config_from_args(build_parser().parse_args(["train"])).teachers == ()
+
+
 @pytest.mark.parametrize("refused", [["--recipe", "resnet"], ["--recipe", "seed-rgb"], ["--arch", "airbench"]])
 def test_an_unknown_recipe_or_option_is_refused_with_the_choices(refused: list[str],
                                                                  capsys: pytest.CaptureFixture) -> None:

@@ -176,9 +176,10 @@ def add_train(commands: argparse._SubParsersAction) -> None:
                         help="continue the run in --run-dir from its last epoch checkpoint instead of starting over")
     parser.add_argument("--quiet", action="store_true", help="no per-step progress bar, one line per epoch")
     distilling = parser.add_argument_group("distillation and one-off changes (the ablation in docs/training.md)")
-    distilling.add_argument("--teacher", type=Path, default=None,
+    distilling.add_argument("--teacher", type=Path, action="append", dest="teachers", default=[],
                             help="a model version folder (e.g. models/cifar10/4) whose probabilities the student "
-                            "learns as well as the labels; required by recipes that distill")
+                            "learns as well as the labels; required by recipes that distill; given more than once, "
+                            "the student learns the teachers' average (an ensemble)")
     distilling.add_argument("--distill-weight", type=share, default=None,
                             help="the teacher's share of each target, 0-1 (default: the recipe's)")
     distilling.add_argument("--distill-temperature", type=positive_float, default=None,
@@ -216,7 +217,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         run_dir=args.run_dir or new_run_dir(args.recipe),
         resume=args.resume,
         verbose=2 if args.quiet else 1,
-        teacher=args.teacher,
+        teachers=tuple(args.teachers),
         recipe_changes={key: value for key, value in (("flip", args.flip), ("distill_weight", args.distill_weight),
                         ("distill_temperature", args.distill_temperature)) if value is not None},
     )

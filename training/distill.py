@@ -1,8 +1,8 @@
 """Distillation: a student learns from a served model's probabilities as well as from the labels.
 
-The teacher is a version folder of the export contract (``models/cifar10/N``). Its probabilities at
-one accuracy level (``accurate``: six views averaged, what no single forward pass of the student
-gives) are computed once per training image and kept with the decoded data (in the run folder without a
+The teacher is a version folder of the export contract (``models/cifar10/N``), or several, averaged.
+Its probabilities at one accuracy level (``accurate``: six views averaged, what no single forward pass
+of the student gives) are computed once per training image and kept with the decoded data (in the run folder without a
 cache), so runs on the same split share them and a student epoch costs no teacher pass at all. They are
 the teacher's answer for the whole image and its views, which the random flip and shift of training
 approximate; cutout is the one augmentation the teacher never saw.
@@ -54,11 +54,24 @@ def mixed_targets(one_hot: tf.Tensor, teacher: tf.Tensor, weight: float) -> tf.T
     return (1.0 - weight) * one_hot + weight * teacher
 
 
+def ensemble_probabilities(teacher_dirs: tuple[Path, ...], images: np.ndarray, level: str,
+                           cache_dir: Path) -> np.ndarray:
+    """The teachers' probabilities at ``level`` averaged per image: an ensemble of differently trained models
+    is a stronger teacher than any one of them (docs/training.md). Each teacher's answers are cached apart,
+    so a run with a new ensemble asks only the teachers not asked before."""
+    return np.mean([teacher_probabilities(teacher_dir, images, level, cache_dir) for teacher_dir in teacher_dirs],
+                   axis=0, dtype="float32")
+
+
 def teacher_probabilities(teacher_dir: Path, images: np.ndarray, level: str, cache_dir: Path) -> np.ndarray:
     """The teacher's probabilities at ``level`` for every image, from ``cache_dir`` when computed before
     for the same teacher and images."""
     metadata = _teacher_metadata(teacher_dir, level)
     key = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode() + level.encode() + images.tobytes())
+    # The graph and the weights too: two teachers can share a metadata.json (a copy re-trained with the same
+    # options, or written by hand) and must not share their answers.
+    for path in sorted([teacher_dir / SAVED_MODEL_FILE, *(teacher_dir / "variables").glob("*")]):
+        key.update(path.read_bytes())
     cache_file = cache_dir / f"teacher-{level}-{key.hexdigest()[:16]}.npy"
     if cache_file.is_file():
         return np.load(cache_file)

@@ -47,7 +47,7 @@ class TrainConfig:
     run_dir: Path  # checkpoints, the epoch log (for --resume) and, without ``out``, the export
     resume: bool
     verbose: int = 1
-    teacher: Path | None = None  # a model version whose probabilities a distilling recipe learns from
+    teachers: tuple[Path, ...] = ()  # model versions whose probabilities, averaged, a distilling recipe learns from
     recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes: flip, distillation
     timing_seconds: float = evaluation.TIMING_SECONDS  # per level, precision and batch size, for metadata.json
 
@@ -122,9 +122,9 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
     if recipe.distillation is not None:
         # Kept with the decoded data when there is a cache (keyed by teacher and images, so every run on the
         # same split reuses them: ~10 minutes of teacher passes on 2 CPUs), else in the run folder.
-        probabilities = distill.teacher_probabilities(config.teacher, splits.train.images,
-                                                      recipe.distillation.teacher_level,
-                                                      config.cache_dir or config.run_dir)
+        probabilities = distill.ensemble_probabilities(config.teachers, splits.train.images,
+                                                       recipe.distillation.teacher_level,
+                                                       config.cache_dir or config.run_dir)
         agreement = float(np.mean(probabilities.argmax(axis=1) == splits.train.labels))
         print(f"teacher: {agreement:.2%} of the training split's labels", flush=True)
         teacher = distill.soft_targets(probabilities, recipe.distillation.temperature)
@@ -184,7 +184,7 @@ def changed_recipe(recipe: Recipe, config: TrainConfig) -> Recipe:
     changes = config.recipe_changes
     if "flip" in changes:
         recipe = replace(recipe, augmentation=replace(recipe.augmentation, flip=changes["flip"]))
-    if config.teacher is None:
+    if not config.teachers:
         if recipe.distillation is not None or {"distill_weight", "distill_temperature"} & changes.keys():
             raise distill.TeacherError(f"recipe {config.recipe} distills: pass --teacher with a model version "
                                        "folder, e.g. --teacher models/cifar10/4.")
@@ -221,7 +221,7 @@ def describe_training(config: TrainConfig, recipe: Recipe, splits: Splits, fitte
         "val_images": len(splits.val.labels),
         "flip": recipe.augmentation.flip,
         "distillation": None if recipe.distillation is None else {
-            "teacher": config.teacher.as_posix() if config.teacher else None,
+            "teachers": [teacher.as_posix() for teacher in config.teachers],
             "level": recipe.distillation.teacher_level, "weight": recipe.distillation.weight,
             "temperature": recipe.distillation.temperature},
         "train_seconds": round(sum(history.get("epoch_seconds", [])), 1),
