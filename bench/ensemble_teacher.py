@@ -20,18 +20,15 @@ import numpy as np
 import tensorflow as tf
 
 from bench.paths import recorded_path
-from core.contract import INPUT_NAME, LEVELS, OUTPUT_NAME
+from core.contract import LEVELS
 from training.calibration import expected_calibration_error
 from training.data import default_cache_dir, default_val_size, load_image_folder, stratified_split
-
-BATCH_SIZE = 250
+from training.signatures import predict_saved_model
 
 
 def level_probabilities(version_dir: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     saved = tf.saved_model.load(str(version_dir))
-    return {level.name: np.concatenate([
-        saved.signatures[level.name](**{INPUT_NAME: tf.constant(images[start:start + BATCH_SIZE])})[OUTPUT_NAME].numpy()
-        for start in range(0, len(images), BATCH_SIZE)]) for level in LEVELS}
+    return {level.name: predict_saved_model(saved.signatures[level.name], images) for level in LEVELS}
 
 
 def row(name: str, probabilities: dict[str, np.ndarray], labels: np.ndarray) -> str:

@@ -16,17 +16,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from core.contract import (
-    BFLOAT16,
-    INPUT_NAME,
-    METADATA_FILE,
-    NUM_CLASSES,
-    OUTPUT_NAME,
-    SAVED_MODEL_FILE,
-    level_signature,
-)
+from core.contract import BFLOAT16, METADATA_FILE, NUM_CLASSES, SAVED_MODEL_FILE, level_signature
 from core.cpus import cpu_flags, has_bfloat16
 from training.errors import TrainingError
+from training.signatures import predict_saved_model
 
 TEACHER_BATCH_SIZE = 256
 
@@ -80,9 +73,7 @@ def teacher_probabilities(teacher_dir: Path, images: np.ndarray, level: str, cac
     name = bfloat16 if has_bfloat16(cpu_flags()) and bfloat16 in saved.signatures else level
     signature = saved.signatures[name]
     print(f"teacher: {teacher_dir} at level {level} ({name}) over {len(images)} images", flush=True)
-    rows = [signature(**{INPUT_NAME: tf.constant(images[start:start + TEACHER_BATCH_SIZE])})[OUTPUT_NAME].numpy()
-            for start in range(0, len(images), TEACHER_BATCH_SIZE)]
-    probabilities = np.concatenate(rows).astype("float32")
+    probabilities = predict_saved_model(signature, images, TEACHER_BATCH_SIZE).astype("float32")
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(cache_file, probabilities)
     return probabilities
