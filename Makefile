@@ -60,10 +60,11 @@ train: $(STAMP)  ## train the shipped recipe on the shared JPEG set into $(RUN),
 	$(BIN)/python -m training train --data $(DATA) --quiet --run-dir $(RUN)
 	$(BIN)/python -m training promote $(RUN) --to models/cifar10
 
-TEACHER ?= models/cifar10/4
+# One model folder, or several (an ensemble: the student learns their average).
+TEACHERS ?= models/cifar10/4
 
-distill: $(STAMP)  ## train airbench-distill from the shipped model $(TEACHER) into $(RUN), then promote it
-	$(BIN)/python -m training train --data $(DATA) --recipe airbench-distill --teacher $(TEACHER) --quiet --run-dir $(RUN)
+distill: $(STAMP)  ## train airbench-distill from the shipped teacher(s) $(TEACHERS) into $(RUN), then promote it
+	$(BIN)/python -m training train --data $(DATA) --recipe airbench-distill $(foreach t,$(TEACHERS),--teacher $(t)) --quiet --run-dir $(RUN)
 	$(BIN)/python -m training promote $(RUN) --to models/cifar10
 
 train-tutorial: $(STAMP)  ## the tutorial's model, trained the tutorial's way, for comparison
