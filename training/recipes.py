@@ -169,7 +169,7 @@ AIRBENCH_WHITENING_EPSILON = 5e-4  # added to each eigenvalue before its 1/sqrt
 DEFAULT_DISTILLATION = Distillation(weight=0.5, temperature=2.0, teacher_level="accurate")
 # A student of version 4 trained 30 epochs is as good as one trained 35 (within 0.1 points at `fast` and
 # `accurate`, 0.14 above at `balanced`, lower ECE; docs/training.md), and 30 fit `make distill` into its
-# 90 minutes with the teacher pass and the export: 79 measured on a 2-core machine with AVX512-BF16.
+# 90 minutes: 79 from start to the exported model on a 2-core machine with AVX512-BF16.
 AIRBENCH_DISTILL_EPOCHS = 30
 # Muon on the conv filters (the ablation's row, docs/training.md): Keras' Muon scales each update
 # to Adam's RMS (rms_rate 0.2), so Adam-sized rates apply to both halves. Untuned: at these values the
@@ -243,7 +243,7 @@ AIRBENCH = Recipe(
 
 RECIPES: dict[str, Recipe] = {
     "airbench": AIRBENCH,
-    # The same network and schedule, learning from a teacher's probabilities too: --teacher models/cifar10/N.
+    # The same network and schedule, 30 epochs, learning from a teacher's probabilities too: --teacher DIR.
     "airbench-distill": replace(AIRBENCH, distillation=DEFAULT_DISTILLATION, epochs=AIRBENCH_DISTILL_EPOCHS,
                                 description=AIRBENCH.description
                                 + "; learns from a teacher model's six-view probabilities (--teacher) too"),
