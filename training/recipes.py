@@ -243,7 +243,7 @@ AIRBENCH = Recipe(
 
 RECIPES: dict[str, Recipe] = {
     "airbench": AIRBENCH,
-    # The same network and schedule, 30 epochs, learning from a teacher's probabilities too: --teacher DIR.
+    # The same network and schedule, fewer epochs, learning from a teacher's probabilities too: --teacher DIR.
     "airbench-distill": replace(AIRBENCH, distillation=DEFAULT_DISTILLATION, epochs=AIRBENCH_DISTILL_EPOCHS,
                                 description=AIRBENCH.description
                                 + "; learns from a teacher model's six-view probabilities (--teacher) too"),
