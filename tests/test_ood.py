@@ -36,9 +36,10 @@ def noise(count: int, seed: int) -> list[bytes]:
 
 
 def settings(model_dir: Path, **overrides: object) -> Settings:
-    """float32 at every level (INT8=false), so answers compare with the SavedModel's signatures."""
-    return Settings(model_dir=model_dir, inference_threads=2, decode_threads=2, max_batch_files=32, int8=False,
-                    **overrides)
+    """float32 at every level (BFLOAT16=false, INT8=false), so answers compare with the SavedModel's signatures
+    whatever precision the export chose for a level by timing it."""
+    return Settings(model_dir=model_dir, inference_threads=2, decode_threads=2, max_batch_files=32, bfloat16=False,
+                    int8=False, **overrides)
 
 
 def batch(client, uploads: list[bytes], level: str | None = None) -> list[dict]:

@@ -43,9 +43,10 @@ def wait_ready(client: TestClient) -> None:
 
 @pytest.fixture(scope="module")
 def client(trained_model_dir: Path) -> Iterator[TestClient]:
-    # float32 at every level (INT8=false): answers are compared with the SavedModel's own signatures.
+    # float32 at every level (BFLOAT16=false, INT8=false): answers are compared with the SavedModel's own
+    # signatures, and the export may have chosen either for a level by timing it.
     settings = Settings(model_dir=trained_model_dir, inference_threads=2, decode_threads=2,
-                        max_batch_files=MAX_BATCH_FILES, int8=False)
+                        max_batch_files=MAX_BATCH_FILES, bfloat16=False, int8=False)
     with TestClient(create_app(settings)) as test_client:
         wait_ready(test_client)
         yield test_client
@@ -243,7 +244,7 @@ def test_concurrent_uploads_each_get_their_own_answer(client: TestClient, traine
         return [r.json() for r in responses]
 
     with running_server(trained_model_dir, tmp_path / "server.log", INFERENCE_THREADS="2",
-                        INT8="false") as server:
+                        BFLOAT16="false", INT8="false") as server:
         answers = asyncio.run(send_all(server.url))
     for answer, row in zip(answers, expected, strict=True):
         np.testing.assert_allclose(list(answer["probabilities"].values()), row, atol=1e-5)
