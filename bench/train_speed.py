@@ -1,8 +1,11 @@
 """Training and inference speed of one recipe's network, measured side by side in one run.
 
-    python bench/train_speed.py --recipe airbench [--threads 2] [--steps 6]
+    python bench/train_speed.py --recipe airbench [--threads 2] [--steps 6] [--precision P] [--jit-compile]
+                                [--train-only]
 
-Training: images/s of the recipe's own optimiser, batch size and precision on random data.
+Training: images/s of the recipe's own optimiser, batch size and precision on random data; ``--precision``
+and ``--jit-compile`` (XLA on the train step, which Keras leaves off on a CPU) time the alternatives that
+docs/training.md compares, one process per row.
 Inference: images/s of the exported SavedModel signature at batch 1 and 256 for each
 test-time augmentation (none, flip, flip-translate; the recipe's own is marked), the
 parameter count, and the FLOPs per image counted from the layer shapes.
@@ -42,12 +45,25 @@ def conv_dense_macs(model: keras.Model) -> int:
     return int(total)
 
 
-def train_images_per_second(recipe_name: str, steps: int) -> float:
+PRECISIONS = ("recipe", "float32", "mixed_bfloat16")
+
+
+def dtype_policy(recipe_name: str, precision: str) -> str:
+    """``precision``, or for "recipe" the recipe's own (as if the CPU had bfloat16 instructions)."""
+    if precision != "recipe":
+        return precision
+    return "mixed_bfloat16" if RECIPES[recipe_name].mixed_bfloat16 else "float32"
+
+
+def train_images_per_second(recipe_name: str, steps: int, policy: str, jit_compile: bool = False) -> float:
+    """Images/s of ``model.fit`` on random data: the recipe's network, optimiser and batch size, under the
+    dtype ``policy``, with or without XLA."""
     recipe = RECIPES[recipe_name]
-    keras.config.set_dtype_policy("mixed_bfloat16" if recipe.mixed_bfloat16 else "float32")
+    keras.config.set_dtype_policy(policy)
     model = recipe.build()
     model.compile(optimizer=recipe.make_optimizer(1000),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing))
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
+                  jit_compile=jit_compile)
     batch = recipe.batch_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch * steps, 32, 32, 3)).astype("float32")
@@ -76,21 +92,29 @@ def main() -> None:
     add_recipe_option(parser, "the recipe whose network, optimiser and batch size are timed")
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--steps", type=int, default=6, help="training steps timed")
+    parser.add_argument("--precision", choices=PRECISIONS, default="recipe",
+                        help="the training step's dtype policy (default: the recipe's)")
+    parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--train-only", action="store_true", help="time the training step only, no inference")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     set_tensorflow_threads(args.threads)
 
     recipe = RECIPES[args.recipe]
-    train_rate = train_images_per_second(args.recipe, args.steps)
+    policy = dtype_policy(args.recipe, args.precision)
+    train_rate = train_images_per_second(args.recipe, args.steps, policy, args.jit_compile)
     keras.config.set_dtype_policy("float32")
     model = recipe.build()
     if recipe.data_init:
         recipe.data_init(model, np.random.default_rng(2).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8), 0)
     figures: dict[str, object] = {
         "recipe": args.recipe, "threads": args.threads, "params": int(model.count_params()),
+        "train_precision": policy, "train_jit_compile": args.jit_compile,
         "train_batch_size": recipe.batch_size, "train_images_per_second": round(train_rate, 1),
         "epoch_seconds_45k": round(45000 / train_rate, 1), "recipe_tta": level_named(recipe.default_level).tta,
     }
+    if args.train_only:
+        return report(figures, args.json)
     with tempfile.TemporaryDirectory() as directory:
         signatures.write_saved_model(Path(directory), model, signatures.level_signatures(
             model, {level.name: 1.0 for level in LEVELS}, recipe.default_level, None))
@@ -105,11 +129,15 @@ def main() -> None:
                 f"{tta}:latency_ms_batch_1": round(latency_1, 2),
                 f"{tta}:images_per_second_batch_256": round(rate_256, 1),
             }
+    report(figures, args.json)
+
+
+def report(figures: dict[str, object], json_path: Path | None) -> None:
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
