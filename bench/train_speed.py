@@ -114,7 +114,8 @@ def main() -> None:
         "epoch_seconds_45k": round(45000 / train_rate, 1), "recipe_tta": level_named(recipe.default_level).tta,
     }
     if args.train_only:
-        return report(figures, args.json)
+        report(figures, args.json)
+        return
     with tempfile.TemporaryDirectory() as directory:
         signatures.write_saved_model(Path(directory), model, signatures.level_signatures(
             model, {level.name: 1.0 for level in LEVELS}, recipe.default_level, None))
