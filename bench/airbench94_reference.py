@@ -103,6 +103,53 @@ def lr_factor(step: int, total: int) -> float:
     return 1 + (LR_END - 1) * (step - warmup_steps) / (total - warmup_steps)
 
 
+def make_optimizer(net: nn.Sequential, total_steps: int) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
+    """airbench's Nesterov SGD, BatchNorm biases at BIAS_SCALE x the rate, with its warm-up and decay."""
+    # airbench's parametrisation: lr and decay per 1024 examples, for a summed loss.
+    kilostep_scale = 1024 * (1 + 1 / (1 - MOMENTUM))
+    lr, decay = LR / kilostep_scale, WEIGHT_DECAY * BATCH_SIZE / kilostep_scale
+    bn_biases = [p for name, p in net.named_parameters() if p.requires_grad and p.ndim == 1 and name != "0.bias"]
+    others = [p for p in net.parameters() if p.requires_grad and all(p is not b for b in bn_biases)]
+    optimizer = torch.optim.SGD([dict(params=bn_biases, lr=lr * BIAS_SCALE, weight_decay=decay / (lr * BIAS_SCALE)),
+                                 dict(params=others, lr=lr, weight_decay=decay / lr)],
+                                momentum=MOMENTUM, nesterov=True)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps))
+
+
+class Lookahead:
+    """airbench's weight averaging: every LOOKAHEAD_EVERY steps the weights (BatchNorm statistics too) become
+    an average kept across steps, free early on and strong at the end; ``finish`` leaves the average."""
+
+    def __init__(self, net: nn.Module, total_steps: int) -> None:
+        self.net = net
+        self.decays = LOOKAHEAD_BASE**LOOKAHEAD_EVERY * (torch.arange(total_steps + 1) / total_steps) ** LOOKAHEAD_POW
+        self.average = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def step(self, step: int) -> None:
+        if step % LOOKAHEAD_EVERY == 0:
+            self._pull(self.decays[step].item())
+
+    def finish(self) -> None:
+        self._pull(1.0)
+
+    def _pull(self, decay: float) -> None:
+        for averaged, current in zip(self.average.values(), self.net.state_dict().values(), strict=True):
+            if current.dtype == torch.float32:
+                averaged.lerp_(current, 1 - decay)
+                current.copy_(averaged)
+
+
+def descend(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+            lookahead: Lookahead, step: int) -> int:
+    """One optimiser step on ``loss``, with the schedule and the averaging moved on; the new step count."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    lookahead.step(step + 1)
+    return step + 1
+
+
 def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, tta: bool, autocast: bool) -> float:
     def mirrored(x: torch.Tensor) -> torch.Tensor:
         return 0.5 * net(x).float() + 0.5 * net(x.flip(-1)).float()
@@ -142,26 +189,10 @@ def main() -> None:
     net = make_net().to(memory_format=torch.channels_last)
     init_whitening(net[0], train_images[torch.randperm(len(train_images))[:WHITENING_IMAGES]])
 
-    # airbench's parametrisation: lr and decay per 1024 examples, for a summed loss.
-    kilostep_scale = 1024 * (1 + 1 / (1 - MOMENTUM))
-    lr, decay = LR / kilostep_scale, WEIGHT_DECAY * BATCH_SIZE / kilostep_scale
-    bn_biases = [p for name, p in net.named_parameters() if p.requires_grad and p.ndim == 1 and name != "0.bias"]
-    others = [p for p in net.parameters() if p.requires_grad and all(p is not b for b in bn_biases)]
-    optimizer = torch.optim.SGD([dict(params=bn_biases, lr=lr * BIAS_SCALE, weight_decay=decay / (lr * BIAS_SCALE)),
-                                 dict(params=others, lr=lr, weight_decay=decay / lr)],
-                                momentum=MOMENTUM, nesterov=True)
     steps_per_epoch = len(train_images) // BATCH_SIZE  # drop_last, as airbench
     total_steps = steps_per_epoch * args.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps))
-    lookahead_decay = LOOKAHEAD_BASE**LOOKAHEAD_EVERY * (torch.arange(total_steps + 1) / total_steps) ** LOOKAHEAD_POW
-    average = {k: v.clone() for k, v in net.state_dict().items()}
-
-    def lookahead(decay: float) -> None:
-        for averaged, current in zip(average.values(), net.state_dict().values(), strict=True):
-            if current.dtype == torch.float32:
-                averaged.lerp_(current, 1 - decay)
-                current.copy_(averaged)
-
+    optimizer, scheduler = make_optimizer(net, total_steps)
+    lookahead = Lookahead(net, total_steps)
     padded = F.pad(train_images, (TRANSLATE,) * 4, mode="reflect")
     first_flip = torch.rand(len(train_images)) < 0.5
     step, started = 0, time.perf_counter()
@@ -176,15 +207,9 @@ def main() -> None:
             with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
                 logits = net(images[batch].contiguous(memory_format=torch.channels_last)).float() * LOGIT_SCALE
             loss = F.cross_entropy(logits, train_labels[batch], label_smoothing=LABEL_SMOOTHING, reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if step % LOOKAHEAD_EVERY == 0:
-                lookahead(lookahead_decay[step].item())
+            step = descend(loss, optimizer, scheduler, lookahead, step)
         if epoch == args.epochs - 1:
-            lookahead(1.0)
+            lookahead.finish()
         val_accuracy = evaluate(net, val_images, val_labels, False, autocast)
         print(f"epoch {epoch + 1}: val {val_accuracy:.4f}, {time.perf_counter() - started:.0f} s", flush=True)
     print(json.dumps({"epochs": args.epochs, "precision": args.precision, "seed": args.seed,

@@ -5,6 +5,9 @@ both sides then train and validate on the same 45,000 / 5,000 images. The arrays
 from the CIFAR-10 data, so the default path is outside the repository; never commit them.
 
     .venv/bin/python bench/export_split.py --data ../shared/data/cifar10-train-jpeg.tar.gz
+
+``--indices FILE.npy`` writes only which images are held out (their positions in the archive's order
+and their labels, a few kilobytes), for ``bench/screen_recipes.py``, which decodes the archive itself.
 """
 
 import argparse
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import default_val_size, load_image_folder, stratified_split
+from training.data import Split, default_val_size, load_image_folder, stratified_split
 
 DEFAULT_OUT = Path("/tmp/cifar10-split.npz")
 
@@ -22,9 +25,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder directory or archive")
     parser.add_argument("--seed", type=int, default=0, help="the training command's --seed (default 0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output .npz (default {DEFAULT_OUT})")
+    parser.add_argument("--indices", type=Path, help="write only the validation images' positions and labels here")
     args = parser.parse_args()
 
     dataset = load_image_folder(args.data, cache_dir=None)
+    if args.indices:
+        positions = Split(np.arange(len(dataset.train.labels)), dataset.train.labels)
+        _, val = stratified_split(positions, default_val_size(len(dataset.train.labels)), args.seed)
+        with args.indices.open("wb") as stream:  # as given: np.save would add .npy to another name
+            np.savez(stream, val_index=val.images, val_labels=val.labels)
+        print(f"wrote {args.indices}: the positions of {len(val.labels)} validation images")
+        return
     train, val = stratified_split(dataset.train, default_val_size(len(dataset.train.labels)), args.seed)
     np.savez(args.out, train_images=train.images, train_labels=train.labels,
              val_images=val.images, val_labels=val.labels)
