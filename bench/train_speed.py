@@ -55,9 +55,11 @@ def dtype_policy(recipe_name: str, precision: str) -> str:
     return "mixed_bfloat16" if RECIPES[recipe_name].mixed_bfloat16 else "float32"
 
 
-def train_images_per_second(recipe_name: str, steps: int, policy: str, jit_compile: bool = False) -> float:
-    """Images/s of ``model.fit`` on random data: the recipe's network, optimiser and batch size, under the
-    dtype ``policy``, with or without XLA."""
+def train_images_per_second(recipe_name: str, steps: int, policy: str,
+                            jit_compile: bool = False) -> tuple[float, float]:
+    """Images/s and images per CPU-second of ``model.fit`` on random data: the recipe's network, optimiser and
+    batch size, under the dtype ``policy``, with or without XLA. The second compares runs taken while the host
+    gave the process more or fewer cores (docs/training.md)."""
     recipe = RECIPES[recipe_name]
     keras.config.set_dtype_policy(policy)
     model = recipe.build()
@@ -69,9 +71,9 @@ def train_images_per_second(recipe_name: str, steps: int, policy: str, jit_compi
     images = rng.integers(0, 256, (batch * steps, 32, 32, 3)).astype("float32")
     labels = keras.utils.to_categorical(rng.integers(0, 10, batch * steps), 10)
     model.fit(images[:batch], labels[:batch], batch_size=batch, epochs=1, verbose=0)  # compile, warm caches
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     model.fit(images, labels, batch_size=batch, epochs=1, verbose=0)
-    return len(images) / (time.perf_counter() - started)
+    return len(images) / (time.perf_counter() - started), len(images) / (time.process_time() - cpu_started)
 
 
 def inference_images_per_second(signature, batch: int, seconds: float = 3.0) -> tuple[float, float]:
@@ -102,7 +104,7 @@ def main() -> None:
 
     recipe = RECIPES[args.recipe]
     policy = dtype_policy(args.recipe, args.precision)
-    train_rate = train_images_per_second(args.recipe, args.steps, policy, args.jit_compile)
+    train_rate, train_rate_per_cpu = train_images_per_second(args.recipe, args.steps, policy, args.jit_compile)
     keras.config.set_dtype_policy("float32")
     model = recipe.build()
     if recipe.data_init:
@@ -111,6 +113,8 @@ def main() -> None:
         "recipe": args.recipe, "threads": args.threads, "params": int(model.count_params()),
         "train_precision": policy, "train_jit_compile": args.jit_compile,
         "train_batch_size": recipe.batch_size, "train_images_per_second": round(train_rate, 1),
+        "train_images_per_cpu_second": round(train_rate_per_cpu, 1),
+        "train_cpus_busy": round(train_rate / train_rate_per_cpu, 2),
         "epoch_seconds_45k": round(45000 / train_rate, 1), "recipe_tta": level_named(recipe.default_level).tta,
     }
     if args.train_only:

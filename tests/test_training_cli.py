@@ -172,4 +172,5 @@ def test_progress_says_what_happens_on_lines_of_their_own(tmp_path: Path) -> Non
     assert any(re.fullmatch(r"decoded 100 train images from data in \d+\.\d s", line) for line in lines)
     # Each epoch's timing is a line of its own, not glued to the end of the progress bar.
     for epoch in (1, 2):
-        assert sum(bool(re.fullmatch(rf"epoch {epoch}: \d+\.\d s, \d+ images/s", line)) for line in lines) == 1, lines
+        timing = rf"epoch {epoch}: \d+\.\d s, \d+ images/s, \d+\.\d\d CPUs busy, \d+ images per CPU-second"
+        assert sum(bool(re.fullmatch(timing, line)) for line in lines) == 1, lines

@@ -75,6 +75,7 @@ def test_metadata_and_reports(trained_model_dir: Path) -> None:
     assert len(metadata["data"]["sha256"]) == 64
     assert metadata["tensorflow_version"] == tf.__version__ and metadata["keras_version"] == keras.__version__
     assert len(metadata["seconds_per_epoch"]) == 4 and metadata["train_seconds"] > 0
+    assert metadata["train_images_per_cpu_second"] > 0  # the median of the epochs this process trained
     assert metadata["temperature"] > 0 and 0 <= metadata["val_ece"] <= 1
     # The "none of these" threshold, fitted on the validation split: 95% of its images are within it.
     assert metadata["ood"]["score"] == ood.FEATURE_NORM and metadata["ood"]["images"] == 40

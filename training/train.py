@@ -66,6 +66,7 @@ class Fitted:
     epochs: int
     batch_size: int
     precision: str  # the Keras dtype policy it trained under
+    images_per_cpu_second: float | None  # the median epoch's, of the epochs this process trained
 
 
 def train(config: TrainConfig) -> Path:
@@ -147,7 +148,7 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
         shutil.rmtree(backup_dir, ignore_errors=True)
         history_csv.unlink(missing_ok=True)
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    epoch_counter = EpochCounter()
+    epoch_counter, timer = EpochCounter(), EpochTimer(len(splits.train.labels))
     model.fit(
         make_pipeline(splits.train, batch_size, config.seed, recipe.augmentation, epoch_counter.epoch, teacher,
                       recipe.distillation.weight if recipe.distillation else 0.0),
@@ -163,11 +164,12 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
             # Keras would append its progress bar last: here it ends the epoch's bar line before EpochTimer
             # prints, so the timing gets a line of its own.
             keras.callbacks.ProgbarLogger(),
-            EpochTimer(len(splits.train.labels)),  # adds its figures to the logs before CSVLogger writes them
+            timer,  # adds its figures to the logs before CSVLogger writes them
             keras.callbacks.CSVLogger(str(history_csv), append=True),
         ],
     )
-    return Fitted(model, reports.read_history(history_csv), epochs, batch_size, precision)
+    return Fitted(model, reports.read_history(history_csv), epochs, batch_size, precision,
+                  _median(timer.images_per_cpu_second))
 
 
 def training_precision(recipe: Recipe, flags: frozenset[str] | None = None) -> str:
@@ -228,8 +230,8 @@ def describe_training(config: TrainConfig, recipe: Recipe, splits: Splits, fitte
         "seconds_per_epoch": [round(s, 1) for s in history.get("epoch_seconds", [])],
         # The median epoch: one epoch slowed by other work on the machine (or a run paused and resumed) does not
         # move it, where the mean would.
-        "train_images_per_second": round(float(np.median(history["images_per_second"])), 1)
-        if history.get("images_per_second") else None,
+        "train_images_per_second": _median(history.get("images_per_second")),
+        "train_images_per_cpu_second": fitted.images_per_cpu_second,
         "history": {k: [round(v, 4) for v in vs] for k, vs in history.items() if k != "epoch"},
         "data": {"source": dataset.source if dataset.source == KERAS_SOURCE else Path(dataset.source).name,
                  "sha256": dataset.sha256},
@@ -237,20 +239,36 @@ def describe_training(config: TrainConfig, recipe: Recipe, splits: Splits, fitte
     }
 
 
+def _median(values: list[float] | None) -> float | None:
+    return round(float(np.median(values)), 1) if values else None
+
+
 class EpochTimer(keras.callbacks.Callback):
-    """Adds ``epoch_seconds`` and ``images_per_second`` to each epoch's logs (before CSVLogger)."""
+    """Adds ``epoch_seconds`` and ``images_per_second`` to each epoch's logs (before CSVLogger), and keeps
+    each epoch's images per CPU-second.
+
+    Images per CPU-second (the process's CPU time, every thread's) is the figure that compares runs: on the
+    2-core VMs this project trains on, the CPU time the host gives a process varies from about 1.2 to 2
+    cores over minutes, moving images/s by as much while the work per image stays put (docs/training.md).
+    It stays out of the logs: a column added to history.csv would misalign a run resumed from before it.
+    """
 
     def __init__(self, train_images: int) -> None:
         super().__init__()
         self.train_images = train_images
-        self.started = 0.0
+        self.started = self.cpu_started = 0.0
+        self.images_per_cpu_second: list[float] = []
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.started = time.perf_counter()
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         seconds = time.perf_counter() - self.started
+        cpu_seconds = time.process_time() - self.cpu_started
+        self.images_per_cpu_second.append(self.train_images / cpu_seconds)
         if logs is not None:
             logs["epoch_seconds"] = seconds
             logs["images_per_second"] = self.train_images / seconds
-        print(f"epoch {epoch + 1}: {seconds:.1f} s, {self.train_images / seconds:.0f} images/s", flush=True)
+        print(f"epoch {epoch + 1}: {seconds:.1f} s, {self.train_images / seconds:.0f} images/s, "
+              f"{cpu_seconds / seconds:.2f} CPUs busy, {self.train_images / cpu_seconds:.0f} images per CPU-second",
+              flush=True)
