@@ -6,7 +6,7 @@ from the CIFAR-10 data, so the default path is outside the repository; never com
 
     .venv/bin/python bench/export_split.py --data ../shared/data/cifar10-train-jpeg.tar.gz
 
-``--indices FILE.npy`` writes only which images are held out (their positions in the archive's order
+``--indices FILE.npz`` writes only which images are held out (their positions in the archive's order
 and their labels, a few kilobytes), for ``bench/screen_recipes.py``, which decodes the archive itself.
 """
 
@@ -32,7 +32,7 @@ def main() -> None:
     if args.indices:
         positions = Split(np.arange(len(dataset.train.labels)), dataset.train.labels)
         _, val = stratified_split(positions, default_val_size(len(dataset.train.labels)), args.seed)
-        with args.indices.open("wb") as stream:  # as given: np.save would add .npy to another name
+        with args.indices.open("wb") as stream:  # as given: np.savez would add .npz to another name
             np.savez(stream, val_index=val.images, val_labels=val.labels)
         print(f"wrote {args.indices}: the positions of {len(val.labels)} validation images")
         return
