@@ -71,9 +71,10 @@ def make_net() -> nn.Sequential:
                          *conv_group(WIDTHS[1], WIDTHS[2]), nn.MaxPool2d(3), nn.Flatten(), head)
 
 
-def normalize(images: np.ndarray) -> torch.Tensor:
-    pixels = torch.tensor(images).permute(0, 3, 1, 2).float() / 255
-    return (pixels - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+def normalize(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    pixels = torch.tensor(images, device=device).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1)
+    return (pixels - mean) / torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1)
 
 
 def init_whitening(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -87,8 +88,8 @@ def init_whitening(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> 
 def translated(padded: torch.Tensor) -> torch.Tensor:
     """A random crop of each padded image: shifts of -TRANSLATE..TRANSLATE pixels."""
     size = padded.shape[-1] - 2 * TRANSLATE
-    shifts = torch.randint(0, 2 * TRANSLATE + 1, (len(padded), 2))
-    out = torch.empty(*padded.shape[:2], size, size)
+    shifts = torch.randint(0, 2 * TRANSLATE + 1, (len(padded), 2), device=padded.device)
+    out = torch.empty(*padded.shape[:2], size, size, device=padded.device)
     for dy in range(2 * TRANSLATE + 1):
         for dx in range(2 * TRANSLATE + 1):
             chosen = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)

@@ -24,12 +24,14 @@ split that ``bench/export_split.py --indices`` writes, so accuracies compare wit
 
     .venv/bin/python bench/export_split.py --data ../shared/data/cifar10-train-jpeg.tar.gz \\
         --indices /tmp/cifar10-val-index.npz
-    python3 bench/screen_recipes.py --data ../shared/data/cifar10-train-jpeg.tar.gz \\
+    PYTHONPATH=. python3 bench/screen_recipes.py --data ../shared/data/cifar10-train-jpeg.tar.gz \\
         --val-index /tmp/cifar10-val-index.npz --out screen.jsonl
+
+It needs PyTorch, NumPy and Pillow, not the project's install: ``PYTHONPATH=.`` (the repository root) gives it
+``core``, for the class names and the service's image decoding.
 """
 
 import argparse
-import io
 import json
 import statistics
 import tarfile
@@ -42,10 +44,9 @@ import torch
 import torch.nn.functional as F
 from airbench94_reference import (
     BATCH_SIZE,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
     LABEL_SMOOTHING,
     LOGIT_SCALE,
+    TRANSLATE,
     WHITEN_BIAS_EPOCHS,
     WHITENING_IMAGES,
     Lookahead,
@@ -53,13 +54,15 @@ from airbench94_reference import (
     init_whitening,
     make_net,
     make_optimizer,
+    normalize,
+    translated,
 )
-from PIL import Image
 from torch import nn
 
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-TRANSLATE = 2  # the Keras recipe's AIRBENCH_AUGMENTATION
-CUTOUT = 8
+from core.contract import CLASS_NAMES
+from core.preprocessing import image_bytes_to_array
+
+CUTOUT = 8  # the Keras recipe's AIRBENCH_AUGMENTATION, as the reference's TRANSLATE
 TEACHER_EPOCHS = 35  # AIRBENCH_EPOCHS
 STUDENT_EPOCHS = 30  # AIRBENCH_DISTILL_EPOCHS
 LEVEL_VIEWS = {"fast": 1, "balanced": 2, "accurate": 6}
@@ -115,24 +118,16 @@ SCREENS = {"first": FIRST_SCREEN, "second": SECOND_SCREEN, "third": THIRD_SCREEN
 
 
 def load_archive(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The archive's train/<class>/<file> images in archive order, as ``training.data`` reads them."""
+    """The archive's train/<class>/<file> images in archive order, decoded as ``training.data`` reads them."""
     images, labels = [], []
     with tarfile.open(path) as archive:
         for info in archive:
             parts = PurePosixPath(info.name).parts
             if not info.isfile() or len(parts) < 3 or parts[-3] != "train" or parts[-1].startswith("."):
                 continue
-            with Image.open(io.BytesIO(archive.extractfile(info).read())) as image:
-                images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+            images.append(image_bytes_to_array(archive.extractfile(info).read()))
             labels.append(CLASS_NAMES.index(parts[-2]))
     return np.stack(images), np.array(labels)
-
-
-def normalized(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    pixels = torch.tensor(images, device=device).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1)
-    return ((pixels - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def augmented(images: torch.Tensor, row: Row, epoch: int, first_flip: torch.Tensor) -> torch.Tensor:
@@ -140,13 +135,7 @@ def augmented(images: torch.Tensor, row: Row, epoch: int, first_flip: torch.Tens
     count, size = len(images), images.shape[-1]
     flip = torch.rand(count, device=images.device) < 0.5 if row.flip == "random" else first_flip ^ bool(epoch % 2)
     images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-    padded = F.pad(images, (TRANSLATE,) * 4, mode="reflect")
-    shifts = torch.randint(0, 2 * TRANSLATE + 1, (count, 2), device=images.device)
-    out = torch.empty_like(images)
-    for dy in range(2 * TRANSLATE + 1):
-        for dx in range(2 * TRANSLATE + 1):
-            chosen = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
-            out[chosen] = padded[chosen, :, dy:dy + size, dx:dx + size]
+    out = translated(F.pad(images, (TRANSLATE,) * 4, mode="reflect"))
     if row.cutout:
         corners = torch.randint(0, size, (count, 2), device=images.device) - row.cutout // 2
         positions = torch.arange(size, device=images.device)
@@ -261,9 +250,9 @@ def main() -> None:
     train_mask[split["val_index"]] = False
     train_index = np.flatnonzero(train_mask)[:args.limit or None]
     val_index = split["val_index"][:args.limit or None]
-    data = {"train_images": normalized(images[train_index], device),
+    data = {"train_images": normalize(images[train_index], device).contiguous(memory_format=torch.channels_last),
             "train_labels": torch.tensor(labels[train_index], device=device),
-            "val_images": normalized(images[val_index], device),
+            "val_images": normalize(images[val_index], device).contiguous(memory_format=torch.channels_last),
             "val_labels": torch.tensor(labels[val_index], device=device)}
     print(f"{len(train_index)} train, {len(val_index)} validation images on {device} "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
