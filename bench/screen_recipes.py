@@ -15,9 +15,10 @@ probabilities). Every screen (``--screen``) first trains its teachers, then its 
 - students, 30 epochs (``make distill``'s) unless a row says otherwise: no teacher (the control);
   targets precomputed once per training image from the teachers' six-view answers (what
   ``training/distill.py`` does); or "consistent" targets, the teachers' one-view answer on the very
-  augmented batch the student sees; from the first teacher ("one") or all of them averaged ("all").
+  augmented batch the student sees; from the first teacher ("one") or all of them averaged ("all");
+  consistent targets may come with mixup, teacher and student seeing the same blend of two views.
 
-docs/training.md has the three screens' results and what they decided.
+docs/training.md has the screens' results and what they decided.
 
 The data is the shared JPEG archive, decoded in the training command's order, with the validation
 split that ``bench/export_split.py --indices`` writes, so accuracies compare with ``metadata.json``'s::
@@ -79,6 +80,7 @@ class Row:
     flip: str = "random"  # or "alternating"
     cutout: int = CUTOUT
     label_smoothing: float = LABEL_SMOOTHING
+    mixup: float = 0.0  # Beta(a, a) per image for mixing two views (consistent targets only); 0: none
 
 
 FIRST_SCREEN = (
@@ -114,7 +116,23 @@ THIRD_SCREEN = (
     replace(_W1, name="... no label smoothing", teachers="one", label_smoothing=0.0),
     replace(_W1, name="precomputed, all, w1.0 T1, alt. flip, no smoothing", label_smoothing=0.0),
 )
-SCREENS = {"first": FIRST_SCREEN, "second": SECOND_SCREEN, "third": THIRD_SCREEN}
+# How far this network gets at one view with no limit on training time: the four teachers' answers, longer
+# schedules, and "function matching" (Beyer et al., arXiv:2106.05237: teacher and student see the same mixup
+# of two views, and the student learns the teacher's answer on it), which that paper finds needs long ones.
+_CONSISTENT = replace(_W1, targets="consistent")
+FOURTH_SCREEN = (
+    replace(_W1, name="precomputed, all, w1.0 T1, alt. flip, 100 epochs", epochs=100),
+    replace(_CONSISTENT, name="consistent, all, w1.0 T1, mixup, 100 epochs", mixup=1.0, epochs=100),
+    replace(_CONSISTENT, name="... mixup, 200 epochs", mixup=1.0, epochs=200),
+    replace(_CONSISTENT, name="consistent, all, w1.0 T1, no mixup, 100 epochs", epochs=100),
+)
+# Function matching with the one teacher a CPU run has (``--teacher-seeds 0``): one teacher pass a step, not four.
+FIFTH_SCREEN = (
+    replace(_CONSISTENT, name="consistent, one teacher, w1.0 T1, mixup, 200 epochs", teachers="one", mixup=1.0,
+            epochs=200),
+)
+SCREENS = {"first": FIRST_SCREEN, "second": SECOND_SCREEN, "third": THIRD_SCREEN, "fourth": FOURTH_SCREEN,
+           "fifth": FIFTH_SCREEN}
 
 
 def load_archive(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -166,12 +184,22 @@ def probabilities(nets: list[nn.Module], images: torch.Tensor, views: int) -> to
     return total / len(nets)
 
 
+def mixed(images: torch.Tensor, labels: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image blended with another of the batch, and its one-hot label likewise (mixup)."""
+    share = torch.distributions.Beta(alpha, alpha).sample((len(images), 1)).to(images.device)
+    partner = torch.randperm(len(images), device=images.device)
+    blended = share.view(-1, 1, 1, 1) * images + (1 - share.view(-1, 1, 1, 1)) * images[partner]
+    return blended.contiguous(memory_format=torch.channels_last), share * labels + (1 - share) * labels[partner]
+
+
 def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.softmax(torch.log(probs.clamp_min(1e-12)) / temperature, dim=1)
 
 
 def train(row: Row, seed: int, data: dict[str, torch.Tensor], teachers: list[nn.Module],
           teacher_answers: torch.Tensor | None) -> tuple[nn.Module, dict]:
+    if row.mixup and row.targets != "consistent":
+        raise ValueError(f"{row.name}: mixup needs consistent targets (precomputed ones are of unmixed images)")
     torch.manual_seed(seed)
     images, labels = data["train_images"], data["train_labels"]
     net = make_net().to(images.device).to(memory_format=torch.channels_last)
@@ -189,13 +217,15 @@ def train(row: Row, seed: int, data: dict[str, torch.Tensor], teachers: list[nn.
         order = torch.randperm(len(images), device=images.device)
         for i in range(steps_per_epoch):
             batch = order[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]
-            targets = one_hot[batch]
+            inputs, targets = views[batch], one_hot[batch]
+            if row.mixup:
+                inputs, targets = mixed(inputs, targets, row.mixup)
             if row.teachers != "none":
                 answers = (teacher_answers[batch] if row.targets == "precomputed"
-                           else probabilities(teachers, views[batch], 1))
+                           else probabilities(teachers, inputs, 1))
                 targets = (1 - row.weight) * targets + row.weight * soften(answers, row.temperature)
             with torch.autocast(images.device.type, torch.bfloat16):
-                logits = net(views[batch]).float() * LOGIT_SCALE
+                logits = net(inputs).float() * LOGIT_SCALE
             loss = F.cross_entropy(logits, targets, label_smoothing=row.label_smoothing, reduction="sum")
             step = descend(loss, optimizer, scheduler, lookahead, step)
     lookahead.finish()
