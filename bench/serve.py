@@ -14,8 +14,8 @@ Steps, each in its own process so none inherits another's threads or memory:
    real CIFAR-10 JPEGs as multipart uploads (bench/load.lua), then RSS/PSS of every process.
 4. The highest concurrency without a level, load adaptation on (``--adapt-queue``): the unnamed
    requests that meet a deep queue are answered at the cheaper level.
-5. Optional: 2 workers (``--alt-workers 2``), a small queue bound (``--overload-queue 32``), the naive
-   app (``--skip ''``: bench/naive_app.py, ``model.predict`` per request).
+5. Optional: 2 workers (``--alt-workers 2``: every level, in the turns of 3), a small queue bound
+   (``--overload-queue 32``), the naive app (``--skip ''``: bench/naive_app.py, ``model.predict`` per request).
 6. The serving protocols' cheapest request: one server, ``/predict`` with the 32x32 JPEGs beside
    ``/v2/models/<name>/infer`` with the same images as binary UINT8 tensors (no decode), both at
    ``--protocol-level`` and ``--protocol-connections`` (fast, 64), in ``--protocol-rounds`` alternating turns
@@ -292,6 +292,8 @@ class Server:
     def __init__(self, name: str, command: list[str], env: dict[str, str], port: int, ready_path: str,
                  log_dir: Path) -> None:
         self.name, self.port, self.ready_path = name, port, ready_path
+        # /metrics answers from whichever worker takes the connection: counts are one worker's, not the service's.
+        self.one_metrics_view = int(env.get("WORKERS", "1")) == 1
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.started = time.perf_counter()
@@ -648,8 +650,8 @@ def measure_level(args: argparse.Namespace, server: Server, connections: int, ac
     calls = after[1] - before[1]
     level["accuracy_level"] = accuracy_level
     level["answered_by_level"] = {k: v - answered_before.get(k, 0) for k, v in answered_after.items()
-                                  if v - answered_before.get(k, 0) > 0}
-    level["mean_batch"] = round((after[0] - before[0]) / calls, 1) if calls else None
+                                  if v - answered_before.get(k, 0) > 0} if server.one_metrics_view else {}
+    level["mean_batch"] = round((after[0] - before[0]) / calls, 1) if calls and server.one_metrics_view else None
     level["alive_after"] = server.process.poll() is None and http_request(port, "GET", "/readyz")[0] == 200
     drain(port, metrics=True)
     print(f"  {server.name} {accuracy_level or 'default'} c={connections}: {level['ok_per_s']:.0f} ok/s, "
@@ -813,10 +815,12 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{run['ok_per_s']:.0f} vs {base:.0f} ok/s = {run['ok_per_s'] / base:.2f}x; validation "
                 f"{accuracy:.2%} vs {today_accuracy:.2%}")
         fastest = max(levels, key=lambda name: ceiling["levels"][name]["images_per_s"]) if levels else None
-        run = _run(results, "levels", 64, fastest)
-        if run:
-            add(f"fastest level ({fastest}) c=64 >= 5x today's predictions/s", run["ok_per_s"] >= 5 * base,
-                f"{run['ok_per_s']:.0f} vs {base:.0f} ok/s = {run['ok_per_s'] / base:.2f}x")
+        alternative = (results.get("alternative") or {}).get("label", "")
+        for key, how in (("levels", ""), ("alternative", f" with {alternative}")):
+            run = _run(results, key, 64, fastest)
+            if run:
+                add(f"fastest level ({fastest}) c=64{how} >= 5x today's predictions/s", run["ok_per_s"] >= 5 * base,
+                    f"{run['ok_per_s']:.0f} vs {base:.0f} ok/s = {run['ok_per_s'] / base:.2f}x")
     for name in levels:
         run = _run(results, "levels", 1, name)
         if run:
@@ -890,13 +894,13 @@ def table(results: dict[str, Any]) -> str:
     lines += ["ok/s: 200 answers per second (one image each); batch: mean images per model call; other: share of",
               "all CPUs used by processes other than the server and wrk (anything else running on the machine).",
               ""]
-    for key in ("today", "today_engine", "levels", "adaptive"):
+    for key in ("today", "today_engine", "levels", "adaptive", "alternative"):
         run = results.get(key)
         if run:
             st = run["settings"]
             rss = run.get("memory_after", {}).get("rss_mib_total", 0)
             lines.append(f"{run['label']}: ready in {run['ready_s']} s, RSS after {rss:.0f} MiB; "
-                         f"{run['env'].get('MODEL_DIR')}, "
+                         f"{run['env'].get('MODEL_DIR')}, {st['workers']} worker(s), "
                          f"max batch {st['max_batch_size']}, queue {st['max_queue_images']}, adapt above "
                          f"{st['adapt_queue_images']} queued images to {st['adapt_level']}, bfloat16 {st['bfloat16']}, "
                          f"{st['batch_concurrency']} batch(es) at once")
@@ -915,12 +919,14 @@ def lone_request_rows(results: dict[str, Any]) -> list[str]:
     for ceiling_key, run_key in (("today_ceiling", "today"), ("ceiling", "levels")):
         ceiling = results.get(ceiling_key) or {}
         for name, figures in ceiling.get("levels", {}).items():
+            if run_key == "today" and name != ceiling.get("default_level"):
+                continue  # today's service answers every request at its default level
             run = _run(results, run_key, 1, None if run_key == "today" else name)
             if run:
                 alone, served = figures["single_image_ms"]["p50"], run["latency_ms"]["p50"]
                 label = f"v{ceiling['model']['version']} {name}" + (" (today)" if run_key == "today" else "")
-                rows.append(f"{label:<28}{alone:>8.1f} ms{served:>6.1f} ms{served - alone:>+8.1f}  "
-                            f"{'met' if served <= alone + 2 else 'MISSED'}")
+                verdict = "(reference)" if run_key == "today" else "met" if served <= alone + 2 else "MISSED"
+                rows.append(f"{label:<28}{alone:>8.1f} ms{served:>6.1f} ms{served - alone:>+8.1f}  {verdict}")
     return ["", header, "-" * len(header), *rows] if rows else []
 
 
@@ -952,7 +958,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--adapt-queue", type=int, default=ADAPT_QUEUE_IMAGES_DEFAULT,
                         help="ADAPT_QUEUE_IMAGES for the load-adaptation run at the highest concurrency; 0: skip")
     parser.add_argument("--alt-workers", type=int, default=0,
-                        help="also run the service with this many workers (threads divided) at --alt-levels; 0: skip")
+                        help="also run the service with this many workers (threads divided), every accuracy level "
+                             "at --alt-levels, in the side-by-side turns; 0: skip")
     parser.add_argument("--alt-levels", type=_levels, default=[1, 64])
     parser.add_argument("--overload-queue", type=int, default=0,
                         help="MAX_QUEUE_IMAGES for the back-pressure run at the highest level; 0: skip")
@@ -1018,15 +1025,15 @@ def main() -> None:
     if args.adapt_queue > 0:
         services.append({"key": "adaptive", "label": f"adaptive >{args.adapt_queue}",
                          "env": {"ADAPT_QUEUE_IMAGES": str(args.adapt_queue)}, "runs": [(top, None)]})
+    if args.alt_workers:
+        # The HTTP path runs on one event loop per process: where it costs as much as the model, a second
+        # process is the way to put both cores on it. Measured in the same turns as the rows it is set against.
+        services.append({"key": "alternative", "label": f"{args.alt_workers} workers",
+                         "env": {**off, "WORKERS": str(args.alt_workers)},
+                         "runs": [(c, level) for c in args.alt_levels for level in level_names]})
     if "side" not in skip:
         print("side by side: " + ", ".join(spec["label"] for spec in services) + " ...", file=sys.stderr)
         results.update(bench_side_by_side(args, services, body_dir, bodies, work))
-    if args.alt_workers:
-        print(f"service with WORKERS={args.alt_workers} ...", file=sys.stderr)
-        alternative = bench_service(args, "alternative", args.alt_levels, {"WORKERS": str(args.alt_workers)},
-                                    body_dir, bodies, work)
-        alternative["label"] = f"service {args.alt_workers}w"
-        results["alternative"] = alternative
     if args.overload_queue > 0:
         print(f"service with MAX_QUEUE_IMAGES={args.overload_queue} at c={top} ...", file=sys.stderr)
         overload = bench_service(args, "overload", [top], {"MAX_QUEUE_IMAGES": str(args.overload_queue)},
