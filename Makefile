@@ -73,9 +73,9 @@ train-tutorial: $(STAMP)  ## the tutorial's model, trained the tutorial's way, f
 bench-train: $(STAMP)  ## training and inference images/s of a recipe's network (RECIPE=airbench)
 	$(BIN)/python bench/train_speed.py --recipe $(or $(RECIPE),airbench)
 
-bench-serve: $(STAMP)  ## the service under load beside today's, in-process ceilings, 2 workers (~13 min; needs wrk)
+bench-serve: $(STAMP)  ## the service under load beside today's, in-process ceilings, 2 workers x 2 threads (~13 min; wrk)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
-	$(BIN)/python bench/serve.py --model-dir $(or $(MODEL_DIR),models/cifar10) --alt-workers 2 --json docs/bench-serve.json
+	$(BIN)/python bench/serve.py --model-dir $(or $(MODEL_DIR),models/cifar10) --alt-workers 2 --alt-env INFERENCE_THREADS=2 --json docs/bench-serve.json
 
 clean:  ## environments, caches and run folders; a run folder git tracks (docs/training.md) stays
 	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .ruff_cache

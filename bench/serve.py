@@ -961,6 +961,8 @@ def parse_args() -> argparse.Namespace:
                         help="also run the service with this many workers (threads divided), every accuracy level "
                              "at --alt-levels, in the side-by-side turns; 0: skip")
     parser.add_argument("--alt-levels", type=_levels, default=[1, 64])
+    parser.add_argument("--alt-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the --alt-workers service only (repeatable), e.g. INFERENCE_THREADS=2")
     parser.add_argument("--overload-queue", type=int, default=0,
                         help="MAX_QUEUE_IMAGES for the back-pressure run at the highest level; 0: skip")
     parser.add_argument("--naive-levels", type=_levels, default=[1, 64])
@@ -1028,9 +1030,13 @@ def main() -> None:
     if args.alt_workers:
         # The HTTP path runs on one event loop per process: where it costs as much as the model, a second
         # process is the way to put both cores on it. Measured in the same turns as the rows it is set against.
-        services.append({"key": "alternative", "label": f"{args.alt_workers} workers",
-                         "env": {**off, "WORKERS": str(args.alt_workers)},
+        alt_env = dict(item.partition("=")[::2] for item in args.alt_env)
+        services.append({"key": "alternative",
+                         "label": " ".join([f"{args.alt_workers} workers", *args.alt_env]),
+                         "env": {**off, "WORKERS": str(args.alt_workers), **alt_env},
                          "runs": [(c, level) for c in args.alt_levels for level in level_names]})
+    if args.alt_workers and "side" in skip:
+        print("--alt-workers is measured in the side-by-side turns, which --skip side leaves out", file=sys.stderr)
     if "side" not in skip:
         print("side by side: " + ", ".join(spec["label"] for spec in services) + " ...", file=sys.stderr)
         results.update(bench_side_by_side(args, services, body_dir, bodies, work))
