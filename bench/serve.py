@@ -544,50 +544,21 @@ def resolved_settings(env: dict[str, str]) -> dict[str, Any]:
 
 
 def bench_service(args: argparse.Namespace, name: str, levels: list[int], extra_env: dict[str, str],
-                  body_dir: Path, bodies: list[bytes], work: Path, probe_at: int | None = None,
-                  accuracy_levels: tuple[str | None, ...] = (None,), model_dir: Path | None = None) -> dict[str, Any]:
-    """The service at each concurrency in ``levels``, for each accuracy level asked with ``?level=`` (None:
-    no query parameter, so the default level, or load adaptation's choice)."""
+                  body_dir: Path, bodies: list[bytes], work: Path, probe_at: int | None = None) -> dict[str, Any]:
+    """The service alone at each concurrency in ``levels``, no accuracy level asked; at ``probe_at`` a lone
+    client times its own requests beside the load."""
     port = args.port
-    env = {"MODEL_DIR": str(model_dir or args.model_dir), "PORT": str(port), "HOST": "127.0.0.1",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for item in args.env:
-        key, _, value = item.partition("=")
-        env[key] = value
+    env = {"MODEL_DIR": str(args.model_dir), "PORT": str(port), "HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.update(args.env)
     env.update(extra_env)
-    settings = resolved_settings(env)
     server = Server(name, [sys.executable, "-m", "app"], env, port, "/readyz", work)
-    result: dict[str, Any] = {"name": name, "settings": settings, "env": shown_env(env)}
+    result: dict[str, Any] = {"name": name, "settings": resolved_settings(env), "env": shown_env(env)}
     try:
         result["ready_s"] = round(server.wait_ready(args.ready_timeout), 2)
         check_answers(port, bodies)
-        result["levels"] = []
-        for accuracy_level in accuracy_levels:
-            path = "/predict" + (f"?level={accuracy_level}" if accuracy_level else "")
-            for connections in levels:
-                report = work / f"{name}-{accuracy_level or 'default'}-c{connections}.json"
-                warm(server, connections, args.warmup, body_dir, len(bodies), report, path)
-                drain(port, metrics=True)
-                before = scrape_batches(port)
-                answered_before = scrape_answers_by_level(port)
-                level = run_wrk(server, connections, args.seconds, body_dir, len(bodies), report, timeout_s=30,
-                                probe_body=bodies[0] if connections == probe_at else None, path=path)
-                after = scrape_batches(port)
-                answered_after = scrape_answers_by_level(port)
-                calls = after[1] - before[1]
-                level["accuracy_level"] = accuracy_level
-                level["answered_by_level"] = {k: v - answered_before.get(k, 0) for k, v in answered_after.items()
-                                              if v - answered_before.get(k, 0) > 0}
-                # With several workers /metrics is one worker's: its mean is still that worker's batch size.
-                level["mean_batch"] = round((after[0] - before[0]) / calls, 1) if calls else None
-                level["alive_after"] = (server.process.poll() is None
-                                        and http_request(port, "GET", "/readyz")[0] == 200)
-                result["levels"].append(level)
-                drain(port, metrics=True)
-                print(f"  {name} {accuracy_level or 'default'} c={connections}: {level['ok_per_s']:.0f} ok/s, "
-                      f"p50 {level['latency_ms']['p50']} ms, p99 {level['latency_ms']['p99']} ms, "
-                      f"503 {level['rejected_503']}, errors {level['errors']}, answered {level['answered_by_level']}",
-                      file=sys.stderr)
+        result["levels"] = [measure_level(args, server, connections, None, body_dir, bodies, work,
+                                          probe_body=bodies[0] if connections == probe_at else None)
+                            for connections in levels]
         result["memory_after"] = server.memory()
     finally:
         server.stop()
@@ -610,9 +581,7 @@ def bench_side_by_side(args: argparse.Namespace, services: list[dict[str, Any]],
             port = args.port + 2 + index
             env = {"MODEL_DIR": str(spec.get("model_dir") or args.model_dir), "PORT": str(port), "HOST": "127.0.0.1",
                    "TF_CPP_MIN_LOG_LEVEL": "2", "MODEL_POLL_SECONDS": "0"}
-            for item in args.env:
-                key, _, value = item.partition("=")
-                env[key] = value
+            env.update(args.env)
             env.update(spec["env"])
             server = Server(spec["key"], spec.get("command") or [sys.executable, "-m", "app"], env, port, "/readyz",
                             work)
@@ -637,15 +606,17 @@ def bench_side_by_side(args: argparse.Namespace, services: list[dict[str, Any]],
 
 
 def measure_level(args: argparse.Namespace, server: Server, connections: int, accuracy_level: str | None,
-                  body_dir: Path, bodies: list[bytes], work: Path) -> dict[str, Any]:
-    """One wrk run (after an unrecorded warm-up) at ``connections``, asking ``accuracy_level`` (None: no level)."""
+                  body_dir: Path, bodies: list[bytes], work: Path, probe_body: bytes | None = None) -> dict[str, Any]:
+    """One wrk run (after an unrecorded warm-up) at ``connections``, asking ``accuracy_level`` (None: no level);
+    with ``probe_body``, a lone client posting it times its own requests beside the load."""
     port = server.port
     path = "/predict" + (f"?level={accuracy_level}" if accuracy_level else "")
     report = work / f"{server.name}-{accuracy_level or 'default'}-c{connections}.json"
     warm(server, connections, args.warmup, body_dir, len(bodies), report, path)
     drain(port, metrics=True)
     before, answered_before = scrape_batches(port), scrape_answers_by_level(port)
-    level = run_wrk(server, connections, args.seconds, body_dir, len(bodies), report, timeout_s=30, path=path)
+    level = run_wrk(server, connections, args.seconds, body_dir, len(bodies), report, timeout_s=30,
+                    probe_body=probe_body, path=path)
     after, answered_after = scrape_batches(port), scrape_answers_by_level(port)
     calls = after[1] - before[1]
     level["accuracy_level"] = accuracy_level
@@ -679,9 +650,7 @@ def bench_protocol(args: argparse.Namespace, body_dir: Path, bodies: list[bytes]
     port = args.port + 1
     env = {"MODEL_DIR": str(args.model_dir), "PORT": str(port), "HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2",
            "MODEL_POLL_SECONDS": "0", "ADAPT_QUEUE_IMAGES": "0"}
-    for item in args.env:
-        key, _, value = item.partition("=")
-        env[key] = value
+    env.update(args.env)
     server = Server("protocol", [sys.executable, "-m", "app"], env, port, "/readyz", work)
     result: dict[str, Any] = {"name": "protocol", "label": "same server", "settings": resolved_settings(env),
                               "levels": []}
@@ -937,6 +906,14 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
+def _setting(text: str) -> tuple[str, str]:
+    """A service setting given as KEY=VALUE on the command line."""
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
 def _levels(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -961,7 +938,7 @@ def parse_args() -> argparse.Namespace:
                         help="also run the service with this many workers (threads divided), every accuracy level "
                              "at --alt-levels, in the side-by-side turns; 0: skip")
     parser.add_argument("--alt-levels", type=_levels, default=[1, 64])
-    parser.add_argument("--alt-env", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--alt-env", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                         help="a setting of the --alt-workers service only (repeatable), e.g. INFERENCE_THREADS=2")
     parser.add_argument("--overload-queue", type=int, default=0,
                         help="MAX_QUEUE_IMAGES for the back-pressure run at the highest level; 0: skip")
@@ -977,7 +954,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--protocol-connections", type=int, default=64, help="concurrency of that pair")
     parser.add_argument("--protocol-rounds", type=int, default=4,
                         help="alternating turns of that pair, sharing --seconds per route")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--env", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                         help="service setting for every service run, e.g. --env MAX_BATCH_SIZE=128 (repeatable)")
     parser.add_argument("--port", type=int, default=8765, help="service port; the naive app uses the next one")
     parser.add_argument("--ready-timeout", type=float, default=120)
@@ -1030,10 +1007,9 @@ def main() -> None:
     if args.alt_workers:
         # The HTTP path runs on one event loop per process: where it costs as much as the model, a second
         # process is the way to put both cores on it. Measured in the same turns as the rows it is set against.
-        alt_env = dict(item.partition("=")[::2] for item in args.alt_env)
         services.append({"key": "alternative",
-                         "label": " ".join([f"{args.alt_workers} workers", *args.alt_env]),
-                         "env": {**off, "WORKERS": str(args.alt_workers), **alt_env},
+                         "label": " ".join([f"{args.alt_workers} workers", *(f"{k}={v}" for k, v in args.alt_env)]),
+                         "env": {**off, "WORKERS": str(args.alt_workers), **dict(args.alt_env)},
                          "runs": [(c, level) for c in args.alt_levels for level in level_names]})
     if args.alt_workers and "side" in skip:
         print("--alt-workers is measured in the side-by-side turns, which --skip side leaves out", file=sys.stderr)
