@@ -48,9 +48,9 @@ class Settings(BaseSettings):
         description="Threads per worker that decode and resize large uploads (default: CPUs available / WORKERS).",
     )
     max_batch_size: int = Field(64, ge=1, le=4096, description="Most images gathered into one model call.")
-    # Measured in bench/serve.py (docs/serving-performance.md, "Two batches at once"): with one batch at a
-    # time the two cores sat partly idle under load (fast level at 64 connections: ~400 answers/s, 1.3 cores
-    # busy); with two, ~530-550 and the cores full, and a lone request is answered no slower.
+    # With one batch at a time the model waits while the event loop answers the last batch and gathers the
+    # next: at 256 connections on `fast` that costs a fifth of the answers (docs/runtime.md, "One compilation
+    # per level"); a second infer request on the same compiled model costs ~7 MiB.
     batch_concurrency: int = Field(
         2, ge=1, le=16, description="Batches the model computes at once, each in its own inference thread "
         "(one OpenVINO infer request each); 1 = one batch at a time.",

@@ -7,12 +7,12 @@ SavedModel itself: OpenVINO's converter reads only ``serving_default``, so the l
 over it in a temporary ``saved_model.pb`` beside a link to the folder's variables (core.saved_model_proto).
 Both give the same graph; the IR only saves the conversion's time at start-up (docs/runtime.md).
 
-Each level is compiled with the level's precision as INFERENCE_PRECISION_HINT (set to f32 explicitly:
-OpenVINO would otherwise pick bf16 by itself on a CPU that has it), twice where BATCH_CONCURRENCY batches may
-run at once on more than one thread: once as one stream on every inference thread, for a batch that starts
-while no other is being computed (a lone request gets all the cores), and once as BATCH_CONCURRENCY streams
-that divide the threads, for a batch that starts beside another. Two batches that each want both threads stall
-each other at every layer, and the event loop's share of the cores stalls them more (docs/runtime.md).
+Each level is compiled once, as one stream on every inference thread (a lone request gets all the cores),
+with the level's precision as INFERENCE_PRECISION_HINT (set to f32 explicitly: OpenVINO would otherwise pick
+bf16 by itself on a CPU that has it), and given one infer request per batch that may run at once
+(BATCH_CONCURRENCY). A second batch handed over while the first computes keeps the model busy while the
+event loop answers the first; a second compilation as streams that divide the threads, tried until
+4 December, served no faster and held ~100 MiB more (docs/runtime.md).
 
 Memory: OpenVINO's CPU plugin keeps, per infer request, buffers sized for the largest input it has run
 and compiled kernels for every input shape it has seen. Fed every batch size from 1 to 64 at the three
@@ -26,10 +26,6 @@ docs/runtime.md). The padding's rows are computed and dropped: each image's row 
 import logging
 import queue
 import tempfile
-import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -129,41 +125,13 @@ def check_io(model: Any, source: str) -> None:
                                f"{OUTPUT_NAME}: float32 [?,10]; found {found})")
 
 
-def compile_config(precision: str, threads: int | None, streams: int = 1) -> dict[str, Any]:
-    """One stream on ``threads`` threads (None: OpenVINO's default), or ``streams`` streams dividing them."""
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT", "NUM_STREAMS": streams,
+def compile_config(precision: str, threads: int | None) -> dict[str, Any]:
+    """One stream on ``threads`` threads (None: OpenVINO's default)."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                               "INFERENCE_PRECISION_HINT": PRECISION_HINTS.get(precision, "f32")}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
-
-
-def shared_streams(options: RuntimeOptions) -> int:
-    """Streams of the compilation for batches that run beside another; 0 where there is none to make (one
-    batch at a time, or one thread, or a thread count left to OpenVINO)."""
-    if options.threads is None or options.threads < 2 or options.concurrency < 2:
-        return 0
-    return min(options.concurrency, options.threads)
-
-
-class InFlight:
-    """How many batches are being computed, over every level: one that starts alone gets every thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._count = 0
-
-    @contextmanager
-    def entered(self) -> Iterator[bool]:
-        """Counts a batch in while the block runs; yields whether no other batch was being computed."""
-        with self._lock:
-            alone = self._count == 0
-            self._count += 1
-        try:
-            yield alone
-        finally:
-            with self._lock:
-                self._count -= 1
 
 
 @dataclass(frozen=True)
@@ -196,31 +164,24 @@ def padded_size(count: int) -> int:
 
 
 class CompiledLevel:
-    """One level compiled for a batch alone and, where there are threads to divide, for a batch beside others;
-    a pool of infer requests for each (one per batch that may run at once)."""
+    """One level compiled, with a pool of infer requests: one per batch that may run at once."""
 
-    def __init__(self, alone: Any, shared: Any | None, concurrency: int, in_flight: InFlight, precision_hint: str,
-                 description: str, views: int) -> None:
+    def __init__(self, compiled: Any, concurrency: int, precision_hint: str, description: str, views: int) -> None:
         self.chunk = chunk_size(views)
         self.precision_hint = precision_hint  # as asked: a CPU without bf16 computes f32 whatever was asked
         self.description = description
-        self.in_flight = in_flight
-        # Without a shared compilation every batch runs on the one model: it needs a request per batch.
-        self._alone = request_pool(alone, 1 if shared is not None else max(1, concurrency))
-        self._shared = request_pool(shared, concurrency) if shared is not None else None
+        self._requests = request_pool(compiled, max(1, concurrency))
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """core.versions.LoadedModel.predict's rows: the ten probabilities, then the feature norm (core.ood)
         where the model has it; computed in chunks of at most ``self.chunk`` images."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        with self.in_flight.entered() as alone:
-            pool = self._alone if alone or self._shared is None else self._shared
-            request = pool.get()  # blocks only if more callers than concurrency: they take turns
-            try:
-                rows = [run_chunk(request, images[start:start + self.chunk])
-                        for start in range(0, len(images), self.chunk)]
-            finally:
-                pool.put(request)
+        request = self._requests.get()  # blocks only if more callers than concurrency: they take turns
+        try:
+            rows = [run_chunk(request, images[start:start + self.chunk])
+                    for start in range(0, len(images), self.chunk)]
+        finally:
+            self._requests.put(request)
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
 
@@ -242,10 +203,10 @@ def run_chunk(request: Request, images: np.ndarray) -> np.ndarray:
 class OpenVinoModel:
     """A version folder compiled for OpenVINO: :class:`core.runtime.ModelRuntime`."""
 
-    def __init__(self, compiled: dict[str, CompiledLevel], threads: int | None, streams: int) -> None:
+    def __init__(self, compiled: dict[str, CompiledLevel], threads: int | None, concurrency: int) -> None:
         self._compiled = compiled
         self.threads = threads
-        self.streams = streams  # of the compilation for batches beside another; 0: none
+        self.concurrency = concurrency
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -255,8 +216,8 @@ class OpenVinoModel:
         import openvino
 
         threads = self.threads if self.threads is not None else "default"
-        beside = f" (a batch beside another: {self.threads // self.streams} each)" if self.streams else ""
-        return (f"OpenVINO {openvino.get_version().split('-')[0]}, {threads} threads{beside}: "
+        batches = f", {self.concurrency} batches at once" if self.concurrency > 1 else ""
+        return (f"OpenVINO {openvino.get_version().split('-')[0]}, {threads} threads{batches}: "
                 + "; ".join(f"{name} {level.description}" for name, level in self._compiled.items()))
 
     def precision_hint(self, level: str) -> str:
@@ -273,8 +234,6 @@ class OpenVinoModel:
 def load_openvino(version_dir: Path, levels: LevelTable, options: RuntimeOptions) -> OpenVinoModel:
     """Read (or convert) and compile every level of ``version_dir``; raises :class:`RuntimeLoadError`."""
     compiled: dict[str, CompiledLevel] = {}
-    streams = shared_streams(options)
-    in_flight = InFlight()
     for level in levels.names:
         signature, precision = levels.signature(level), levels.precision(level)
         try:
@@ -286,21 +245,13 @@ def load_openvino(version_dir: Path, levels: LevelTable, options: RuntimeOptions
         check_io(model, f"level {level} ({source})")
         config = compile_config(precision, options.threads)
         try:
-            # The second compilation exists only where there are two threads or more: it runs beside the first
-            # (OpenVINO compiles on the calling thread, without the GIL), which halves an int8 level's share of
-            # the start-up.
-            with ThreadPoolExecutor(max_workers=1) as beside:
-                shared_future = beside.submit(openvino_core().compile_model, model, DEVICE, compile_config(
-                    precision, options.threads, streams)) if streams else None
-                alone = openvino_core().compile_model(model, DEVICE, config)
-                shared = shared_future.result() if shared_future else None
+            level_model = openvino_core().compile_model(model, DEVICE, config)
         except Exception as error:
             raise RuntimeLoadError(f"level {level} ({source}) does not compile: {first_line(error)}") from None
-        compiled[level] = CompiledLevel(alone, shared, options.concurrency, in_flight,
-                                        config["INFERENCE_PRECISION_HINT"], f"{source}, {precision}",
-                                        level_named(level).views)
+        compiled[level] = CompiledLevel(level_model, options.concurrency, config["INFERENCE_PRECISION_HINT"],
+                                        f"{source}, {precision}", level_named(level).views)
         logger.debug("level %s: %s, %s", level, source, precision)
-    return OpenVinoModel(compiled, options.threads, streams)
+    return OpenVinoModel(compiled, options.threads, options.concurrency)
 
 
 def first_line(error: Exception) -> str:
