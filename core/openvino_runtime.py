@@ -14,13 +14,14 @@ bf16 by itself on a CPU that has it), and given one infer request per batch that
 event loop answers the first; a second compilation as streams that divide the threads, tried until
 4 December, served no faster and held ~100 MiB more (docs/runtime.md).
 
-Memory: OpenVINO's CPU plugin keeps, per infer request, buffers sized for the largest input it has run
-and compiled kernels for every input shape it has seen. Fed every batch size from 1 to 64 at the three
-levels, a process grew from 130 to 1,363 MiB (the 6-view level turns 64 images into 384). So a batch
-runs in chunks of at most MAX_VIEWS_PER_CALL views (32 images at ``fast``, 16 at ``balanced``, 4 at
-``accurate``), each padded with blank images to a multiple of four: a level sees at most ten shapes, and the
-same 1-64 sweep ends at about 200 MiB, at the same images/s (on 2 cores these batch sizes are as fast as 64;
-docs/runtime.md). The padding's rows are computed and dropped: each image's row depends on it alone.
+Memory: OpenVINO's CPU plugin keeps, per compiled model (a second infer request adds ~7 MiB), buffers sized
+for the largest input it has run and compiled kernels for every input shape it has seen. Fed every batch size
+from 1 to 64 at the three levels, a process grew from 130 to 1,363 MiB (the 6-view level turns 64 images into
+384). So a batch runs in chunks of at most MAX_VIEWS_PER_CALL views (32 images at ``fast``, 16 at
+``balanced``, 4 at ``accurate``), each padded with blank images to a multiple of four: a level sees at most
+ten shapes, and the same 1-64 sweep ends at about 200 MiB, at the same images/s (on 2 cores these batch sizes
+are as fast as 64; docs/runtime.md). The padding's rows are computed and dropped: each image's row depends on
+it alone.
 """
 
 import logging
