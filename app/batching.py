@@ -15,8 +15,9 @@ Requests whose client has gone away (cancelled futures) are dropped from a batch
 Accuracy levels: a batch runs at one level. The oldest queued request decides it, and every queued
 request at that level joins it (others keep their place for the next batch). A request that named
 no level runs at the model's default, except under load: while more than ``adapt_queue_images``
-images are queued, such requests run at the cheaper ``adapt_level``, which drains the queue several
-times faster; once the queue is back at or under that depth, they get the default again. A request
+images are waiting or being computed, such requests run at the cheaper ``adapt_level``, which drains the
+queue several times faster; once the load is back at or under that many, they get the default again.
+Counting the batches in flight keeps the threshold's meaning whatever ``concurrency`` is. A request
 that named its level always gets it. The model is asked for once per batch (``current_model``),
 and every answer carries the model and the level that computed it. After a swap, the new model's first
 batch starts only once the old model's batches are done, so no client gets an answer from the old model
@@ -119,6 +120,7 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
+        self._in_flight_images = 0  # in the batches being computed
         self._wakeup = asyncio.Event()
         self.concurrency = concurrency
         # One single-thread executor per inference thread, and a batch goes to the first free one: lone requests
@@ -218,13 +220,15 @@ class MicroBatcher:
                 self._in_flight_model = model
                 thread = min(self._free_threads)  # one is free: fewer than `concurrency` batches are in flight
                 self._free_threads.remove(thread)
+                self._in_flight_images += sum(len(pending.images) for pending in batch)
                 task = asyncio.get_running_loop().create_task(self._run_batch(batch, model, level, thread))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
 
     def _unnamed_level(self, model: BatchModel) -> str:
-        """The level for requests that named none: the adaptation level while the queue is deep."""
-        deep = self.adapt_queue_images > 0 and self._queued_images > self.adapt_queue_images
+        """The level for requests that named none: the adaptation level while many images wait or compute."""
+        load = self._queued_images + self._in_flight_images
+        deep = self.adapt_queue_images > 0 and load > self.adapt_queue_images
         if deep and self.adapt_level in model.level_names:
             return self.adapt_level
         return model.default_level
@@ -241,6 +245,7 @@ class MicroBatcher:
             return
         finally:
             self._free_threads.append(thread)
+            self._in_flight_images -= sum(len(pending.images) for pending in batch)
         start = 0
         for pending in batch:
             stop = start + len(pending.images)

@@ -148,7 +148,7 @@ async def _warm_up_then_follow(service: ClassifierService, watcher: ModelWatcher
 def levels_in_words(levels: LevelTable, adapt_queue_images: int, adapt_level: str) -> str:
     """One log line: the levels, the default, load adaptation and the levels that run below float32."""
     reduced = ", ".join(f"{name} {precision}" for name, precision in levels.reduced_precision.items()) or "none"
-    adapt = (f"{adapt_level} above {adapt_queue_images} queued images" if adapt_queue_images and
+    adapt = (f"{adapt_level} above {adapt_queue_images} images waiting or computing" if adapt_queue_images and
              adapt_level in levels.names else "off")
     return f"{', '.join(levels.names)}; default {levels.default}; adaptation {adapt}; below float32: {reduced}"
 

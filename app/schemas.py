@@ -98,8 +98,8 @@ class ServingLimits(BaseModel):
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_images: int
-    adapt_queue_images: int = Field(description="Queued images above which load adaptation answers at "
-                                    "`adapt_level`; 0: off.")
+    adapt_queue_images: int = Field(description="Images waiting or being computed above which load adaptation "
+                                    "answers at `adapt_level`; 0: off.")
     adapt_level: str
     api_key_required: bool = Field(False, description="Whether the prediction routes need an API key "
                                    "(`Authorization: Bearer <key>` or `X-API-Key`).")

@@ -15,10 +15,11 @@ def cpus_per_worker(workers: int) -> int:
     return max(1, available_cpus() // workers)
 
 
-# Decided from bench/serve.py: see docs/serving-performance.md, "Load adaptation". One full batch waiting
-# beyond the BATCH_CONCURRENCY batches in flight: at 64 connections the queue never holds more than 64 images
-# (so it never triggers), at 256 it does. 128 was right with one batch in flight; with two, the queue at 256
-# connections stays at 128 and adaptation would never start.
+# Decided from bench/serve.py: see docs/serving-performance.md, "Load adaptation". Images waiting or being
+# computed: 64 connections never have more than 64 (so it never triggers, whatever BATCH_CONCURRENCY is);
+# 256 connections have more nearly all the time (at 128, a tenth of their answers stayed at the default
+# level and p99 doubled). Counting the queue alone, the threshold had to move with every batch allowed in
+# flight, and three in flight left 256 connections at most 64 queued.
 ADAPT_QUEUE_IMAGES_DEFAULT = 64
 
 
@@ -49,10 +50,11 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(64, ge=1, le=4096, description="Most images gathered into one model call.")
     # With one batch at a time the model waits while the event loop answers the last batch and gathers the
-    # next: at 256 connections on `fast` that costs a fifth of the answers (docs/runtime.md, "One compilation
-    # per level"); a second infer request on the same compiled model costs ~7 MiB.
+    # next: at 256 connections on `fast` that costs a fifth of the answers, and a third batch in flight adds
+    # ~10% at `fast` at 64 connections over two (docs/runtime.md, "One compilation per level"); each infer
+    # request on the same compiled model costs ~7 MiB.
     batch_concurrency: int = Field(
-        2, ge=1, le=16, description="Batches the model computes at once, each in its own inference thread "
+        3, ge=1, le=16, description="Batches the model computes at once, each in its own inference thread "
         "(one OpenVINO infer request each); 1 = one batch at a time.",
     )
     max_batch_delay_ms: float = Field(
@@ -66,8 +68,8 @@ class Settings(BaseSettings):
     )
     adapt_queue_images: int = Field(
         ADAPT_QUEUE_IMAGES_DEFAULT, ge=0,
-        description="Load adaptation: while more images than this wait for the model, requests that named no "
-        "level are answered at ADAPT_LEVEL; 0 turns it off.",
+        description="Load adaptation: while more images than this wait for the model or are being computed, "
+        "requests that named no level are answered at ADAPT_LEVEL; 0 turns it off.",
     )
     adapt_level: LevelName = Field(
         "fast", description="The cheaper level load adaptation answers at.",

@@ -871,7 +871,8 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"{run['label']}: ready in {run['ready_s']} s, RSS after {rss:.0f} MiB; "
                          f"{run['env'].get('MODEL_DIR')}, {st['workers']} worker(s), "
                          f"max batch {st['max_batch_size']}, queue {st['max_queue_images']}, adapt above "
-                         f"{st['adapt_queue_images']} queued images to {st['adapt_level']}, bfloat16 {st['bfloat16']}, "
+                         f"{st['adapt_queue_images']} images waiting or computing to {st['adapt_level']}, "
+                         f"bfloat16 {st['bfloat16']}, "
                          f"{st['batch_concurrency']} batch(es) at once")
     lines.append("")
     for t in results["targets"]:

@@ -300,6 +300,30 @@ def test_a_deep_queue_answers_unnamed_requests_at_the_cheaper_level_then_returns
     run(scenario)
 
 
+def test_images_being_computed_count_toward_load_adaptation_as_well_as_queued_ones() -> None:
+    """With batches in flight the queue alone understates the load: 6 images computing and 3 queued are 9,
+    over a threshold of 8, so the unnamed requests go to the cheaper level; once the load is 8 or under, the
+    default again."""
+    async def scenario() -> None:
+        model = StandIn(blocking=True)
+        batcher = MicroBatcher(lambda: model, 64, 0.0, 512, adapt_queue_images=8, adapt_level="fast",
+                               concurrency=2)
+        batcher.start()
+        computing = asyncio.ensure_future(batcher.predict(image(0, count=6)))
+        await wait_entered(model)
+        unnamed = [asyncio.ensure_future(batcher.predict(image(tag))) for tag in range(1, 4)]
+        await wait_entered(model, 2)  # the second thread takes the 3 at once, 6 + 3 counted when it decides
+        model.release.set()
+        answers = await asyncio.gather(computing, *unnamed)
+        assert list(zip(model.calls, model.levels, strict=True)) == [(6, "accurate"), (3, "fast")]
+        assert [answer.level for answer in answers[1:]] == ["fast"] * 3
+        # Nothing computing now: a lone unnamed request is far under the threshold.
+        assert (await batcher.predict(image(4))).level == "accurate"
+        await batcher.stop()
+
+    run(scenario)
+
+
 def jpeg(size: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (size, size), (10, 20, 30)).save(buffer, format="JPEG", quality=75)

@@ -162,7 +162,8 @@ class ServingLimits:
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_images: int
-    adapt_queue_images: int = 0  # load adaptation's queue depth; 0 (or a server before levels): off
+    # load adaptation's threshold (images waiting or being computed); 0 (or a server before levels): off
+    adapt_queue_images: int = 0
     adapt_level: str | None = None
     api_key_required: bool = False  # the prediction routes need an API key (a server before keys: never)
     extra: JSON = field(default_factory=dict, repr=False)
