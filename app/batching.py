@@ -6,9 +6,9 @@ event loop never blocks. While that call runs, new requests queue up and form th
 batch: under load batches grow by themselves, and an idle server answers a lone request
 at once, with no delay (TensorFlow Serving's and Triton's greedy batching). A positive
 ``max_delay_s`` additionally waits that long for stragglers when a batch is not full.
-With ``concurrency`` above 1, that many batches are computed at once, each in its own inference
-thread (TensorFlow Serving's ``num_batch_threads``): while one batch waits on a thread that the event
-loop has pre-empted, the other keeps the cores busy, so the CPU is not left idle between batches.
+With ``concurrency`` above 1, that many batches may be handed to the model at once, each in its own
+inference thread (TensorFlow Serving's ``num_batch_threads``): while the event loop answers one batch and
+gathers the next, another is already with the model, so its threads are not left idle between batches.
 The queue is bounded in images; past the bound :class:`QueueFullError` is raised at once.
 Requests whose client has gone away (cancelled futures) are dropped from a batch, not computed.
 
