@@ -220,8 +220,10 @@ class MicroBatcher:
                 self._in_flight_model = model
                 thread = min(self._free_threads)  # one is free: fewer than `concurrency` batches are in flight
                 self._free_threads.remove(thread)
-                self._in_flight_images += sum(len(pending.images) for pending in batch)
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch, model, level, thread))
+                image_count = sum(len(pending.images) for pending in batch)
+                self._in_flight_images += image_count  # until _run_batch ends, whatever its outcome
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, image_count, model, level,
+                                                                              thread))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
 
@@ -233,7 +235,8 @@ class MicroBatcher:
             return self.adapt_level
         return model.default_level
 
-    async def _run_batch(self, batch: list[_Pending], model: BatchModel, level: str, thread: int) -> None:
+    async def _run_batch(self, batch: list[_Pending], image_count: int, model: BatchModel, level: str,
+                         thread: int) -> None:
         try:  # whatever fails here goes to the batch's requests: none may be left waiting
             images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
             probabilities = await asyncio.get_running_loop().run_in_executor(self._executors[thread], model.predict,
@@ -245,7 +248,7 @@ class MicroBatcher:
             return
         finally:
             self._free_threads.append(thread)
-            self._in_flight_images -= sum(len(pending.images) for pending in batch)
+            self._in_flight_images -= image_count
         start = 0
         for pending in batch:
             stop = start + len(pending.images)
