@@ -7,7 +7,6 @@ route runs (headers or declared body too large) answers with :func:`send_refusal
 """
 
 import logging
-import typing
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -78,8 +77,16 @@ class DuplicateFileError(ValueError):
                          "Send one part, or send several images to /predict/batch as repeated 'files' parts.")
 
 
-# The request-level limits are HTTPExceptions because they are raised from inside the body stream:
-# FastAPI lets an HTTPException through its form parsing but turns any other exception into a 400.
+class MalformedUploadError(StarletteHTTPException):
+    """A multipart body the parser cannot read (app.uploads): 400, and the handler adds what a valid upload
+    looks like."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
+# The request-level limits are HTTPExceptions because they are raised from inside the body stream, whoever
+# reads it: the middleware that refuses a request before any route runs answers them with send_refusal.
 class BodyTooLargeError(StarletteHTTPException):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"The request body is over the limit of {size_in_words(max_bytes)}. Send a smaller "
@@ -127,21 +134,33 @@ def size_in_words(size: int) -> str:
 
 
 def method_hint(request: Request) -> str | None:
-    """For a 405: which method the route takes and, on an upload route, its multipart fields (from the route)."""
+    """For a 405: which method the route takes and, on an upload route, its multipart fields (from the
+    route's request body in the OpenAPI document)."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return None
     allowed = " or ".join(sorted(route.methods))
     refused = f"{request.method} is not allowed on {route.path}"
-    if not route.dependant.body_params:
+    fields = upload_fields(request.app.openapi(), route)
+    if not fields:
         return f"{refused}; it answers {allowed}."
-    fields = []
-    for param in route.dependant.body_params:
-        repeated = typing.get_origin(param.field_info.annotation) is list
-        fields.append(f"'{param.alias}'" + (" (one part per image)" if repeated else ""))
-    example = route.dependant.body_params[0].alias
+    described = [f"'{name}'" + (" (one part per image)" if repeated else "") for name, repeated in fields]
     return (f"{refused}. Send {allowed} with multipart/form-data, the image in the form field "
-            f"{' and '.join(fields)}, as in: curl -F {example}=@cat.jpg <this server>{route.path}")
+            f"{' and '.join(described)}, as in: curl -F {fields[0][0]}=@cat.jpg <this server>{route.path}")
+
+
+def upload_fields(document: dict[str, Any], route: APIRoute) -> list[tuple[str, bool]]:
+    """The multipart fields ``route`` takes, as ``document`` describes them: (name, one part per item)."""
+    for method in sorted(route.methods):
+        operation = document.get("paths", {}).get(route.path, {}).get(method.lower(), {})
+        form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+        if form is None:
+            continue
+        schema = form["schema"]
+        if "$ref" in schema:
+            schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+        return [(name, prop.get("type") == "array") for name, prop in schema.get("properties", {}).items()]
+    return []
 
 
 def image_error_status(error: ImageError) -> int:

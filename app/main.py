@@ -32,6 +32,7 @@ from app.service import ClassifierService, warm_up_sizes
 from app.settings import Settings, get_settings
 from app.shutdown import hold_sigterm
 from app.tfserving_routes import router as tfserving_router
+from app.uploads import upload_schemas
 from core.level_table import LevelSettings, LevelTable
 from core.runtime import RuntimeOptions
 from core.versions import ModelLoadError
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # docs_url=None: app.api_docs serves /docs from local files instead of FastAPI's CDN-backed page.
     app = FastAPI(title="CIFAR-10 image classifier", description=DESCRIPTION, version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, generate_unique_id_function=operation_id)
-    install_openapi(app, REQUEST_MODELS)
+    install_openapi(app, REQUEST_MODELS, upload_schemas())
     install_error_handlers(app)
     app.state.api_keys = api_keys  # app.access's checks read it from here
     app.include_router(predict_router)

@@ -1,10 +1,10 @@
 """The OpenAPI document, written so that client generators can upload images.
 
-FastAPI describes an upload field in OpenAPI 3.1 as ``{"type": "string", "contentMediaType":
-"application/octet-stream"}``. Generators such as openapi-python-client recognise a file only by
-``format: binary`` (the OpenAPI 3.0 spelling), so without it a generated client sends the image as a
-text part and the service answers 422. Every upload field gets ``format: binary`` beside what FastAPI
-writes.
+The upload routes read their multipart bodies themselves (app.uploads), so their bodies are added here as
+the components FastAPI would have written (``Body_predict``...). Each file field carries both spellings
+of "a file": ``contentMediaType: application/octet-stream`` (OpenAPI 3.1, what FastAPI writes) and
+``format: binary`` (OpenAPI 3.0), which generators such as openapi-python-client need to send a file
+rather than a text part.
 
 Operation ids are the route functions' names (``predict``, ``predict_batch``, ...), so a generated
 client's calls read ``api.predict.predict`` rather than ``api.predict.predict_predict_post``.
@@ -17,24 +17,11 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-UPLOAD_MEDIA_TYPE = "application/octet-stream"
 COMPONENTS = "#/components/schemas/"
 
 
 def operation_id(route: APIRoute) -> str:
     return route.name
-
-
-def mark_uploads_binary(node: Any) -> None:
-    """Add ``format: binary`` to every schema in ``node`` (walked whole) that FastAPI wrote for an upload."""
-    if isinstance(node, dict):
-        if node.get("type") == "string" and node.get("contentMediaType") == UPLOAD_MEDIA_TYPE:
-            node["format"] = "binary"
-        for value in node.values():
-            mark_uploads_binary(value)
-    elif isinstance(node, list):
-        for value in node:
-            mark_uploads_binary(value)
 
 
 def add_models(document: dict[str, Any], models: Iterable[type[BaseModel]]) -> None:
@@ -46,16 +33,18 @@ def add_models(document: dict[str, Any], models: Iterable[type[BaseModel]]) -> N
         schemas[model.__name__] = schema
 
 
-def install_openapi(app: FastAPI, request_models: Iterable[type[BaseModel]] = ()) -> None:
+def install_openapi(app: FastAPI, request_models: Iterable[type[BaseModel]] = (),
+                    request_schemas: dict[str, dict[str, Any]] | None = None) -> None:
     """Make ``app``'s /openapi.json (built once, on first use, as FastAPI does) mark its uploads and hold
-    ``request_models``, the bodies of routes that read their request themselves."""
+    the bodies of the routes that read their request themselves: ``request_models`` (JSON bodies) and
+    ``request_schemas`` (the upload forms of app.uploads, by component name)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = build()  # FastAPI caches what it built in app.openapi_schema
-            mark_uploads_binary(document)
             add_models(document, request_models)
+            document["components"]["schemas"].update(request_schemas or {})
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

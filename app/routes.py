@@ -9,12 +9,12 @@ tests/test_access.py fails for any POST route without it.
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.access import API_KEY
-from app.errors import BodyTooLargeError, DuplicateFileError
+from app.errors import BodyTooLargeError
 from app.schemas import (
     BatchPrediction,
     ClassName,
@@ -27,6 +27,7 @@ from app.schemas import (
 )
 from app.service import ClassifierService
 from app.settings import Settings
+from app.uploads import BATCH_FORM, EXPLAIN_FORM, PREDICT_FORM
 from core.contract import IMAGE_SIZE, LEVELS, LevelName
 from core.preprocessing import (
     ACCEPTED_FORMATS,
@@ -99,33 +100,20 @@ def _errors(*statuses: int) -> dict[int | str, dict]:
 IMAGE_ERRORS = _errors(400, 408, 413, 415, 422, 503, 504)
 
 
-async def one_file_part(request: Request) -> None:
-    """FastAPI would silently classify the last of several 'file' parts; refuse the ambiguity instead."""
-    count = len((await request.form()).getlist("file"))
-    if count > 1:
-        raise DuplicateFileError("file", count)
-
-
+# The images come from app.uploads, not from FastAPI's File(): the cheaper way through the event loop.
 @predict_router.post("/predict", response_model=Prediction, responses=IMAGE_ERRORS, tags=["predict"],
-             summary="Classify one image", dependencies=[Depends(one_file_part)])
-async def predict(
-    service: Service,
-    file: Annotated[UploadFile, File(description=f"One image: {ACCEPTED_FORMATS_TEXT}.")],
-    preview: Preview = False,
-    level: Level = None,
-) -> Prediction:
-    return await service.predict(await file.read(), preview, level)
+                     summary="Classify one image", openapi_extra=PREDICT_FORM.openapi_extra)
+async def predict(request: Request, service: Service, preview: Preview = False, level: Level = None) -> Prediction:
+    upload = await PREDICT_FORM.read_one(request)
+    return await service.predict(upload.data, preview, level)
 
 
 @predict_router.post("/predict/batch", response_model=BatchPrediction, responses=IMAGE_ERRORS, tags=["predict"],
-             summary="Classify several images; each file succeeds or fails on its own")
-async def predict_batch(
-    service: Service,
-    files: Annotated[list[UploadFile], File(description="Images, in the repeated field `files`.")],
-    preview: Preview = False,
-    level: Level = None,
-) -> BatchPrediction:
-    return await service.predict_batch(files, preview, level)
+                     summary="Classify several images; each file succeeds or fails on its own",
+                     openapi_extra=BATCH_FORM.openapi_extra)
+async def predict_batch(request: Request, service: Service, preview: Preview = False,
+                        level: Level = None) -> BatchPrediction:
+    return await service.predict_batch(await BATCH_FORM.read(request), preview, level)
 
 
 EXPLAIN_DESCRIPTION = """Where the model looked: the image's prediction at the `fast` level, plus an occlusion map of
@@ -136,16 +124,17 @@ MAX_CONCURRENT_EXPLANATIONS run at once; beyond that 503 with Retry-After."""
 
 
 @predict_router.post("/explain", response_model=ExplainedPrediction, responses=IMAGE_ERRORS, tags=["predict"],
-             summary="Classify one image and show where the model looked", description=EXPLAIN_DESCRIPTION,
-             dependencies=[Depends(one_file_part)])
+                     summary="Classify one image and show where the model looked", description=EXPLAIN_DESCRIPTION,
+                     openapi_extra=EXPLAIN_FORM.openapi_extra)
 async def explain(
+    request: Request,
     service: Service,
-    file: Annotated[UploadFile, File(description=f"One image: {ACCEPTED_FORMATS_TEXT}.")],
     label: Annotated[ClassName | None, Query(description="The class to explain (default: the predicted one).")]
     = None,
     preview: Preview = False,
 ) -> ExplainedPrediction:
-    return await service.explain(await file.read(), label, preview)
+    upload = await EXPLAIN_FORM.read_one(request)
+    return await service.explain(upload.data, label, preview)
 
 
 @router.get("/livez", response_model=Health, tags=["health"], summary="The process is alive")

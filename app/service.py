@@ -6,7 +6,7 @@ import io
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -30,20 +30,13 @@ from app.schemas import (
     Prediction,
 )
 from app.settings import Settings
+from app.uploads import UploadedFile
 from core import ood
 from core.contract import CLASS_NAMES, NUM_CLASSES
 from core.preprocessing import ImageError, image_bytes_to_array, open_image, opened_image_to_array
 from core.versions import LoadedModel, check_answers
 
 T = TypeVar("T")
-
-
-class Upload(Protocol):
-    """One uploaded file, as FastAPI's UploadFile offers it: read only when its turn comes."""
-
-    filename: str | None
-
-    async def read(self) -> bytes: ...
 
 
 @dataclass
@@ -66,7 +59,7 @@ class ClassifierService:
         answer = await self.infer(image[np.newaxis], level)
         return self.to_prediction(answer.probabilities[0], answer, image if preview else None)
 
-    async def predict_batch(self, uploads: Sequence[Upload], preview: bool = False,
+    async def predict_batch(self, uploads: Sequence[UploadedFile], preview: bool = False,
                             level: str | None = None) -> BatchPrediction:
         """Several uploads -> one entry each, in upload order: a prediction, or that file's own error.
 
@@ -111,10 +104,10 @@ class ClassifierService:
                                   legend=LEGEND)
         return ExplainedPrediction(**prediction.model_dump(), explanation=explanation)
 
-    async def _decode_or_refuse(self, upload: Upload) -> np.ndarray | FileError:
+    async def _decode_or_refuse(self, upload: UploadedFile) -> np.ndarray | FileError:
         """The decoded image, or the entry that reports why this one file was refused."""
         try:
-            return await self.decode(await upload.read())
+            return await self.decode(upload.data)
         except ImageError as error:
             return FileError(filename=upload.filename, status=image_error_status(error), detail=error.message)
 
