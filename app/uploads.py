@@ -2,10 +2,10 @@
 
 /predict, /predict/batch and /explain read their images here instead of through FastAPI's ``File()``.
 For a small JPEG, Starlette's form wrapper (a spooled temporary file and an ``UploadFile`` for every part)
-and FastAPI's validation of the parameter cost about 90 µs of event-loop CPU per request: a sixth more
-answers per second at ``fast`` with one worker without them (docs/runtime.md, "The upload path"). The
-parser is the one Starlette uses, with its limits (8 headers of at most 4 KB per part), and a malformed
-body is refused with the messages Starlette's form gave.
+and FastAPI's validation of the parameter cost about 90 µs of CPU per request, on the event loop: without
+them one worker answers a tenth more per second at ``fast`` (docs/runtime.md, "The upload path"). The
+parser is the one Starlette uses, with its limits (8 headers of at most 4 KB per part, 1,000 files and
+1,000 fields), and a malformed body is refused with the messages Starlette's form gave.
 
 Each route's body is still described in the OpenAPI document, as the component FastAPI would have written
 (``Body_predict``...): :class:`UploadForm` is both what a route reads and what the document says it takes.
