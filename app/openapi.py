@@ -35,9 +35,9 @@ def add_models(document: dict[str, Any], models: Iterable[type[BaseModel]]) -> N
 
 def install_openapi(app: FastAPI, request_models: Iterable[type[BaseModel]] = (),
                     request_schemas: dict[str, dict[str, Any]] | None = None) -> None:
-    """Make ``app``'s /openapi.json (built once, on first use, as FastAPI does) mark its uploads and hold
-    the bodies of the routes that read their request themselves: ``request_models`` (JSON bodies) and
-    ``request_schemas`` (the upload forms of app.uploads, by component name)."""
+    """Make ``app``'s /openapi.json (built once, on first use, as FastAPI does) hold the bodies of the routes
+    that read their request themselves: ``request_models`` (JSON bodies) and ``request_schemas`` (the upload
+    forms of app.uploads, by component name)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import DuplicateFileError, MalformedUploadError
+from app.openapi import COMPONENTS
 from core.preprocessing import ACCEPTED_FORMATS_TEXT
 
 # Starlette's defaults for request.form(): a body of many tiny parts costs the parser, not the model.
@@ -27,7 +28,6 @@ MAX_FILES = 1000
 MAX_FIELDS = 1000
 FORM_MEDIA_TYPE = "multipart/form-data"
 UPLOAD_MEDIA_TYPE = "application/octet-stream"
-COMPONENTS = "#/components/schemas/"
 
 
 @dataclass(frozen=True)
