@@ -27,7 +27,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.serve import event_loop_cpu_seconds  # noqa: E402
+from bench.serve import event_loop_cpu_seconds, service_setting  # noqa: E402
 
 BOUNDARY = "lone-request-boundary"
 TARGET_MS = 2.0
@@ -125,7 +125,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     log = Path(args.log)
     env = {**os.environ, "MODEL_DIR": str(args.model_dir), "HOST": "127.0.0.1", "PORT": str(args.port),
            "MODEL_POLL_SECONDS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.update(item.split("=", 1) for item in args.env)
+    env.update(args.env)
     with log.open("wb") as out:
         service = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -173,7 +173,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                        "calls": len(served[level])}
     # Both sides together use about one CPU's worth while they run; the rest of the machine's use is others'.
     busy_share = (busy_after - busy_before) / max(total_after - total_before, 1)
-    return {"model_dir": str(args.model_dir), "default_level": info["default"], "env": args.env,
+    return {"model_dir": str(args.model_dir), "default_level": info["default"], "env": dict(args.env),
             "idle_ms": args.idle_ms, "machine_busy_share": round(busy_share, 3), "cpus": os.cpu_count(), "levels": rows}
 
 
@@ -199,7 +199,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, default=Path("models/cifar10"))
     parser.add_argument("--rounds", type=int, default=6, help="alternating turns per level")
     parser.add_argument("--calls", type=int, default=40, help="calls per turn and side")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--env", action="append", default=[], type=service_setting, metavar="KEY=VALUE",
                         help="a service setting, e.g. --env BATCH_CONCURRENCY=1 (repeatable)")
     parser.add_argument("--idle-ms", type=float, default=5.0,
                         help="the 'after idle' column: the same in-process call, each after this long asleep, as a "

@@ -907,8 +907,8 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-def _setting(text: str) -> tuple[str, str]:
-    """A service setting given as KEY=VALUE on the command line."""
+def service_setting(text: str) -> tuple[str, str]:
+    """A service setting given as KEY=VALUE on the command line (argparse ``type=``, for every bench script)."""
     key, equals, value = text.partition("=")
     if not key or not equals:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
@@ -939,7 +939,7 @@ def parse_args() -> argparse.Namespace:
                         help="also run the service with this many workers (threads divided), every accuracy level "
                              "at --alt-levels, in the side-by-side turns; 0: skip")
     parser.add_argument("--alt-levels", type=_levels, default=[1, 64])
-    parser.add_argument("--alt-env", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+    parser.add_argument("--alt-env", action="append", default=[], type=service_setting, metavar="KEY=VALUE",
                         help="a setting of the --alt-workers service only (repeatable), e.g. INFERENCE_THREADS=2")
     parser.add_argument("--overload-queue", type=int, default=0,
                         help="MAX_QUEUE_IMAGES for the back-pressure run at the highest level; 0: skip")
@@ -955,7 +955,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--protocol-connections", type=int, default=64, help="concurrency of that pair")
     parser.add_argument("--protocol-rounds", type=int, default=4,
                         help="alternating turns of that pair, sharing --seconds per route")
-    parser.add_argument("--env", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+    parser.add_argument("--env", action="append", default=[], type=service_setting, metavar="KEY=VALUE",
                         help="service setting for every service run, e.g. --env MAX_BATCH_SIZE=128 (repeatable)")
     parser.add_argument("--port", type=int, default=8765, help="service port; the naive app uses the next one")
     parser.add_argument("--ready-timeout", type=float, default=120)

@@ -37,6 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.serve import service_setting  # noqa: E402
 from tests import hostile_files as files  # noqa: E402 - the same generated uploads as the tests
 
 RSS_SAMPLE_S = 5.0
@@ -271,7 +272,8 @@ def main() -> None:
     parser.add_argument("--sigterm-at", type=float, help="send SIGTERM this many seconds into the run")
     parser.add_argument("--exit-bound", type=float, default=35.0, help="seconds allowed to exit after SIGTERM")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server setting")
+    parser.add_argument("--env", action="append", default=[], type=service_setting, metavar="KEY=VALUE",
+                        help="a server setting (repeatable)")
     args = parser.parse_args()
     if args.sigterm_at is not None and args.url:
         parser.error("--sigterm-at needs a server this script starts")
@@ -279,7 +281,7 @@ def main() -> None:
     if args.url:
         url, pid = args.url.rstrip("/"), args.pid
     else:
-        extra = dict(item.split("=", 1) for item in args.env)
+        extra = dict(args.env)
         process, url = start_server(args.model_dir.resolve(), args.out.with_suffix(".server.log"), extra)
         pid = process.pid
     require_loopback(url)
