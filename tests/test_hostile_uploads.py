@@ -297,6 +297,25 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_own_limit(server: Se
     assert second.startswith(b"HTTP/1.1 200 "), f"after 6.5 s idle: {second[:200]!r}"
 
 
+def test_a_request_refused_before_its_body_is_read_leaves_the_connection_usable(server: Server) -> None:
+    """An invalid query parameter is refused (422) before the route reads the upload (app.uploads reads it
+    in the route): the unread body must not be taken for the next request on the same connection."""
+    host, port = server.url.removeprefix("http://").split(":")
+    body, content_type = files.multipart([("file", "a.png", files.good_png())])
+
+    def request(query: str) -> bytes:
+        return (f"POST /predict?{query} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request("preview=maybe"))
+        refused = read_response(sock)
+        sock.sendall(request("level=fast"))
+        answered = read_response(sock)
+    assert refused.startswith(b"HTTP/1.1 422 ") and b"invalid 'preview'" in refused.lower(), refused[:300]
+    assert answered.startswith(b"HTTP/1.1 200 ") and b'"label"' in answered, answered[:300]
+
+
 BOMBS = [
     ("png_header_100000x100000", lambda: one_file(files.png_header_only(100_000, 100_000)), 413),
     ("png_12000x12000_gray", lambda: one_file(files.flat_png(12_000, 12_000, color_type=0)), 413),
