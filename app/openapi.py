@@ -24,6 +24,14 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def request_body(media_type: str, component: str, description: str | None = None) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its body itself: the schema ``component`` of the document's
+    components, sent as ``media_type``."""
+    described = {"description": description} if description else {}
+    return {"requestBody": {"required": True, **described, "content": {
+        media_type: {"schema": {"$ref": COMPONENTS + component}}}}}
+
+
 def add_models(document: dict[str, Any], models: Iterable[type[BaseModel]]) -> None:
     """Put ``models`` (and the models they use) in the document's components, for routes that refer to them."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})

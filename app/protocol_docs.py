@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from app.open_inference import InferenceRequest
+from app.openapi import request_body
 from app.tfserving import PredictRequest
 
 
@@ -41,5 +42,4 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (InferenceRequest, PredictRequest)
 
 def json_request_body(model: type[BaseModel], description: str) -> dict[str, Any]:
     """``openapi_extra`` for a route whose JSON body is ``model``."""
-    return {"requestBody": {"required": True, "description": description, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+    return request_body("application/json", model.__name__, description)

@@ -20,7 +20,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import DuplicateFileError, MalformedUploadError
-from app.openapi import COMPONENTS
+from app.openapi import request_body
 from core.preprocessing import ACCEPTED_FORMATS_TEXT
 
 # Starlette's defaults for request.form(): a body of many tiny parts costs the parser, not the model.
@@ -50,8 +50,7 @@ class UploadForm:
     @property
     def openapi_extra(self) -> dict[str, Any]:
         """The route's request body, for ``openapi_extra``."""
-        return {"requestBody": {"required": True, "content": {
-            FORM_MEDIA_TYPE: {"schema": {"$ref": COMPONENTS + self.component}}}}}
+        return request_body(FORM_MEDIA_TYPE, self.component)
 
     def schema(self) -> dict[str, Any]:
         """The body's schema: ``format: binary`` for OpenAPI 3.0 readers and client generators,
