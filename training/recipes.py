@@ -140,7 +140,8 @@ class FilterMuonSGD(BiasScaledSGD):
 
     def update_step(self, gradient: object, variable: keras.Variable, learning_rate: object) -> None:
         if len(variable.shape) != 4:
-            return super().update_step(gradient, variable, learning_rate)
+            super().update_step(gradient, variable, learning_rate)
+            return
         velocity = self.momentums[self._get_variable_index(variable)]  # SGD's slot, as Muon's buffer
         self.assign(velocity, velocity * self.filter_momentum + gradient)
         nesterov = gradient + self.filter_momentum * velocity
@@ -149,7 +150,6 @@ class FilterMuonSGD(BiasScaledSGD):
         at_fixed_norm = variable * (filters**0.5 / keras.ops.sqrt(keras.ops.sum(keras.ops.square(variable))))
         step = keras.ops.cast(learning_rate, variable.dtype) * self.filter_lr_ratio
         self.assign(variable, at_fixed_norm - step * keras.ops.reshape(direction, variable.shape))
-        return None
 
 
 class Lookahead(keras.callbacks.Callback):
