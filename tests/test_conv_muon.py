@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.recipes import ConvMuon, FilterMuonSGD
+from training.optimizers import ConvMuon, FilterMuonSGD
 
 
 def test_conv_kernels_move_by_an_orthogonalised_step_and_the_rest_by_adam() -> None:

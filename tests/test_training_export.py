@@ -26,8 +26,9 @@ from tests.synthetic import shape_arrays, write_image_folder
 from training import calibration, ood_export, signatures
 from training.architectures import airbench_cnn, init_whitening
 from training.cli import main
+from training.optimizers import BiasScaledSGD
 from training.publish import publish_next_version, staging_dir
-from training.recipes import AIRBENCH_NETWORK, AIRBENCH_WHITENING_EPSILON, RECIPES, BiasScaledSGD
+from training.recipes import AIRBENCH_NETWORK, AIRBENCH_WHITENING_EPSILON, RECIPES
 
 
 def load_signature(model_root: Path):
@@ -223,7 +224,7 @@ def test_tta_modes_average_the_views_they_name() -> None:
 
 
 def test_lookahead_keeps_the_average_not_the_latest_step() -> None:
-    from training.recipes import Lookahead, LookaheadSchedule
+    from training.optimizers import Lookahead, LookaheadSchedule
 
     images, labels = shape_arrays(per_class=4, seed=6)
     model = RECIPES["tutorial-rgb"].build()

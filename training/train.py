@@ -28,9 +28,10 @@ from training.data import (
     load_keras_cifar10,
     stratified_split,
 )
+from training.optimizers import Lookahead
 from training.pipeline import make_pipeline
 from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, publish_replacing, staging_dir
-from training.recipes import DEFAULT_DISTILLATION, RECIPES, Lookahead, Recipe
+from training.recipes import DEFAULT_DISTILLATION, RECIPES, Recipe
 
 
 @dataclass(frozen=True)
