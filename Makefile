@@ -63,8 +63,8 @@ train: $(STAMP)  ## train the shipped recipe on the shared JPEG set into $(RUN),
 # One model folder, or several (an ensemble: the student learns their average).
 TEACHERS ?= models/cifar10/4
 
-distill: $(STAMP)  ## train airbench-distill from the shipped teacher(s) $(TEACHERS) into $(RUN), then promote it
-	$(BIN)/python -m training train --data $(DATA) --recipe airbench-distill $(foreach t,$(TEACHERS),--teacher $(t)) --quiet --run-dir $(RUN)
+distill: $(STAMP)  ## train airbench-wide-distill from the teacher(s) $(TEACHERS) into $(RUN), then promote it
+	$(BIN)/python -m training train --data $(DATA) --recipe airbench-wide-distill $(foreach t,$(TEACHERS),--teacher $(t)) --quiet --run-dir $(RUN)
 	$(BIN)/python -m training promote $(RUN) --to models/cifar10
 
 train-tutorial: $(STAMP)  ## the tutorial's model, trained the tutorial's way, for comparison

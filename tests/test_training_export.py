@@ -20,6 +20,7 @@ from core.contract import (
     METADATA_FILE,
     OUTPUT_NAME,
     SIGNATURE_NAME,
+    level_named,
     version_dirs,
 )
 from tests.synthetic import shape_arrays, write_image_folder
@@ -279,6 +280,26 @@ def test_reexport_publishes_the_same_weights_through_the_export_path(trained_mod
         assert figures["val_accuracy"] == before["levels"][name]["val_accuracy"], name
         assert figures["temperature"] == pytest.approx(before["levels"][name]["temperature"], rel=1e-3), name
     assert (models / "2" / "report" / "per_class.md").is_file()
+
+
+def test_reexport_can_make_another_level_the_default(trained_model_dir: Path, shapes_dataset: Path,
+                                                     tmp_path: Path) -> None:
+    models = tmp_path / "shapes"
+    shutil.copytree(version_dirs(trained_model_dir)[-1][1], models / "1")
+    before = json.loads((models / "1" / METADATA_FILE).read_text())
+    assert before["default_level"] == "fast"
+    assert main(["reexport", str(models / "1"), "--data", str(shapes_dataset), "--threads", "2",
+                 "--timing-seconds", "0.02", "--cache-dir", str(tmp_path / "cache"),
+                 "--default-level", "accurate"]) == 0
+    after = json.loads((models / "2" / METADATA_FILE).read_text())
+    assert after["default_level"] == "accurate"
+    assert after["tta"] == level_named("accurate").tta
+    assert after["val_accuracy"] == before["levels"]["accurate"]["val_accuracy"]
+    loaded = tf.saved_model.load(str(models / "2"))
+    images, _ = shape_arrays(per_class=1, seed=3)
+    served, accurate = (loaded.signatures[name](**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+                        for name in (SIGNATURE_NAME, "accurate"))
+    np.testing.assert_array_equal(served, accurate)
 
 
 def test_reexport_from_other_data_is_refused_and_writes_nothing(trained_model_dir: Path, tmp_path: Path,

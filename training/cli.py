@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from core.contract import LEVEL_NAMES
 from core.cpus import available_cpus
 from training.augment import FLIP_MODES
 from training.data import default_cache_dir
@@ -265,11 +266,13 @@ def add_reexport(commands: argparse._SubParsersAction) -> None:
     add_cache_dir(parser)
     parser.add_argument("--timing-seconds", type=float, default=TIMING_SECONDS,
                         help="seconds timing each level, precision and batch size for metadata.json")
+    parser.add_argument("--default-level", choices=LEVEL_NAMES, default=None,
+                        help="the level the new version serves by default (default: VERSION_DIR's own)")
 
 
 def run_reexport(args: argparse.Namespace) -> int:
     reexport(args.version_dir, args.data, args.out or args.version_dir.parent, args.cache_dir, args.threads,
-             args.timing_seconds)
+             args.timing_seconds, args.default_level)
     return 0
 
 

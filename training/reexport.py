@@ -3,7 +3,9 @@
 No training: the weights are read from the source SavedModel's variables into the recipe's Keras
 model, the validation split the source was trained with is rebuilt from its data, seed and size, and
 the export path (training.export) runs as at the end of ``python -m training train``. The re-exported
-default level must answer as the source's own ``serving_default`` does, or nothing is published.
+default level must answer as the source's own signature of that level does, or nothing is published.
+``default_level`` makes another level the default: a level of the same weights that is as accurate as
+the source's default at less compute (docs/training.md).
 """
 
 import json
@@ -14,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.contract import METADATA_FILE, SIGNATURE_NAME, level_for_tta, level_named
+from core.contract import METADATA_FILE, SIGNATURE_NAME, LevelName, level_for_tta, level_named
 from core.tensorflow_runtime import set_tensorflow_threads
 from training import export, signatures
 from training.data import load_image_folder, stratified_split
@@ -31,7 +33,7 @@ class ReexportError(TrainingError):
 
 
 def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, threads: int,
-             timing_seconds: float) -> Path:
+             timing_seconds: float, default_level: LevelName | None = None) -> Path:
     """Publish the weights of the version ``source`` as the next version of ``out``; returns its folder."""
     set_tensorflow_threads(threads)
     source_metadata = read_source_metadata(source)
@@ -53,8 +55,13 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
         raise ReexportError(f"{source}: its variables do not fit the {source_metadata['architecture']} recipe's "
                             "model; re-export it with the code that trained it.")
     model.set_weights(weights)
-    source_probabilities = signatures.predict_saved_model(saved.signatures[SIGNATURE_NAME], val.images)
-    default_level = level_for_tta(source_metadata.get("tta", level_named(recipe.default_level).tta))
+    source_default = level_for_tta(source_metadata.get("tta", level_named(recipe.default_level).tta))
+    default_level = default_level or source_default
+    source_signature = SIGNATURE_NAME if default_level == source_default else default_level
+    if source_signature not in saved.signatures:
+        raise ReexportError(f"{source}: it has no {default_level} signature to compare the re-export with; "
+                            "re-export it once without --default-level, then from that version.")
+    source_probabilities = signatures.predict_saved_model(saved.signatures[source_signature], val.images)
     trained = export.Trained(model, recipe, default_level, source_metadata["history"], seed, source_metadata)
 
     with staging_dir(out) as staging:
@@ -64,7 +71,7 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
         difference = float(np.abs(exported.val_probabilities - source_probabilities).max())
         source_accuracy = export.accuracy(source_probabilities, val.labels)
         accuracy = export.accuracy(exported.val_probabilities, val.labels)
-        print(f"{source} serving_default on the validation split: {source_accuracy:.2%}; re-exported "
+        print(f"{source} {source_signature} on the validation split: {source_accuracy:.2%}; re-exported "
               f"{default_level}: {accuracy:.2%} (largest probability difference {difference:.1e})", flush=True)
         if accuracy != source_accuracy or difference > AGREEMENT_TOLERANCE:
             raise ReexportError(f"the re-exported {default_level} level scores {accuracy:.4f} on the validation "
