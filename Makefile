@@ -56,7 +56,7 @@ ifndef RUN
 RUN := runs/airbench-$(shell date -u +%Y%m%dT%H%M%SZ)
 endif
 
-train: $(STAMP)  ## train the shipped recipe on the shared JPEG set into $(RUN), then promote it to models/cifar10
+train: $(STAMP)  ## train the airbench recipe (versions 3-8) on the shared JPEG set into $(RUN), then promote it
 	$(BIN)/python -m training train --data $(DATA) --quiet --run-dir $(RUN)
 	$(BIN)/python -m training promote $(RUN) --to models/cifar10
 

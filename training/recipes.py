@@ -99,7 +99,7 @@ AIRBENCH_NETWORK = AirbenchNetwork(
     bn_epsilon=1e-12,  # airbench's: with 1e-5 the logits of a fresh net differ from airbench's by 1e-4
     logit_scale=1.0 / 9.0,
 )
-# A wider student for distillation: 1.7x the multiply-adds of one view (1.4x the training time per epoch on a
+# A wider student for distillation: 1.7x the multiply-adds of one view (1.6x the training time per epoch on a
 # 2-core CPU with AMX), so one view of it costs under a third of the narrow network's six-view level.
 AIRBENCH_WIDE_NETWORK = replace(AIRBENCH_NETWORK, widths=(96, 320, 320))
 # Its two views are as accurate as the narrow network's six (91.82 against 91.74% on validation) at 2.4x the
