@@ -174,15 +174,15 @@ AIRBENCH = Recipe(
 )
 
 _LEARNS_FROM_TEACHER = "; learns from a teacher model's six-view probabilities (--teacher) too"
+# The same network and schedule, fewer epochs, learning from a teacher's probabilities too: --teacher DIR.
+AIRBENCH_DISTILL = replace(AIRBENCH, distillation=DEFAULT_DISTILLATION, epochs=AIRBENCH_DISTILL_EPOCHS,
+                           description=AIRBENCH.description + _LEARNS_FROM_TEACHER)
 
 RECIPES: dict[str, Recipe] = {
     "airbench": AIRBENCH,
-    # The same network and schedule, fewer epochs, learning from a teacher's probabilities too: --teacher DIR.
-    "airbench-distill": replace(AIRBENCH, distillation=DEFAULT_DISTILLATION, epochs=AIRBENCH_DISTILL_EPOCHS,
-                                description=AIRBENCH.description + _LEARNS_FROM_TEACHER),
+    "airbench-distill": AIRBENCH_DISTILL,
     "airbench-wide-distill": replace(
-        AIRBENCH, distillation=DEFAULT_DISTILLATION, epochs=AIRBENCH_DISTILL_EPOCHS,
-        build=lambda: airbench_cnn(AIRBENCH_WIDE_NETWORK), default_level=AIRBENCH_WIDE_DEFAULT_LEVEL,
+        AIRBENCH_DISTILL, build=lambda: airbench_cnn(AIRBENCH_WIDE_NETWORK), default_level=AIRBENCH_WIDE_DEFAULT_LEVEL,
         description=_airbench_description(AIRBENCH_WIDE_NETWORK, AIRBENCH_WIDE_DEFAULT_LEVEL) + _LEARNS_FROM_TEACHER),
     "airbench-muon": replace(AIRBENCH, make_optimizer=_airbench_muon, description=AIRBENCH.description.replace(
         "Nesterov SGD", "Muon on the conv filters and Adam on the rest,")),
