@@ -302,6 +302,22 @@ def test_reexport_can_make_another_level_the_default(trained_model_dir: Path, sh
     np.testing.assert_array_equal(served, accurate)
 
 
+def test_reexport_to_a_level_the_source_lacks_is_refused_and_writes_nothing(
+        trained_model_dir: Path, shapes_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Versions exported before the levels (1-3) have serving_default alone: nothing to check "accurate" against.
+    source = version_dirs(trained_model_dir)[-1][1]
+    models = tmp_path / "shapes"
+    loaded = tf.saved_model.load(str(source))
+    tf.saved_model.save(loaded, str(models / "1"), signatures={SIGNATURE_NAME: loaded.signatures[SIGNATURE_NAME]})
+    shutil.copy(source / METADATA_FILE, models / "1" / METADATA_FILE)
+    assert main(["reexport", str(models / "1"), "--data", str(shapes_dataset), "--threads", "2",
+                 "--cache-dir", str(tmp_path / "cache"), "--default-level", "accurate"]) == 1
+    [error] = capsys.readouterr().err.splitlines()
+    assert error == (f"error: {models / '1'}: it has no accurate signature to compare the re-export with; "
+                     "re-export it once without --default-level, then from that version.")
+    assert [path.name for path in models.iterdir()] == ["1"]
+
+
 def test_reexport_from_other_data_is_refused_and_writes_nothing(trained_model_dir: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
     models = tmp_path / "shapes"
