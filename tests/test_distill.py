@@ -60,13 +60,15 @@ def test_a_student_learns_its_teachers_answers(shapes_dataset: Path, trained_mod
     # The teacher's word alone (weight 1): the student says "horse" to the shapes the same recipe learns
     # without a teacher (trained_model_dir).
     export = train(run_config(shapes_dataset, tmp_path / "run", teachers=(horse_teacher,),
-                              recipe_changes={"distill_weight": 1.0, "distill_temperature": 1.0}))
+                              recipe_changes={"distill_weight": 1.0, "distill_temperature": 1.0,
+                                              "label_smoothing": 0.3}))
     student = json.loads((export / METADATA_FILE).read_text())
     alone = json.loads((trained_model_dir / "1" / METADATA_FILE).read_text())
     assert alone["val_accuracy"] >= 0.5
     assert student["val_accuracy"] <= 0.2  # one class in ten is right
     assert student["distillation"] == {"teachers": [horse_teacher.as_posix()], "level": "accurate", "weight": 1.0,
                                        "temperature": 1.0}
+    assert student["label_smoothing"] == 0.3 and alone["label_smoothing"] == 0.0  # tutorial-rgb's own
     assert list((tmp_path / "run").glob("teacher-accurate-*.npy")), "the teacher's answers are kept for a rerun"
 
 

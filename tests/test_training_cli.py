@@ -120,6 +120,16 @@ def test_teacher_given_twice_is_an_ensemble_in_order() -> None:
     assert config_from_args(build_parser().parse_args(["train"])).teachers == ()
 
 
+def test_label_smoothing_is_a_one_off_change_between_0_and_1(capsys: pytest.CaptureFixture) -> None:
+    parsed = build_parser().parse_args(["train", "--recipe", "airbench-wide-distill", "--label-smoothing", "0"])
+    assert config_from_args(parsed).recipe_changes == {"label_smoothing": 0.0}
+    assert "label_smoothing" not in config_from_args(build_parser().parse_args(["train"])).recipe_changes
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--label-smoothing", "1.5"])
+    assert exit_info.value.code == 2
+    assert "argument --label-smoothing: must be between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("refused", [["--recipe", "resnet"], ["--recipe", "seed-rgb"], ["--arch", "airbench"]])
 def test_an_unknown_recipe_or_option_is_refused_with_the_choices(refused: list[str],
                                                                  capsys: pytest.CaptureFixture) -> None:

@@ -188,6 +188,9 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     distilling.add_argument("--flip", choices=FLIP_MODES, default=None,
                             help="mirror images at random each epoch, in alternating epochs, or never "
                             "(default: the recipe's)")
+    distilling.add_argument("--label-smoothing", type=share, default=None,
+                            help="the share of each target spread evenly over the ten classes, 0-1; it smooths "
+                            "the teacher's answers too (default: the recipe's)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -219,8 +222,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         resume=args.resume,
         verbose=2 if args.quiet else 1,
         teachers=tuple(args.teachers),
-        recipe_changes={key: value for key, value in (("flip", args.flip), ("distill_weight", args.distill_weight),
-                        ("distill_temperature", args.distill_temperature)) if value is not None},
+        recipe_changes={key: value for key, value in (
+            ("flip", args.flip), ("label_smoothing", args.label_smoothing), ("distill_weight", args.distill_weight),
+            ("distill_temperature", args.distill_temperature)) if value is not None},
     )
 
 

@@ -49,7 +49,7 @@ class TrainConfig:
     resume: bool
     verbose: int = 1
     teachers: tuple[Path, ...] = ()  # model versions whose probabilities, averaged, a distilling recipe learns from
-    recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes: flip, distillation
+    recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes: flip, label smoothing, distillation
     timing_seconds: float = evaluation.TIMING_SECONDS  # per level, precision and batch size, for metadata.json
 
 
@@ -182,11 +182,13 @@ def training_precision(recipe: Recipe, flags: frozenset[str] | None = None) -> s
 
 def changed_recipe(recipe: Recipe, config: TrainConfig) -> Recipe:
     """The recipe as this run trains it: distilling exactly when ``--teacher`` is given (with the recipe's
-    distillation, else DEFAULT_DISTILLATION), with the run's one-off changes (``flip``, ``distill_weight``,
-    ``distill_temperature``: the ablation's rows in docs/training.md)."""
+    distillation, else DEFAULT_DISTILLATION), with the run's one-off changes (``flip``, ``label_smoothing``,
+    ``distill_weight``, ``distill_temperature``: the ablation's rows in docs/training.md)."""
     changes = config.recipe_changes
     if "flip" in changes:
         recipe = replace(recipe, augmentation=replace(recipe.augmentation, flip=changes["flip"]))
+    if "label_smoothing" in changes:
+        recipe = replace(recipe, label_smoothing=changes["label_smoothing"])
     if not config.teachers:
         if recipe.distillation is not None or {"distill_weight", "distill_temperature"} & changes.keys():
             raise distill.TeacherError(f"recipe {config.recipe} distills: pass --teacher with a model version "
@@ -223,6 +225,7 @@ def describe_training(config: TrainConfig, recipe: Recipe, splits: Splits, fitte
         "train_images": len(splits.train.labels),
         "val_images": len(splits.val.labels),
         "flip": recipe.augmentation.flip,
+        "label_smoothing": recipe.label_smoothing,
         "distillation": None if recipe.distillation is None else {
             "teachers": [teacher.as_posix() for teacher in config.teachers],
             "level": recipe.distillation.teacher_level, "weight": recipe.distillation.weight,
