@@ -62,13 +62,13 @@ def conv_group(channels_in: int, channels_out: int) -> list[nn.Module]:
             DiracConv(channels_out, channels_out), BatchNorm(channels_out), nn.GELU()]
 
 
-def make_net() -> nn.Sequential:
+def make_net(widths: tuple[int, int, int] = WIDTHS) -> nn.Sequential:
     whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
     whiten.weight.requires_grad = False
     nn.init.zeros_(whiten.bias)
-    head = nn.Linear(WIDTHS[2], 10, bias=False)
-    return nn.Sequential(whiten, nn.GELU(), *conv_group(24, WIDTHS[0]), *conv_group(WIDTHS[0], WIDTHS[1]),
-                         *conv_group(WIDTHS[1], WIDTHS[2]), nn.MaxPool2d(3), nn.Flatten(), head)
+    head = nn.Linear(widths[2], 10, bias=False)
+    return nn.Sequential(whiten, nn.GELU(), *conv_group(24, widths[0]), *conv_group(widths[0], widths[1]),
+                         *conv_group(widths[1], widths[2]), nn.MaxPool2d(3), nn.Flatten(), head)
 
 
 def normalize(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
