@@ -83,10 +83,10 @@ def rebuilt_model(model_dir: Path, metadata: dict):
     import keras
     import tensorflow as tf
 
-    from training.recipes import RECIPES
+    from training.recipes import trained_recipe
 
     keras.config.set_dtype_policy("float32")
-    model = RECIPES[metadata["architecture"]].build()
+    model = trained_recipe(metadata).build()
     saved = tf.saved_model.load(str(model_dir))
     model.set_weights([variable.numpy() for variable in saved.variables])
     return model, saved

@@ -185,6 +185,9 @@ def add_train(commands: argparse._SubParsersAction) -> None:
                             help="the teacher's share of each target, 0-1 (default: the recipe's)")
     distilling.add_argument("--distill-temperature", type=positive_float, default=None,
                             help="softens (>1) or sharpens (<1) the teacher's probabilities (default: the recipe's)")
+    distilling.add_argument("--widths", type=positive_int, nargs=3, metavar=("GROUP1", "GROUP2", "GROUP3"),
+                            default=None, help="channels of an airbench network's three conv groups, e.g. 128 384 "
+                            "384 (default: the recipe's)")
     distilling.add_argument("--flip", choices=FLIP_MODES, default=None,
                             help="mirror images at random each epoch, in alternating epochs, or never "
                             "(default: the recipe's)")
@@ -223,7 +226,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         verbose=2 if args.quiet else 1,
         teachers=tuple(args.teachers),
         recipe_changes={key: value for key, value in (
-            ("flip", args.flip), ("label_smoothing", args.label_smoothing), ("distill_weight", args.distill_weight),
+            ("widths", None if args.widths is None else tuple(args.widths)), ("flip", args.flip),
+            ("label_smoothing", args.label_smoothing), ("distill_weight", args.distill_weight),
             ("distill_temperature", args.distill_temperature)) if value is not None},
     )
 

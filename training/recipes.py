@@ -8,8 +8,9 @@ summed loss and coupled weight decay; the constants below are the same update in
 mean-loss, decoupled-decay terms, with the arithmetic shown.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import keras
 import numpy as np
@@ -18,15 +19,22 @@ from core.contract import LevelName, level_named
 from training.architectures import AirbenchNetwork, TutorialNetwork, airbench_cnn, init_whitening, tutorial_cnn
 from training.augment import Augmentation
 from training.distill import Distillation
+from training.errors import TrainingError
 from training.optimizers import BiasScaledSGD, ConvMuon, FilterMuonSGD, LookaheadSchedule, TriangularSchedule
 
 NO_AUGMENTATION = Augmentation()
+
+Network = AirbenchNetwork | TutorialNetwork
+
+
+class RecipeError(TrainingError):
+    """A one-off change the recipe cannot take; the message names the option and the fix."""
 
 
 @dataclass(frozen=True)
 class Recipe:
     description: str
-    build: Callable[[], keras.Model]
+    network: Network
     epochs: int
     batch_size: int
     make_optimizer: Callable[[int], keras.optimizers.Optimizer]  # total optimizer steps -> optimizer
@@ -37,6 +45,12 @@ class Recipe:
     data_init: Callable[[keras.Model, np.ndarray, int], None] | None = None  # (model, train images, seed)
     lookahead: LookaheadSchedule | None = None
     distillation: Distillation | None = None  # learn from a teacher's probabilities too (needs --teacher)
+
+    def build(self) -> keras.Model:
+        """A fresh, untrained model of the recipe's network, under the current Keras dtype policy."""
+        if isinstance(self.network, AirbenchNetwork):
+            return airbench_cnn(self.network)
+        return tutorial_cnn(self.network)
 
 
 # --- tutorial-rgb / tutorial-gray: the tutorial's model, trained the tutorial's way ------------------
@@ -146,22 +160,26 @@ def _tutorial_recipe(network: TutorialNetwork) -> Recipe:
         description=f"the tutorial's CNN on {colour}: Conv {n.conv_filters} {n.kernel_size}x{n.kernel_size}, "
         f"MaxPool, Dropout {n.conv_dropout:g}, Dense {n.dense_units}, Dropout {n.dense_dropout:g}, Dense 10; "
         f"Adam {TUTORIAL_ADAM_LR:g}, batch {TUTORIAL_BATCH_SIZE}, no augmentation",
-        build=lambda: tutorial_cnn(network),
+        network=network,
         epochs=TUTORIAL_EPOCHS,
         batch_size=TUTORIAL_BATCH_SIZE,
         make_optimizer=_adam,
     )
 
 
+def _conv_groups(widths: tuple[int, ...]) -> str:
+    return f"conv groups {'/'.join(map(str, widths))}"
+
+
 def _airbench_description(network: AirbenchNetwork, default_level: LevelName) -> str:
-    return (f"airbench94 CNN (whitened 2x2 stem, conv groups {'/'.join(map(str, network.widths))}, BatchNorm, "
+    return (f"airbench94 CNN (whitened 2x2 stem, {_conv_groups(network.widths)}, BatchNorm, "
             "GELU): Nesterov SGD with warm-up and linear decay, label smoothing, flip, translate, cutout; "
             f"{level_named(default_level).views}-view TTA")
 
 
 AIRBENCH = Recipe(
     description=_airbench_description(AIRBENCH_NETWORK, AIRBENCH_DEFAULT_LEVEL),
-    build=lambda: airbench_cnn(AIRBENCH_NETWORK),
+    network=AIRBENCH_NETWORK,
     epochs=AIRBENCH_EPOCHS,
     batch_size=AIRBENCH_BATCH_SIZE,
     make_optimizer=_airbench_sgd,
@@ -182,7 +200,7 @@ RECIPES: dict[str, Recipe] = {
     "airbench": AIRBENCH,
     "airbench-distill": AIRBENCH_DISTILL,
     "airbench-wide-distill": replace(
-        AIRBENCH_DISTILL, build=lambda: airbench_cnn(AIRBENCH_WIDE_NETWORK), default_level=AIRBENCH_WIDE_DEFAULT_LEVEL,
+        AIRBENCH_DISTILL, network=AIRBENCH_WIDE_NETWORK, default_level=AIRBENCH_WIDE_DEFAULT_LEVEL,
         description=_airbench_description(AIRBENCH_WIDE_NETWORK, AIRBENCH_WIDE_DEFAULT_LEVEL) + _LEARNS_FROM_TEACHER),
     "airbench-muon": replace(AIRBENCH, make_optimizer=_airbench_muon, description=AIRBENCH.description.replace(
         "Nesterov SGD", "Muon on the conv filters and Adam on the rest,")),
@@ -194,3 +212,28 @@ RECIPES: dict[str, Recipe] = {
     "tutorial-gray": _tutorial_recipe(TUTORIAL_GRAY_NETWORK),
 }
 DEFAULT_RECIPE = "airbench"
+
+
+def network_widths(recipe: Recipe) -> tuple[int, int, int] | None:
+    """The channels of the recipe's three conv groups; None for a network without them (the tutorial's)."""
+    return recipe.network.widths if isinstance(recipe.network, AirbenchNetwork) else None
+
+
+def with_widths(recipe: Recipe, widths: tuple[int, int, int]) -> Recipe:
+    """The recipe with conv groups of ``widths`` channels (``--widths``, the ablation's width rows), its
+    description saying so."""
+    own = network_widths(recipe)
+    if own is None:
+        raise RecipeError(f"--widths sets the conv groups of an airbench network, and this recipe trains "
+                          f"{recipe.description.split(':')[0]}; drop --widths or pick an airbench recipe.")
+    widths = tuple(widths)
+    return replace(recipe, network=replace(recipe.network, widths=widths),
+                   description=recipe.description.replace(_conv_groups(own), _conv_groups(widths)))
+
+
+def trained_recipe(metadata: Mapping[str, Any]) -> Recipe:
+    """The recipe an exported model was trained with, as far as its layers go: metadata.json's
+    ``architecture`` (a name in RECIPES) with the conv widths it records (none before --widths: the recipe's)."""
+    recipe = RECIPES[metadata["architecture"]]
+    widths = metadata.get("widths")
+    return recipe if widths is None else with_widths(recipe, tuple(widths))

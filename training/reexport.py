@@ -22,7 +22,7 @@ from training import export, signatures
 from training.data import load_image_folder, stratified_split
 from training.errors import TrainingError
 from training.publish import publish_next_version, staging_dir
-from training.recipes import RECIPES
+from training.recipes import RECIPES, trained_recipe
 
 # The source's served probabilities and the rebuilt model's may differ by float round-off only.
 AGREEMENT_TOLERANCE = 1e-4
@@ -37,7 +37,7 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
     """Publish the weights of the version ``source`` as the next version of ``out``; returns its folder."""
     set_tensorflow_threads(threads)
     source_metadata = read_source_metadata(source)
-    recipe = RECIPES[source_metadata["architecture"]]
+    recipe = trained_recipe(source_metadata)
     dataset = load_image_folder(data, cache_dir)
     expected_sha = source_metadata.get("data", {}).get("sha256")
     if expected_sha and dataset.sha256 != expected_sha:

@@ -17,7 +17,7 @@ from core.contract import METADATA_FILE, SIGNATURE_NAME
 from training import reports, signatures
 from training.data import DatasetError, load_image_folder, stratified_split
 from training.errors import TrainingError
-from training.recipes import RECIPES
+from training.recipes import RECIPES, trained_recipe
 
 # What this command reads from metadata.json: every export of this code writes them.
 REQUIRED_KEYS = ("architecture", "class_names", "data", "history", "seed", "val_accuracy", "val_images")
@@ -41,7 +41,7 @@ def regenerate_report(version_dir: Path, data: Path, cache_dir: Path | None) -> 
     if round(accuracy, 4) != metadata["val_accuracy"]:
         raise ReportError(f"{version_dir}: validation accuracy re-measured as {accuracy:.4f}, metadata.json "
                           f"says {metadata['val_accuracy']}: this is not the split the model was measured on.")
-    model = RECIPES[metadata["architecture"]].build()  # only its layers are drawn: no weights needed
+    model = trained_recipe(metadata).build()  # only its layers are drawn: no weights needed
     reports.write_report(version_dir / reports.REPORT_DIR, metadata["history"], val_split.images, val_split.labels,
                          probabilities, metadata["class_names"], model, metadata["seed"])
     return accuracy

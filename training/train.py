@@ -28,10 +28,15 @@ from training.data import (
     load_keras_cifar10,
     stratified_split,
 )
+from training.errors import TrainingError
 from training.optimizers import Lookahead
 from training.pipeline import make_pipeline
 from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, publish_replacing, staging_dir
-from training.recipes import DEFAULT_DISTILLATION, RECIPES, Recipe
+from training.recipes import DEFAULT_DISTILLATION, RECIPES, Recipe, network_widths, with_widths
+
+# The options a resumed run must share with the run it continues (all but --epochs, which may extend it,
+# and the paths of data and cache), kept in its run folder.
+RUN_OPTIONS_FILE = "options.json"
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,8 @@ class TrainConfig:
     resume: bool
     verbose: int = 1
     teachers: tuple[Path, ...] = ()  # model versions whose probabilities, averaged, a distilling recipe learns from
-    recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes: flip, label smoothing, distillation
+    recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes: widths, flip, label smoothing,
+    # distillation
     timing_seconds: float = evaluation.TIMING_SECONDS  # per level, precision and batch size, for metadata.json
 
 
@@ -75,6 +81,7 @@ def train(config: TrainConfig) -> Path:
     new version in ``out``)."""
     set_tensorflow_threads(config.threads)
     recipe = changed_recipe(RECIPES[config.recipe], config)
+    keep_run_options(config)
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
     fitted = fit(config, recipe, splits)
@@ -182,9 +189,11 @@ def training_precision(recipe: Recipe, flags: frozenset[str] | None = None) -> s
 
 def changed_recipe(recipe: Recipe, config: TrainConfig) -> Recipe:
     """The recipe as this run trains it: distilling exactly when ``--teacher`` is given (with the recipe's
-    distillation, else DEFAULT_DISTILLATION), with the run's one-off changes (``flip``, ``label_smoothing``,
+    distillation, else DEFAULT_DISTILLATION), with the run's one-off changes (``widths``, ``flip``, ``label_smoothing``,
     ``distill_weight``, ``distill_temperature``: the ablation's rows in docs/training.md)."""
     changes = config.recipe_changes
+    if "widths" in changes:
+        recipe = with_widths(recipe, changes["widths"])
     if "flip" in changes:
         recipe = replace(recipe, augmentation=replace(recipe.augmentation, flip=changes["flip"]))
     if "label_smoothing" in changes:
@@ -198,6 +207,39 @@ def changed_recipe(recipe: Recipe, config: TrainConfig) -> Recipe:
     return replace(recipe, distillation=replace(
         distillation, weight=changes.get("distill_weight", distillation.weight),
         temperature=changes.get("distill_temperature", distillation.temperature)))
+
+
+def run_options(config: TrainConfig) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues, by option name."""
+    changes = {key: list(value) if isinstance(value, tuple) else value for key, value in config.recipe_changes.items()}
+    return {"recipe": config.recipe, "batch-size": config.batch_size, "seed": config.seed, "val-size": config.val_size,
+            "teacher": [teacher.as_posix() for teacher in config.teachers],
+            **{key.replace("_", "-"): changes.get(key) for key in (
+                "widths", "flip", "label_smoothing", "distill_weight", "distill_temperature")}}
+
+
+def keep_run_options(config: TrainConfig) -> None:
+    """Writes the run's options into its folder; on --resume, first refuses options that differ from the
+    interrupted run's, which its checkpoint and epoch log would not fit (or, worse, silently would)."""
+    options, path = run_options(config), config.run_dir / RUN_OPTIONS_FILE
+    if config.resume and path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise TrainingError(f"{path}: cannot read it ({error}); start the run again without --resume.") from None
+        changed = [f"--{name} {_shown(before.get(name))} (this command: {_shown(value)})"
+                   for name, value in options.items() if before.get(name) != value]
+        if changed:
+            raise TrainingError(f"{path}: the interrupted run trained with {'; '.join(changed)}. Resume it with "
+                                "its own options, or start a new run without --resume.")
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(options, indent=1) + "\n")
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == []:
+        return "not given"
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def float32_copy(recipe: Recipe, trained: keras.Model) -> keras.Model:
@@ -218,6 +260,7 @@ def describe_training(config: TrainConfig, recipe: Recipe, splits: Splits, fitte
         "architecture": config.recipe,  # the recipe's name (the key predates recipes)
         "description": recipe.description,
         "params": int(fitted.model.count_params()),
+        "widths": None if (widths := network_widths(recipe)) is None else list(widths),  # rebuilds it: trained_recipe
         "epochs": fitted.epochs,
         "epochs_completed": len(history.get("epoch", [])),
         "batch_size": fitted.batch_size,
