@@ -130,6 +130,17 @@ def test_label_smoothing_is_a_one_off_change_between_0_and_1(capsys: pytest.Capt
     assert "argument --label-smoothing: must be between 0 and 1, got 1.5" in capsys.readouterr().err
 
 
+def test_widths_are_a_one_off_change_of_three_positive_numbers(capsys: pytest.CaptureFixture) -> None:
+    parsed = build_parser().parse_args(["train", "--recipe", "airbench-wide-distill", "--widths", "128", "384", "384"])
+    assert config_from_args(parsed).recipe_changes == {"widths": (128, 384, 384)}
+    assert "widths" not in config_from_args(build_parser().parse_args(["train"])).recipe_changes
+    for refused, message in ((["128", "384"], "expected 3 arguments"), (["128", "0", "384"], "must be a positive")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--widths", *refused])
+        assert exit_info.value.code == 2
+        assert f"argument --widths: {message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("refused", [["--recipe", "resnet"], ["--recipe", "seed-rgb"], ["--arch", "airbench"]])
 def test_an_unknown_recipe_or_option_is_refused_with_the_choices(refused: list[str],
                                                                  capsys: pytest.CaptureFixture) -> None:
@@ -154,6 +165,13 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
               "--run-dir", str(tmp_path / "run"), "--no-cache", "--threads", "2", "--quiet"]
     first = run_cli(*common, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-2000:]
+    # Resuming with another recipe change would train a mix of two runs: refused, naming each difference.
+    mixed = run_cli(*common, "--epochs", "2", "--resume", "--flip", "alternating", "--seed", "5")
+    assert mixed.returncode == 1 and "Traceback" not in mixed.stderr, mixed.stderr[-2000:]
+    assert (f"error: {tmp_path / 'run' / 'options.json'}: the interrupted run trained with --seed 0 (this command: "
+            "5); --flip not given (this command: alternating). Resume it with its own options") in mixed.stderr
+    assert "epoch " not in mixed.stdout
+    assert [version for version, _ in version_dirs(tmp_path / "models" / "shapes")] == [1]
     resumed = run_cli(*common, "--epochs", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     # One new epoch ran (epoch 2), not two: the first came from the checkpoint.

@@ -27,9 +27,11 @@ from tests.synthetic import shape_arrays, write_image_folder
 from training import calibration, ood_export, signatures
 from training.architectures import airbench_cnn, init_whitening
 from training.cli import main
+from training.errors import TrainingError
 from training.optimizers import BiasScaledSGD
 from training.publish import publish_next_version, staging_dir
-from training.recipes import AIRBENCH_NETWORK, AIRBENCH_WHITENING_EPSILON, RECIPES
+from training.recipes import AIRBENCH_NETWORK, AIRBENCH_WHITENING_EPSILON, RECIPES, trained_recipe
+from training.train import TrainConfig, changed_recipe
 
 
 def load_signature(model_root: Path):
@@ -166,6 +168,27 @@ def test_gray_model_ignores_colour_but_not_brightness() -> None:
     colour = np.zeros((1, 32, 32, 3), dtype="float32")
     colour[..., 0], colour[..., 1], colour[..., 2] = 200, 10, 50
     np.testing.assert_allclose(model(colour).numpy(), model(gray_value).numpy(), atol=1e-4)
+
+
+def test_widths_change_the_network_and_rebuild_it_from_metadata(tmp_path: Path) -> None:
+    def run(recipe: str, widths: tuple[int, int, int]) -> TrainConfig:
+        return TrainConfig(recipe=recipe, data=None, out=None, epochs=1, batch_size=None, seed=0, val_size=None,
+                           threads=2, cache_dir=None, run_dir=tmp_path, resume=False, teachers=(Path("teacher"),),
+                           recipe_changes={"widths": widths})
+
+    wide = RECIPES["airbench-wide-distill"]
+    narrowed = changed_recipe(wide, run("airbench-wide-distill", (8, 16, 24)))
+    convs = [layer.filters for layer in narrowed.build().layers
+             if isinstance(layer, keras.layers.Conv2D) and layer.name != "whiten"]
+    assert convs == [8, 8, 16, 16, 24, 24]
+    assert "conv groups 8/16/24" in narrowed.description and "96/320/320" not in narrowed.description
+    # reexport, report and bench/ood rebuild a model from its metadata.json: the widths it records, else the recipe's.
+    rebuilt = trained_recipe({"architecture": "airbench-wide-distill", "widths": [8, 16, 24]}).build()
+    assert [w.shape for w in rebuilt.weights] == [w.shape for w in narrowed.build().weights]
+    assert trained_recipe({"architecture": "airbench-wide-distill"}) is wide
+    assert trained_recipe({"architecture": "tutorial-rgb", "widths": None}) is RECIPES["tutorial-rgb"]
+    with pytest.raises(TrainingError, match="this recipe trains the tutorial's CNN on RGB; drop --widths"):
+        changed_recipe(RECIPES["tutorial-rgb"], run("tutorial-rgb", (8, 16, 24)))
 
 
 def test_whitening_decorrelates_patches() -> None:
