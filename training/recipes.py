@@ -226,7 +226,6 @@ def with_widths(recipe: Recipe, widths: tuple[int, int, int]) -> Recipe:
     if own is None:
         raise RecipeError(f"--widths sets the conv groups of an airbench network, and this recipe trains "
                           f"{recipe.description.split(':')[0]}; drop --widths or pick an airbench recipe.")
-    widths = tuple(widths)
     return replace(recipe, network=replace(recipe.network, widths=widths),
                    description=recipe.description.replace(_conv_groups(own), _conv_groups(widths)))
 

@@ -34,8 +34,8 @@ from training.pipeline import make_pipeline
 from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, publish_replacing, staging_dir
 from training.recipes import DEFAULT_DISTILLATION, RECIPES, Recipe, network_widths, with_widths
 
-# The options a resumed run must share with the run it continues (all but --epochs, which may extend it,
-# and the paths of data and cache), kept in its run folder.
+# The options a resumed run must share with the run it continues (those that decide what trains; not --epochs,
+# which may extend it), kept in its run folder.
 RUN_OPTIONS_FILE = "options.json"
 
 
@@ -54,8 +54,7 @@ class TrainConfig:
     resume: bool
     verbose: int = 1
     teachers: tuple[Path, ...] = ()  # model versions whose probabilities, averaged, a distilling recipe learns from
-    recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes: widths, flip, label smoothing,
-    # distillation
+    recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes (--widths, --flip, ...)
     timing_seconds: float = evaluation.TIMING_SECONDS  # per level, precision and batch size, for metadata.json
 
 
@@ -210,12 +209,11 @@ def changed_recipe(recipe: Recipe, config: TrainConfig) -> Recipe:
 
 
 def run_options(config: TrainConfig) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues, by option name."""
-    changes = {key: list(value) if isinstance(value, tuple) else value for key, value in config.recipe_changes.items()}
+    """What a resumed run must share with the run it continues, by option name (as JSON keeps it: lists)."""
     return {"recipe": config.recipe, "batch-size": config.batch_size, "seed": config.seed, "val-size": config.val_size,
             "teacher": [teacher.as_posix() for teacher in config.teachers],
-            **{key.replace("_", "-"): changes.get(key) for key in (
-                "widths", "flip", "label_smoothing", "distill_weight", "distill_temperature")}}
+            **{key.replace("_", "-"): list(value) if isinstance(value, tuple) else value
+               for key, value in config.recipe_changes.items()}}
 
 
 def keep_run_options(config: TrainConfig) -> None:
@@ -227,8 +225,9 @@ def keep_run_options(config: TrainConfig) -> None:
             before = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             raise TrainingError(f"{path}: cannot read it ({error}); start the run again without --resume.") from None
-        changed = [f"--{name} {_shown(before.get(name))} (this command: {_shown(value)})"
-                   for name, value in options.items() if before.get(name) != value]
+        # A one-off change appears only in the runs that make it: compare over both runs' options, in order.
+        changed = [f"--{name} {_shown(before.get(name))} (this command: {_shown(options.get(name))})"
+                   for name in dict.fromkeys([*options, *before]) if before.get(name) != options.get(name)]
         if changed:
             raise TrainingError(f"{path}: the interrupted run trained with {'; '.join(changed)}. Resume it with "
                                 "its own options, or start a new run without --resume.")
