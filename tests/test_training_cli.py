@@ -14,7 +14,9 @@ from tests.model_versions import write_model
 from tests.synthetic import write_image_folder
 from tests.test_promote import tree_digest
 from training.cli import COMMANDS, build_parser, config_from_args, main
+from training.errors import TrainingError
 from training.recipes import RECIPES
+from training.train import keep_run_options
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -157,6 +159,25 @@ def test_non_positive_numbers_are_refused(option: str, capsys: pytest.CaptureFix
         main(["train", option, "0"])
     assert exit_info.value.code == 2
     assert f"argument {option}: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_resume_compares_teachers_by_the_folder_they_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for version in ("4", "9"):
+        (tmp_path / "models" / version).mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "models")
+
+    def resume(*teachers: str) -> None:
+        args = build_parser().parse_args(["train", "--recipe", "airbench-distill", "--run-dir", "run", "--resume",
+                                          *[option for teacher in teachers for option in ("--teacher", teacher)]])
+        keep_run_options(config_from_args(args))
+
+    resume("models/4", "models/9")  # the first run: nothing to compare with yet
+    resume(str(tmp_path / "models" / "4"), "linked/../models/9")
+    resume("./models/4/", "linked/9")
+    resume("models/9", "models/4")  # the student learns their average: the order does not matter
+    with pytest.raises(TrainingError, match=r"--teacher models/9 models/4 \(this command: models/4\)"):
+        resume("models/4")
 
 
 def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:

@@ -187,6 +187,9 @@ def test_widths_change_the_network_and_rebuild_it_from_metadata(tmp_path: Path) 
     assert [w.shape for w in rebuilt.weights] == [w.shape for w in narrowed.build().weights]
     assert trained_recipe({"architecture": "airbench-wide-distill"}) is wide
     assert trained_recipe({"architecture": "tutorial-rgb", "widths": None}) is RECIPES["tutorial-rgb"]
+    for edited in ([8, 16], [8, 16, 0], [8, 16, 24.5], "8 16 24", [True, 16, 24]):
+        with pytest.raises(TrainingError, match=r"metadata.json records widths .*, not the three positive channel"):
+            trained_recipe({"architecture": "airbench-wide-distill", "widths": edited})
     with pytest.raises(TrainingError, match="this recipe trains the tutorial's CNN on RGB; drop --widths"):
         changed_recipe(RECIPES["tutorial-rgb"], run("tutorial-rgb", (8, 16, 24)))
 

@@ -235,4 +235,11 @@ def trained_recipe(metadata: Mapping[str, Any]) -> Recipe:
     ``architecture`` (a name in RECIPES) with the conv widths it records (none before --widths: the recipe's)."""
     recipe = RECIPES[metadata["architecture"]]
     widths = metadata.get("widths")
-    return recipe if widths is None else with_widths(recipe, tuple(widths))
+    if widths is None:
+        return recipe
+    # Only training writes the key; a hand edit would otherwise fail deep in Keras with a shape error.
+    if not (isinstance(widths, list) and len(widths) == 3
+            and all(isinstance(width, int) and not isinstance(width, bool) and width > 0 for width in widths)):
+        raise RecipeError(f"metadata.json records widths {widths!r}, not the three positive channel counts of the "
+                          "conv groups; restore the value training wrote, or drop the key for the recipe's own.")
+    return with_widths(recipe, (widths[0], widths[1], widths[2]))

@@ -227,12 +227,21 @@ def keep_run_options(config: TrainConfig) -> None:
             raise TrainingError(f"{path}: cannot read it ({error}); start the run again without --resume.") from None
         # A one-off change appears only in the runs that make it: compare over both runs' options, in order.
         changed = [f"--{name} {_shown(before.get(name))} (this command: {_shown(options.get(name))})"
-                   for name in dict.fromkeys([*options, *before]) if before.get(name) != options.get(name)]
+                   for name in dict.fromkeys([*options, *before])
+                   if _compared(name, before.get(name)) != _compared(name, options.get(name))]
         if changed:
             raise TrainingError(f"{path}: the interrupted run trained with {'; '.join(changed)}. Resume it with "
                                 "its own options, or start a new run without --resume.")
     config.run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(options, indent=1) + "\n")
+
+
+def _compared(name: str, value: Any) -> Any:
+    # The same teachers may be named by other paths (absolute, through a link, with "..") or in another order:
+    # the student learns their average, so compare the folders, sorted.
+    if name == "teacher" and isinstance(value, list):
+        return sorted(Path(teacher).resolve() for teacher in value)
+    return value
 
 
 def _shown(value: Any) -> str:
