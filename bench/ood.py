@@ -86,7 +86,7 @@ def rebuilt_model(model_dir: Path, metadata: dict):
     from training.recipes import trained_recipe
 
     keras.config.set_dtype_policy("float32")
-    model = trained_recipe(metadata).build()
+    model = trained_recipe(metadata, model_dir / METADATA_FILE).build()
     saved = tf.saved_model.load(str(model_dir))
     model.set_weights([variable.numpy() for variable in saved.variables])
     return model, saved

@@ -183,13 +183,14 @@ def test_widths_change_the_network_and_rebuild_it_from_metadata(tmp_path: Path) 
     assert convs == [8, 8, 16, 16, 24, 24]
     assert "conv groups 8/16/24" in narrowed.description and "96/320/320" not in narrowed.description
     # reexport, report and bench/ood rebuild a model from its metadata.json: the widths it records, else the recipe's.
-    rebuilt = trained_recipe({"architecture": "airbench-wide-distill", "widths": [8, 16, 24]}).build()
+    metadata_json = Path("models/x/1/metadata.json")
+    rebuilt = trained_recipe({"architecture": "airbench-wide-distill", "widths": [8, 16, 24]}, metadata_json).build()
     assert [w.shape for w in rebuilt.weights] == [w.shape for w in narrowed.build().weights]
-    assert trained_recipe({"architecture": "airbench-wide-distill"}) is wide
-    assert trained_recipe({"architecture": "tutorial-rgb", "widths": None}) is RECIPES["tutorial-rgb"]
+    assert trained_recipe({"architecture": "airbench-wide-distill"}, metadata_json) is wide
+    assert trained_recipe({"architecture": "tutorial-rgb", "widths": None}, metadata_json) is RECIPES["tutorial-rgb"]
     for edited in ([8, 16], [8, 16, 0], [8, 16, 24.5], "8 16 24", [True, 16, 24]):
-        with pytest.raises(TrainingError, match=r"metadata.json records widths .*, not the three positive channel"):
-            trained_recipe({"architecture": "airbench-wide-distill", "widths": edited})
+        with pytest.raises(TrainingError, match=r"^models/x/1/metadata.json records widths .*, not the three positive"):
+            trained_recipe({"architecture": "airbench-wide-distill", "widths": edited}, metadata_json)
     with pytest.raises(TrainingError, match="this recipe trains the tutorial's CNN on RGB; drop --widths"):
         changed_recipe(RECIPES["tutorial-rgb"], run("tutorial-rgb", (8, 16, 24)))
 

@@ -10,6 +10,7 @@ mean-loss, decoupled-decay terms, with the arithmetic shown.
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -230,8 +231,8 @@ def with_widths(recipe: Recipe, widths: tuple[int, int, int]) -> Recipe:
                    description=recipe.description.replace(_conv_groups(own), _conv_groups(widths)))
 
 
-def trained_recipe(metadata: Mapping[str, Any]) -> Recipe:
-    """The recipe an exported model was trained with, as far as its layers go: metadata.json's
+def trained_recipe(metadata: Mapping[str, Any], source: Path) -> Recipe:
+    """The recipe an exported model was trained with, as far as its layers go: the ``source`` metadata.json's
     ``architecture`` (a name in RECIPES) with the conv widths it records (none before --widths: the recipe's)."""
     recipe = RECIPES[metadata["architecture"]]
     widths = metadata.get("widths")
@@ -240,6 +241,6 @@ def trained_recipe(metadata: Mapping[str, Any]) -> Recipe:
     # Only training writes the key; a hand edit would otherwise fail deep in Keras with a shape error.
     if not (isinstance(widths, list) and len(widths) == 3
             and all(isinstance(width, int) and not isinstance(width, bool) and width > 0 for width in widths)):
-        raise RecipeError(f"metadata.json records widths {widths!r}, not the three positive channel counts of the "
+        raise RecipeError(f"{source} records widths {widths!r}, not the three positive channel counts of the "
                           "conv groups; restore the value training wrote, or drop the key for the recipe's own.")
     return with_widths(recipe, (widths[0], widths[1], widths[2]))

@@ -37,7 +37,7 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
     """Publish the weights of the version ``source`` as the next version of ``out``; returns its folder."""
     set_tensorflow_threads(threads)
     source_metadata = read_source_metadata(source)
-    recipe = trained_recipe(source_metadata)
+    recipe = trained_recipe(source_metadata, source / METADATA_FILE)
     dataset = load_image_folder(data, cache_dir)
     expected_sha = source_metadata.get("data", {}).get("sha256")
     if expected_sha and dataset.sha256 != expected_sha:

@@ -41,7 +41,8 @@ def regenerate_report(version_dir: Path, data: Path, cache_dir: Path | None) -> 
     if round(accuracy, 4) != metadata["val_accuracy"]:
         raise ReportError(f"{version_dir}: validation accuracy re-measured as {accuracy:.4f}, metadata.json "
                           f"says {metadata['val_accuracy']}: this is not the split the model was measured on.")
-    model = trained_recipe(metadata).build()  # only its layers are drawn: no weights needed
+    # Only its layers are drawn: no weights needed.
+    model = trained_recipe(metadata, version_dir / METADATA_FILE).build()
     reports.write_report(version_dir / reports.REPORT_DIR, metadata["history"], val_split.images, val_split.labels,
                          probabilities, metadata["class_names"], model, metadata["seed"])
     return accuracy
