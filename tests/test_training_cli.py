@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from tests.test_promote import tree_digest
 from training.cli import COMMANDS, build_parser, config_from_args, main
 from training.errors import TrainingError
 from training.recipes import RECIPES
-from training.train import keep_run_options
+from training.train import EpochTimer, keep_run_options
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -208,6 +209,24 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
     assert reexported["history"] == metadata["history"]
 
 
+def test_an_epoch_line_says_how_long_the_rest_will_take(capsys: pytest.CaptureFixture) -> None:
+    # make distill's first epoch on a 2-core CPU without bfloat16 instructions took 1,356 s (docs/training.md).
+    timer = EpochTimer(train_images=45_000)
+    timer.set_params({"epochs": 30})
+    for epoch, seconds in ((0, 1356.0), (1, 1344.0)):
+        timer.on_epoch_begin(epoch)
+        timer.started, timer.cpu_started = time.perf_counter() - seconds, time.process_time() - 1.9 * seconds
+        timer.on_epoch_end(epoch, {})
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith("epoch 1: 1356.") and first.endswith("; 29 epochs to go, about 10 h 55 min at this pace")
+    assert second.endswith("; 28 epochs to go, about 10 h 30 min at this pace")  # at the two epochs' mean pace
+    timer.set_params({"epochs": 3})
+    timer.on_epoch_begin(2)
+    timer.started, timer.cpu_started = time.perf_counter() - 700.0, time.process_time() - 1.9 * 700.0
+    timer.on_epoch_end(2, {})
+    assert capsys.readouterr().out.rstrip().endswith("images per CPU-second")  # the last: nothing left
+
+
 def test_progress_says_what_happens_on_lines_of_their_own(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", train_per_class=10)
     result = run_cli("train", "--data", str(data), "--recipe", "tutorial-rgb", "--epochs", "2", "--no-cache",
@@ -220,6 +239,7 @@ def test_progress_says_what_happens_on_lines_of_their_own(tmp_path: Path) -> Non
     assert "decoding 100 train images from data: 50 (50%)" in lines
     assert any(re.fullmatch(r"decoded 100 train images from data in \d+\.\d s", line) for line in lines)
     # Each epoch's timing is a line of its own, not glued to the end of the progress bar.
-    for epoch in (1, 2):
-        timing = rf"epoch {epoch}: \d+\.\d s, \d+ images/s, \d+\.\d\d CPUs busy, \d+ images per CPU-second"
+    # The first also says how long the epoch left will take at the pace so far; the last has none left.
+    for epoch, to_go in ((1, r"; 1 epoch to go, about \d+ s at this pace"), (2, "")):
+        timing = rf"epoch {epoch}: \d+\.\d s, \d+ images/s, \d+\.\d\d CPUs busy, \d+ images per CPU-second{to_go}"
         assert sum(bool(re.fullmatch(timing, line)) for line in lines) == 1, lines

@@ -313,6 +313,7 @@ class EpochTimer(keras.callbacks.Callback):
         self.train_images = train_images
         self.started = self.cpu_started = 0.0
         self.images_per_cpu_second: list[float] = []
+        self.epoch_seconds: list[float] = []  # this process's epochs: the pace of the ones left
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started, self.cpu_started = time.perf_counter(), time.process_time()
@@ -324,6 +325,20 @@ class EpochTimer(keras.callbacks.Callback):
         if logs is not None:
             logs["epoch_seconds"] = seconds
             logs["images_per_second"] = self.train_images / seconds
+        self.epoch_seconds.append(seconds)
+        # The time left, so that a run on a CPU without bfloat16 (ten times slower) says so after one epoch.
+        left = self.params["epochs"] - (epoch + 1)
+        to_go = (f"; {left} epoch{'s' if left > 1 else ''} to go, about "
+                 f"{_duration(left * float(np.mean(self.epoch_seconds)))} at this pace" if left > 0 else "")
         print(f"epoch {epoch + 1}: {seconds:.1f} s, {self.train_images / seconds:.0f} images/s, "
-              f"{cpu_seconds / seconds:.2f} CPUs busy, {self.train_images / cpu_seconds:.0f} images per CPU-second",
-              flush=True)
+              f"{cpu_seconds / seconds:.2f} CPUs busy, {self.train_images / cpu_seconds:.0f} images per CPU-second"
+              f"{to_go}", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min"
