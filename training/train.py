@@ -326,7 +326,8 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = seconds
             logs["images_per_second"] = self.train_images / seconds
         self.epoch_seconds.append(seconds)
-        # The time left, so that a run on a CPU without bfloat16 (ten times slower) says so after one epoch.
+        # The time left, so that a run on a CPU without bfloat16 (a twelfth of the speed, measured) says so
+        # after one epoch.
         left = self.params["epochs"] - (epoch + 1)
         to_go = (f"; {left} epoch{'s' if left > 1 else ''} to go, about "
                  f"{_duration(left * float(np.mean(self.epoch_seconds)))} at this pace" if left > 0 else "")
