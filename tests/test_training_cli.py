@@ -16,6 +16,7 @@ from tests.synthetic import write_image_folder
 from tests.test_promote import tree_digest
 from training.cli import COMMANDS, build_parser, config_from_args, main
 from training.errors import TrainingError
+from training.evaluation import TIMING_SECONDS
 from training.recipes import RECIPES
 from training.train import EpochTimer, keep_run_options
 
@@ -162,6 +163,16 @@ def test_non_positive_numbers_are_refused(option: str, capsys: pytest.CaptureFix
     assert f"argument {option}: must be a positive integer, got 0" in capsys.readouterr().err
 
 
+def test_timing_seconds_reaches_the_export_and_must_be_positive(capsys: pytest.CaptureFixture) -> None:
+    assert config_from_args(build_parser().parse_args(["train", "--timing-seconds", "0.05"])).timing_seconds == 0.05
+    assert config_from_args(build_parser().parse_args(["train"])).timing_seconds == TIMING_SECONDS
+    for command in (["train"], ["reexport", "models/cifar10/9", "--data", "data"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--timing-seconds", "0"])
+        assert exit_info.value.code == 2
+        assert "argument --timing-seconds: must be positive, got 0" in capsys.readouterr().err
+
+
 def test_resume_compares_teachers_by_the_folder_they_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for version in ("4", "9"):
@@ -184,7 +195,7 @@ def test_resume_compares_teachers_by_the_folder_they_name(tmp_path: Path, monkey
 def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", train_per_class=10)
     common = ["train", "--data", str(data), "--recipe", "tutorial-rgb", "--out", str(tmp_path / "models" / "shapes"),
-              "--run-dir", str(tmp_path / "run"), "--no-cache", "--threads", "2", "--quiet"]
+              "--run-dir", str(tmp_path / "run"), "--no-cache", "--threads", "2", "--quiet", "--timing-seconds", "0.05"]
     first = run_cli(*common, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-2000:]
     # Resuming with another recipe change would train a mix of two runs: refused, naming each difference.
@@ -230,7 +241,8 @@ def test_an_epoch_line_says_how_long_the_rest_will_take(capsys: pytest.CaptureFi
 def test_progress_says_what_happens_on_lines_of_their_own(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", train_per_class=10)
     result = run_cli("train", "--data", str(data), "--recipe", "tutorial-rgb", "--epochs", "2", "--no-cache",
-                     "--threads", "2", "--out", str(tmp_path / "models" / "shapes"), "--run-dir", str(tmp_path / "run"))
+                     "--threads", "2", "--out", str(tmp_path / "models" / "shapes"), "--run-dir", str(tmp_path / "run"),
+                     "--timing-seconds", "0.05")
     assert result.returncode == 0, result.stderr[-2000:]
     assert not [notice for notice in ("oneDNN", "absl", "cpu_feature_guard") if notice in result.stderr], result.stderr
     lines = result.stdout.splitlines()

@@ -133,6 +133,12 @@ def add_cache_dir(parser: argparse.ArgumentParser) -> None:
                              "their content (--no-cache: a teacher's go in the run folder)")
 
 
+def add_timing_seconds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timing-seconds", type=positive_float, default=TIMING_SECONDS,
+                        help="seconds timing each level, precision and batch size for metadata.json's speed "
+                             "figures (shorter: a quicker export, noisier figures)")
+
+
 def add_exported_version(parser: argparse.ArgumentParser) -> None:
     """VERSION_DIR and the --data it was trained on: what reexport and report read back."""
     parser.add_argument("version_dir", type=Path, metavar="VERSION_DIR",
@@ -176,6 +182,7 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --run-dir from its last epoch checkpoint instead of starting over")
     parser.add_argument("--quiet", action="store_true", help="no per-step progress bar, one line per epoch")
+    add_timing_seconds(parser)
     distilling = parser.add_argument_group("distillation and one-off changes (the ablation in docs/training.md)")
     distilling.add_argument("--teacher", type=Path, action="append", dest="teachers", default=[],
                             help="a model version folder (e.g. models/cifar10/4) whose probabilities the student "
@@ -224,6 +231,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         run_dir=args.run_dir or new_run_dir(args.recipe),
         resume=args.resume,
         verbose=2 if args.quiet else 1,
+        timing_seconds=args.timing_seconds,
         teachers=tuple(args.teachers),
         recipe_changes={key: value for key, value in (
             ("widths", None if args.widths is None else tuple(args.widths)), ("flip", args.flip),
@@ -272,8 +280,7 @@ def add_reexport(commands: argparse._SubParsersAction) -> None:
                         help="model folder for the new version (default: VERSION_DIR's parent)")
     add_threads(parser)
     add_cache_dir(parser)
-    parser.add_argument("--timing-seconds", type=float, default=TIMING_SECONDS,
-                        help="seconds timing each level, precision and batch size for metadata.json")
+    add_timing_seconds(parser)
     parser.add_argument("--default-level", choices=LEVEL_NAMES, default=None,
                         help="the level the new version serves by default (default: VERSION_DIR's own)")
 
