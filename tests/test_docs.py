@@ -4,10 +4,14 @@ A reader on another machine cannot use one machine's paths or lock files, and ha
 was using the machine when a figure was measured: the docs state what was run, on what, and the result.
 """
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+
+from app.schemas import ModelInfo, Prediction
+from core.contract import METADATA_FILE, version_dirs
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -15,6 +19,7 @@ README_MAX_LINES = 220
 DOCS = sorted([README, *(REPO / "docs").glob("*.md"), *(REPO / "docs").glob("*.json")])
 # Absolute paths of one machine's checkout or home, a lock file only one machine has, people's activity.
 FORBIDDEN = re.compile(r"/work/|/root/|/home/|flock|engineer", re.IGNORECASE)
+JSON_BLOCK = re.compile(r"```json\n(.*?)```", re.DOTALL)
 LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
 HEADING = re.compile(r"^#+ (.+)$", re.MULTILINE)
 
@@ -66,3 +71,14 @@ def test_relative_links_lead_to_files_and_headings(path: Path) -> None:
 def test_anchors_follow_github() -> None:
     assert anchors("# Title\n## Accuracy levels, load adaptation and bfloat16\n### `docker compose up`\n") == {
         "title", "accuracy-levels-load-adaptation-and-bfloat16", "docker-compose-up"}
+
+
+@pytest.mark.parametrize("path", [README, REPO / "docs" / "deployment.md"], ids=lambda path: path.name)
+def test_the_example_answer_is_the_shipped_models_in_todays_shape(path: Path) -> None:
+    """A /predict answer shown to readers names the version that ships and its default level, with every field
+    an answer has now, so a new model or field cannot leave an old example behind."""
+    [answer] = [json.loads(block) for block in JSON_BLOCK.findall(path.read_text()) if block.startswith('{"label"')]
+    version, folder = version_dirs(REPO / "models" / "cifar10")[-1]
+    default_level = json.loads((folder / METADATA_FILE).read_text())["default_level"]
+    assert set(answer) == set(Prediction.model_fields) and set(answer["model"]) == set(ModelInfo.model_fields)
+    assert answer["model"] == {"name": "cifar10", "version": version, "level": default_level}
