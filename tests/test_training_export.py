@@ -23,6 +23,7 @@ from core.contract import (
     level_named,
     version_dirs,
 )
+from tests.model_versions import write_model
 from tests.synthetic import shape_arrays, write_image_folder
 from training import calibration, ood_export, signatures
 from training.architectures import airbench_cnn, init_whitening
@@ -315,9 +316,10 @@ def test_reexport_can_make_another_level_the_default(trained_model_dir: Path, sh
     shutil.copytree(version_dirs(trained_model_dir)[-1][1], models / "1")
     before = json.loads((models / "1" / METADATA_FILE).read_text())
     assert before["default_level"] == "fast"
+    # --force: on the synthetic shapes, accurate may score below fast, the level served from this folder now.
     assert main(["reexport", str(models / "1"), "--data", str(shapes_dataset), "--threads", "2",
                  "--timing-seconds", "0.02", "--cache-dir", str(tmp_path / "cache"),
-                 "--default-level", "accurate"]) == 0
+                 "--default-level", "accurate", "--force"]) == 0
     after = json.loads((models / "2" / METADATA_FILE).read_text())
     assert after["default_level"] == "accurate"
     assert after["tta"] == level_named("accurate").tta
@@ -327,6 +329,24 @@ def test_reexport_can_make_another_level_the_default(trained_model_dir: Path, sh
     served, accurate = (loaded.signatures[name](**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
                         for name in (SIGNATURE_NAME, "accurate"))
     np.testing.assert_array_equal(served, accurate)
+
+
+def test_reexport_below_the_served_version_is_refused_before_any_work(
+        trained_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Without --out the re-export becomes the newest version of the source's own folder, which a service serves.
+    models = tmp_path / "cifar10"
+    shutil.copytree(version_dirs(trained_model_dir)[-1][1], models / "1")
+    metadata = json.loads((models / "1" / METADATA_FILE).read_text())
+    metadata["levels"]["fast"]["val_accuracy"] = 0.5  # its default level's figure is the one compared
+    (models / "1" / METADATA_FILE).write_text(json.dumps(metadata))
+    write_model(models / "2", val_accuracy=0.9)
+    assert main(["reexport", str(models / "1"), "--data", str(tmp_path / "no-data-needed")]) == 1
+    [error] = capsys.readouterr().err.splitlines()
+    assert error == (f"error: {models / '1'} at fast has validation accuracy 50.00%, below the 90.00% of "
+                     f"{models / '2'}, which is served now; as the next version of {models} it would be served "
+                     "instead. Pass --out a scratch model folder (e.g. runs/cifar10), or add --force to publish it "
+                     "anyway.")
+    assert sorted(path.name for path in models.iterdir()) == ["1", "2"]
 
 
 def test_reexport_to_a_level_the_source_lacks_is_refused_and_writes_nothing(

@@ -42,7 +42,8 @@ HELP: dict[str, tuple[str, str]] = {
         "Write an exported version's weights again through today's export path",
         "No training: the weights are read back, the validation split rebuilt from the data, and every level "
         "calibrated, written, evaluated and reported as a new version. Nothing is written unless the new "
-        "default level answers as the source does."),
+        "default level answers as the source does, nor, unless --force, when it was less accurate than the "
+        "version the target folder serves."),
     "report": (
         f"Draw an exported version's {REPORT_DIR}/ again",
         "Re-evaluates it on the validation split its metadata.json records (same data, checked by sha256), "
@@ -283,11 +284,14 @@ def add_reexport(commands: argparse._SubParsersAction) -> None:
     add_timing_seconds(parser)
     parser.add_argument("--default-level", choices=LEVEL_NAMES, default=None,
                         help="the level the new version serves by default (default: VERSION_DIR's own)")
+    parser.add_argument("--force", action="store_true",
+                        help="publish even if the new default level's validation accuracy is below the served "
+                             "version's in the target folder")
 
 
 def run_reexport(args: argparse.Namespace) -> int:
     reexport(args.version_dir, args.data, args.out or args.version_dir.parent, args.cache_dir, args.threads,
-             args.timing_seconds, args.default_level)
+             args.timing_seconds, args.default_level, args.force)
     return 0
 
 

@@ -21,6 +21,7 @@ from core.tensorflow_runtime import set_tensorflow_threads
 from training import export, signatures
 from training.data import load_image_folder, stratified_split
 from training.errors import TrainingError
+from training.promote import served_version
 from training.publish import publish_next_version, staging_dir
 from training.recipes import RECIPES, trained_recipe
 
@@ -33,11 +34,15 @@ class ReexportError(TrainingError):
 
 
 def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, threads: int,
-             timing_seconds: float, default_level: LevelName | None = None) -> Path:
+             timing_seconds: float, default_level: LevelName | None = None, force: bool = False) -> Path:
     """Publish the weights of the version ``source`` as the next version of ``out``; returns its folder."""
     set_tensorflow_threads(threads)
     source_metadata = read_source_metadata(source)
     recipe = trained_recipe(source_metadata, source / METADATA_FILE)
+    source_default = level_for_tta(source_metadata.get("tta", level_named(recipe.default_level).tta))
+    default_level = default_level or source_default
+    if not force:
+        refuse_a_downgrade(source, source_metadata, default_level, out)
     dataset = load_image_folder(data, cache_dir)
     expected_sha = source_metadata.get("data", {}).get("sha256")
     if expected_sha and dataset.sha256 != expected_sha:
@@ -55,8 +60,6 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
         raise ReexportError(f"{source}: its variables do not fit the {source_metadata['architecture']} recipe's "
                             "model; re-export it with the code that trained it.")
     model.set_weights(weights)
-    source_default = level_for_tta(source_metadata.get("tta", level_named(recipe.default_level).tta))
-    default_level = default_level or source_default
     source_signature = SIGNATURE_NAME if default_level == source_default else default_level
     if source_signature not in saved.signatures:
         raise ReexportError(f"{source}: it has no {default_level} signature to compare the re-export with; "
@@ -87,6 +90,28 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
         "val_accuracy", "val_ece", "temperature", "images_per_second")} for name, figures in levels.items()},
         "bfloat16_batch_sizes": exported.metadata["precision"]["bfloat16_batch_sizes"]}), flush=True)
     return version_dir
+
+
+def refuse_a_downgrade(source: Path, source_metadata: dict[str, Any], default_level: str, out: Path) -> None:
+    """The re-export becomes the newest version of ``out``, which a service there serves at once: refused, as
+    promote refuses, when its default level was less accurate on validation than the version served now."""
+    served = served_version(out)
+    levels = source_metadata.get("levels")
+    level = levels.get(default_level) if isinstance(levels, dict) else None
+    expected = level.get("val_accuracy") if isinstance(level, dict) else source_metadata.get("val_accuracy")
+    if served is None or not _is_accuracy(expected):
+        return
+    number, served_metadata = served
+    served_accuracy = served_metadata.get("val_accuracy")
+    if _is_accuracy(served_accuracy) and expected < served_accuracy:
+        raise ReexportError(
+            f"{source} at {default_level} has validation accuracy {expected:.2%}, below the {served_accuracy:.2%} "
+            f"of {out / str(number)}, which is served now; as the next version of {out} it would be served instead. "
+            "Pass --out a scratch model folder (e.g. runs/cifar10), or add --force to publish it anyway.")
+
+
+def _is_accuracy(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def read_source_metadata(source: Path) -> dict[str, Any]:
