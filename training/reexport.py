@@ -5,7 +5,9 @@ model, the validation split the source was trained with is rebuilt from its data
 the export path (training.export) runs as at the end of ``python -m training train``. The re-exported
 default level must answer as the source's own signature of that level does, or nothing is published.
 ``default_level`` makes another level the default: a level of the same weights that is as accurate as
-the source's default at less compute (docs/training.md).
+the source's default at less compute (docs/training.md). Like promote, it will not publish a default level
+less accurate on validation than the version the target folder serves, which the re-export would replace,
+unless ``force``.
 """
 
 import json
