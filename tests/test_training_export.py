@@ -347,6 +347,10 @@ def test_reexport_below_the_served_version_is_refused_before_any_work(
                      "instead. Pass --out a scratch model folder (e.g. runs/cifar10), or add --force to publish it "
                      "anyway.")
     assert sorted(path.name for path in models.iterdir()) == ["1", "2"]
+    # --force goes past the check, on to the data, which comes first of the work.
+    assert main(["reexport", str(models / "1"), "--data", str(tmp_path / "no-data-needed"), "--force"]) == 1
+    [error] = capsys.readouterr().err.splitlines()
+    assert error.startswith(f"error: {tmp_path / 'no-data-needed'}: no such file or directory"), error
 
 
 def test_reexport_to_a_level_the_source_lacks_is_refused_and_writes_nothing(
