@@ -10,7 +10,7 @@ live inside the graph, so a client only ever sends raw pixels.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 # CIFAR-10 label order: index i of every probability vector is CLASS_NAMES[i].
 CLASS_NAMES: tuple[str, ...] = (
@@ -121,6 +121,12 @@ def next_version(model_root: Path) -> int:
     """The version number a new export under ``model_root`` should take."""
     versions = version_dirs(model_root)
     return versions[-1][0] + 1 if versions else 1
+
+
+def metadata_number(value: Any) -> float | None:
+    """``value`` as a float where metadata.json holds a number there, else None (JSON's true and false load as
+    bools, which Python counts as ints)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def missing_files(version_dir: Path) -> list[str]:

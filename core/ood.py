@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from core.contract import metadata_number
+
 FEATURE_NORM = "feature_norm"
 MAX_PROBABILITY = "max_probability"
 # Share of in-distribution (validation) images the fitted threshold keeps as "in".
@@ -75,4 +77,4 @@ def model_threshold(metadata: dict[str, Any], score: str, level: str) -> float |
         return None
     thresholds = block.get("thresholds")
     value = thresholds.get(level) if isinstance(thresholds, dict) else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return metadata_number(value)

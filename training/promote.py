@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.contract import CLASS_NAMES, METADATA_FILE, export_contract, missing_files, next_version, version_dirs
+from core.contract import (
+    CLASS_NAMES,
+    METADATA_FILE,
+    export_contract,
+    metadata_number,
+    missing_files,
+    next_version,
+    version_dirs,
+)
 from core.versions import ModelLoadError, check_answers, load_version
 from training.errors import TrainingError
 from training.publish import DEFAULT_MODEL_ROOT, RUN_EXPORT_DIR, publish_next_version, staging_dir
@@ -58,8 +66,8 @@ def read_metadata(export_dir: Path) -> dict[str, Any]:
         problems.append(f"class_names must be the ten CIFAR-10 classes in order {list(CLASS_NAMES)}")
     if metadata.get("input_contract") != export_contract():
         problems.append(f"input_contract must be {json.dumps(export_contract())}")
-    accuracy = metadata.get("val_accuracy")
-    if not isinstance(accuracy, int | float) or isinstance(accuracy, bool) or not 0.0 <= accuracy <= 1.0:
+    accuracy = metadata_number(metadata.get("val_accuracy"))
+    if accuracy is None or not 0.0 <= accuracy <= 1.0:
         problems.append("val_accuracy must be a number from 0 to 1 (the validation accuracy of the export)")
     if problems:
         raise PromotionError(f"{path} breaks the export contract: {'; '.join(problems)}. "

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.contract import METADATA_FILE, SIGNATURE_NAME, LevelName, level_for_tta, level_named
+from core.contract import METADATA_FILE, SIGNATURE_NAME, LevelName, level_for_tta, level_named, metadata_number
 from core.tensorflow_runtime import set_tensorflow_threads
 from training import export, signatures
 from training.data import load_image_folder, stratified_split
@@ -100,20 +100,17 @@ def refuse_a_downgrade(source: Path, source_metadata: dict[str, Any], default_le
     served = served_version(out)
     levels = source_metadata.get("levels")
     level = levels.get(default_level) if isinstance(levels, dict) else None
-    expected = level.get("val_accuracy") if isinstance(level, dict) else source_metadata.get("val_accuracy")
-    if served is None or not _is_accuracy(expected):
+    expected = metadata_number(level.get("val_accuracy") if isinstance(level, dict)
+                               else source_metadata.get("val_accuracy"))
+    if served is None or expected is None:
         return
     number, served_metadata = served
-    served_accuracy = served_metadata.get("val_accuracy")
-    if _is_accuracy(served_accuracy) and expected < served_accuracy:
+    served_accuracy = metadata_number(served_metadata.get("val_accuracy"))
+    if served_accuracy is not None and expected < served_accuracy:
         raise ReexportError(
             f"{source} at {default_level} has validation accuracy {expected:.2%}, below the {served_accuracy:.2%} "
             f"of {out / str(number)}, which is served now; as the next version of {out} it would be served instead. "
             "Pass --out a scratch model folder (e.g. runs/cifar10), or add --force to publish it anyway.")
-
-
-def _is_accuracy(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def read_source_metadata(source: Path) -> dict[str, Any]:
