@@ -33,9 +33,10 @@ class Prediction(BaseModel):
         None, description="With ?preview=true: the 32x32 RGB image the model saw, as a PNG data URL."
     )
     ood_score: float = Field(
-        description="How little the image looks like any of the ten classes, in (0, 1], from the model's own "
-        "outputs: 1 / (1 + the norm of its penultimate features) where the export added that output, else 1 - the "
-        "highest probability. Higher means less like them (docs/ood.md).", examples=[0.03])
+        description="How little the image looks like any of the ten classes, in (0, 1]: the model's own score "
+        "where its export computes one (from the statistics of its deepest feature maps; versions 5-9: 1 / (1 + the "
+        "norm of its penultimate features)), else 1 - the highest probability. Higher means less like them; "
+        "`in_distribution` says where the model's threshold lies (docs/ood.md).", examples=[0.2])
     in_distribution: bool | None = Field(
         description="False when `ood_score` is above the threshold (fitted at export so that 95% of validation "
         "images are within it, or OOD_THRESHOLD): the image does not look like any of the ten classes. Null "

@@ -199,7 +199,7 @@ class ClassifierService:
         return ood.model_threshold(getattr(answer.model, "metadata", {}), score, answer.level)
 
     def to_prediction(self, row: np.ndarray, answer: Answer, image: np.ndarray | None = None) -> Prediction:
-        """``row``: one image's ten probabilities, then its feature norm if the model outputs it. ``answer`` says
+        """``row``: one image's ten probabilities, then its OOD score if the model computes one. ``answer`` says
         which model and level computed it: the answer names both."""
         values = [float(p) for p in row[:NUM_CLASSES]]
         score = float(ood.ood_scores(row[np.newaxis])[0])
@@ -213,7 +213,7 @@ class ClassifierService:
             model=ModelInfo(name=answer.model.name, version=answer.model.version, level=answer.level),
             preview=png_data_url(image) if image is not None else None,
             ood_score=score,
-            in_distribution=ood.is_in_distribution(score, self.ood_threshold(answer, ood.score_name(row))),
+            in_distribution=ood.is_in_distribution(score, self.ood_threshold(answer, ood.served_score(row))),
         )
 
 

@@ -36,8 +36,11 @@ OUTPUT_NAME = "probabilities"
 OUTPUT_DTYPE = "float32"
 INPUT_SHAPE: tuple[int | None, ...] = (None, IMAGE_SIZE, IMAGE_SIZE, CHANNELS)
 OUTPUT_SHAPE: tuple[int | None, ...] = (None, NUM_CLASSES)
-# An extra output of every level's signature from the export that added it on: float32 [None], the L2 norm of
-# the image's penultimate features, which the "none of these" score reads (core.ood). Older models lack it.
+# An extra output of every level's signature in today's exports: float32 [None], the "none of these" score of the
+# image itself, in (0, 1) (core.ood, training.ood_export).
+OOD_SCORE_NAME = "ood_score"
+# The extra output of the exports before it (versions 5-9): float32 [None], the L2 norm of the image's penultimate
+# features, which core.ood turns into a score. Older models have neither.
 FEATURE_NORM_NAME = "feature_norm"
 
 # Accuracy levels: the same weights with 1, 2 or 6 test-time views, each a named signature of the

@@ -1,14 +1,14 @@
 """Out-of-distribution ("none of these") scores from a model's own outputs, and the threshold on them.
 
-Higher scores mean less like the ten classes. bench/ood.py measured the candidates side by side
-(docs/ood.md): scores from the probabilities alone (maximum probability, entropy, the max-logit that
-softmax keeps) reach AUROC 0.82-0.89 against digits, text and noise, the L2 norm of the penultimate
-features 0.93-0.96 (such images barely excite the last convolutions). So an export adds the
-``feature_norm`` output (core.contract.FEATURE_NORM_NAME) to every level's signature, and the score is
-``1 / (1 + feature_norm)``; a model exported without that output gets ``1 - max probability``. The export
-fits the threshold on the validation split (95% kept) and writes it into metadata.json under ``ood``, with
-the score's name; OOD_THRESHOLD overrides it. The served rows are the ten probabilities, then the feature
-norm when the model has it (core.versions.LoadedModel.predict).
+Higher scores mean less like the ten classes. bench/ood.py measures the candidates side by side
+(docs/ood.md). Today's exports compute the score in the graph, as every signature's ``ood_score`` output
+(core.contract.OOD_SCORE_NAME; LAYER_STATISTICS, fitted by training.ood_export): scores from the probabilities
+alone miss most digits and text, the penultimate-feature norm of versions 5-9 missed most digits on version 9.
+Versions 5-9 output ``feature_norm`` instead (core.contract.FEATURE_NORM_NAME), scored ``1 / (1 + feature_norm)``
+(FEATURE_NORM); a model with neither gets ``1 - max probability``. The export fits the threshold on the
+validation split (95% kept) and writes it into metadata.json under ``ood``, with the score's name;
+OOD_THRESHOLD overrides it. The served rows are the ten probabilities, then the model's own score when it has
+one (core.versions.LoadedModel.predict; the runtime turns a feature norm into its score).
 """
 
 from typing import Any
@@ -17,8 +17,12 @@ import numpy as np
 
 from core.contract import metadata_number
 
+LAYER_STATISTICS = "layer_statistics"
 FEATURE_NORM = "feature_norm"
 MAX_PROBABILITY = "max_probability"
+# The scores a model computes itself: the served row's eleventh value is one of them, the model's own.
+MODEL_SCORES = (LAYER_STATISTICS, FEATURE_NORM)
+MODEL_OWN = "model_own"
 # Share of in-distribution (validation) images the fitted threshold keeps as "in".
 KEEP_IN_DISTRIBUTION = 0.95
 METADATA_KEY = "ood"
@@ -35,15 +39,15 @@ def feature_norm_score(feature_norms: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.asarray(feature_norms, dtype=np.float64))
 
 
-def score_name(rows: np.ndarray) -> str:
-    """Which score ``rows`` (n, 10) or (n, 11) allow: the feature norm when the model returns it."""
-    return FEATURE_NORM if rows.shape[-1] > NUM_CLASSES else MAX_PROBABILITY
+def served_score(rows: np.ndarray) -> str:
+    """Which score ``rows`` (n, 10) or (n, 11) carry: MODEL_OWN when the model returns one, else MAX_PROBABILITY."""
+    return MODEL_OWN if rows.shape[-1] > NUM_CLASSES else MAX_PROBABILITY
 
 
 def ood_scores(rows: np.ndarray) -> np.ndarray:
-    """The served score of each row: ten probabilities, then the feature norm if the model exports it."""
+    """The served score of each row: ten probabilities, then the model's own score if it computes one."""
     if rows.shape[-1] > NUM_CLASSES:
-        return feature_norm_score(rows[..., NUM_CLASSES])
+        return np.asarray(rows[..., NUM_CLASSES], dtype=np.float64)
     return max_probability_score(rows[..., :NUM_CLASSES])
 
 
@@ -71,9 +75,13 @@ def threshold_metadata(score: str, level_scores: dict[str, np.ndarray],
 
 
 def model_threshold(metadata: dict[str, Any], score: str, level: str) -> float | None:
-    """The threshold metadata.json holds for ``level``, if it was fitted for ``score``."""
+    """The threshold metadata.json holds for ``level``, if it was fitted for ``score`` (MODEL_OWN: for the score
+    the model computes, which its metadata names: both come from the same export)."""
     block = metadata.get(METADATA_KEY)
-    if not isinstance(block, dict) or block.get("score") != score:
+    if not isinstance(block, dict):
+        return None
+    fitted = block.get("score")
+    if fitted != score and not (score == MODEL_OWN and fitted in MODEL_SCORES):
         return None
     thresholds = block.get("thresholds")
     value = thresholds.get(level) if isinstance(thresholds, dict) else None

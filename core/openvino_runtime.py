@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from core import ood
 from core.contract import (
     BFLOAT16,
     CHANNELS,
@@ -43,6 +44,7 @@ from core.contract import (
     INPUT_NAME,
     INT8,
     NUM_CLASSES,
+    OOD_SCORE_NAME,
     OUTPUT_NAME,
     SAVED_MODEL_FILE,
     SIGNATURE_NAME,
@@ -106,14 +108,14 @@ def read_level(version_dir: Path, level: str, signature: str, precision: str = F
 
 
 def check_io(model: Any, source: str) -> None:
-    """One uint8 ``images`` input ``[?, 32, 32, 3]`` and a float32 ``probabilities`` output ``[?, 10]``; a
-    ``feature_norm`` output, where the export added it, float32 ``[?]`` (other outputs are not read)."""
+    """One uint8 ``images`` input ``[?, 32, 32, 3]`` and a float32 ``probabilities`` output ``[?, 10]``; an
+    ``ood_score`` or ``feature_norm`` output, where the export added it, float32 ``[?]`` (others are not read)."""
     import openvino
 
     want_input = openvino.PartialShape([-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
     inputs = model.inputs
     outputs = [port for port in model.outputs if OUTPUT_NAME in port.get_names()]
-    norms = [port for port in model.outputs if FEATURE_NORM_NAME in port.get_names()]
+    norms = [port for port in model.outputs if port.get_names() & {OOD_SCORE_NAME, FEATURE_NORM_NAME}]
     norm_ok = all(port.get_element_type() == openvino.Type.f32
                   and port.get_partial_shape() == openvino.PartialShape([-1]) for port in norms)
     if not (norm_ok and len(inputs) == 1 and inputs[0].get_element_type() == openvino.Type.u8
@@ -141,15 +143,17 @@ class Request:
 
     infer_request: Any
     output: Any
-    feature_norm: Any | None  # None: the model was exported without the feature norm
+    ood_output: Any | None  # the model's own OOD output; None: the model was exported without one
+    ood_is_feature_norm: bool  # versions 5-9: a feature norm, which core.ood turns into the score
 
 
 def request_pool(compiled: Any, size: int) -> queue.SimpleQueue:
     names = {name for port in compiled.outputs for name in port.get_names()}
-    norm = compiled.output(FEATURE_NORM_NAME) if FEATURE_NORM_NAME in names else None
+    own = next((name for name in (OOD_SCORE_NAME, FEATURE_NORM_NAME) if name in names), None)
     pool: queue.SimpleQueue = queue.SimpleQueue()
     for _ in range(size):
-        pool.put(Request(compiled.create_infer_request(), compiled.output(OUTPUT_NAME), norm))
+        pool.put(Request(compiled.create_infer_request(), compiled.output(OUTPUT_NAME),
+                         compiled.output(own) if own else None, own == FEATURE_NORM_NAME))
     return pool
 
 
@@ -174,8 +178,8 @@ class CompiledLevel:
         self._requests = request_pool(compiled, max(1, concurrency))
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        """core.versions.LoadedModel.predict's rows: the ten probabilities, then the feature norm (core.ood)
-        where the model has it; computed in chunks of at most ``self.chunk`` images."""
+        """core.versions.LoadedModel.predict's rows: the ten probabilities, then the model's OOD score (core.ood)
+        where it has one; computed in chunks of at most ``self.chunk`` images."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         request = self._requests.get()  # blocks only if more callers than concurrency: they take turns
         try:
@@ -195,10 +199,12 @@ def run_chunk(request: Request, images: np.ndarray) -> np.ndarray:
     # share_inputs: the chunk is read in place; outputs are copied, so the request can be reused.
     results = request.infer_request.infer([images], share_inputs=True)
     probabilities = np.asarray(results[request.output][:count], dtype=np.float32)
-    if request.feature_norm is None:
+    if request.ood_output is None:
         return probabilities
-    norms = np.asarray(results[request.feature_norm][:count], dtype=np.float32)
-    return np.concatenate([probabilities, norms[:, np.newaxis]], axis=1)
+    own = np.asarray(results[request.ood_output][:count], dtype=np.float32)
+    if request.ood_is_feature_norm:
+        own = ood.feature_norm_score(own).astype(np.float32)
+    return np.concatenate([probabilities, own[:, np.newaxis]], axis=1)
 
 
 class OpenVinoModel:

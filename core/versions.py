@@ -70,7 +70,7 @@ class LoadedModel:
 
     def predict(self, images: np.ndarray, level: str | None = None) -> np.ndarray:
         """``uint8 (n, 32, 32, 3)`` -> ``float32 (n, 10)`` probabilities at ``level`` (None: the default level);
-        ``(n, 11)`` when the model also outputs core.contract.FEATURE_NORM_NAME, which core.ood scores: one row
+        ``(n, 11)`` when the model also computes its OOD score (core.ood, the runtime's last column): one row
         per image, so batches split by rows."""
         return self.runtime.run(images, self.level_table.resolve(level))
 
@@ -217,7 +217,7 @@ def check_batch(model: LoadedModel, level: str, size: int, rng: np.random.Genera
     except Exception as error:  # a runtime raises many types for a graph that cannot run
         raise ModelLoadError(f"{model.path} failed on a batch of {size} ({first_line(error)}). "
                              "Re-export the model.", reason="bad_output") from None
-    probabilities = rows[:, :NUM_CLASSES] if rows.ndim == 2 else rows  # a feature norm may follow them
+    probabilities = rows[:, :NUM_CLASSES] if rows.ndim == 2 else rows  # an OOD score may follow them
     if (probabilities.shape != (size, NUM_CLASSES) or not np.all(np.isfinite(probabilities))
             or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)):
         raise ModelLoadError(f"{model.path} does not answer probabilities: on a batch of {size} it gave shape "

@@ -12,9 +12,17 @@ from PIL import Image
 
 from app.settings import Settings
 from core import ood
-from core.contract import FEATURE_NORM_NAME, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, version_dirs
+from core.contract import (
+    FEATURE_NORM_NAME,
+    INPUT_NAME,
+    LEVEL_NAMES,
+    METADATA_FILE,
+    OOD_SCORE_NAME,
+    OUTPUT_NAME,
+    version_dirs,
+)
 from core.preprocessing import image_bytes_to_array
-from tests.model_versions import write_model
+from tests.model_versions import PIXELS, TinyClassifier, metadata, write_model
 from tests.servers import ready_test_client
 from tests.synthetic import shape_image
 
@@ -60,38 +68,45 @@ def test_fitted_threshold_keeps_95_percent_of_the_scores_it_was_fitted_on() -> N
     assert ood.is_in_distribution(0.5, None) is None
 
 
-def test_the_feature_norm_is_scored_when_the_model_returns_it_else_the_top_probability() -> None:
+def test_the_models_own_score_is_served_when_it_computes_one_else_the_top_probability() -> None:
     probabilities = np.array([[0.7, 0.3] + [0.0] * 8, [0.1] * 10])
     np.testing.assert_allclose(ood.ood_scores(probabilities), [0.3, 0.9])
-    rows = np.concatenate([probabilities, [[3.0], [0.0]]], axis=1)  # a norm of 3, and no activation at all
-    np.testing.assert_allclose(ood.ood_scores(rows), [0.25, 1.0])
-    assert ood.score_name(rows) == ood.FEATURE_NORM and ood.score_name(probabilities) == ood.MAX_PROBABILITY
+    rows = np.concatenate([probabilities, [[0.25], [0.875]]], axis=1)  # the model's own scores
+    np.testing.assert_allclose(ood.ood_scores(rows), [0.25, 0.875])
+    assert ood.served_score(rows) == ood.MODEL_OWN and ood.served_score(probabilities) == ood.MAX_PROBABILITY
+    np.testing.assert_allclose(ood.feature_norm_score(np.array([3.0, 0.0])), [0.25, 1.0])  # versions 5-9's
 
 
 def test_a_threshold_fitted_for_another_score_is_not_used() -> None:
     metadata = {"ood": ood.threshold_metadata(ood.MAX_PROBABILITY, {"fast": np.array([0.1, 0.2])})}
     assert ood.model_threshold(metadata, ood.MAX_PROBABILITY, "fast") == 0.2
-    assert ood.model_threshold(metadata, ood.FEATURE_NORM, "fast") is None
+    assert ood.model_threshold(metadata, ood.MODEL_OWN, "fast") is None
     assert ood.model_threshold(metadata, ood.MAX_PROBABILITY, "accurate") is None
     assert ood.model_threshold({}, ood.MAX_PROBABILITY, "fast") is None
+    # A model's own score is judged by the threshold its export fitted, whichever of the two it computes.
+    for own in ood.MODEL_SCORES:
+        fitted = {"ood": ood.threshold_metadata(own, {"fast": np.array([0.1, 0.4])})}
+        assert ood.model_threshold(fitted, ood.MODEL_OWN, "fast") == 0.4
+        assert ood.model_threshold(fitted, ood.MAX_PROBABILITY, "fast") is None
 
 
-# ---- Served: a model exported by the training code (feature norm and fitted threshold) ------------
+# ---- Served: a model exported by the training code (its own score and fitted threshold) ----------
 
-def test_every_answer_carries_the_score_of_the_exported_feature_norm(trained_model_dir: Path) -> None:
+def test_every_answer_carries_the_exported_models_own_score(trained_model_dir: Path) -> None:
     version_dir = version_dirs(trained_model_dir)[-1][1]
     metadata = json.loads((version_dir / METADATA_FILE).read_text())
     threshold = metadata["ood"]["thresholds"]["fast"]
     uploads = shapes(16, seed=3) + noise(16, seed=4)  # MAX_BATCH_FILES is 32
     signature = tf.saved_model.load(str(version_dir)).signatures["fast"]
     outputs = signature(**{INPUT_NAME: tf.constant(np.stack([image_bytes_to_array(u) for u in uploads]))})
-    expected = 1.0 / (1.0 + outputs[FEATURE_NORM_NAME].numpy().astype("float64"))
+    expected = outputs[OOD_SCORE_NAME].numpy().astype("float64")
     with ready_test_client(settings(trained_model_dir)) as client:
         results = batch(client, uploads, "fast")
         single = client.post("/predict", files={"file": ("a.png", uploads[0], "image/png")},
                              params={"level": "fast"}).json()
     scores = np.array([result["ood_score"] for result in results])
-    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    # OpenVINO computes the score's logs and roots a little differently from TensorFlow.
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
     assert [result["in_distribution"] for result in results] == [bool(s <= threshold) for s in scores]
     assert single["ood_score"] == pytest.approx(results[0]["ood_score"], rel=1e-6)
     np.testing.assert_allclose([list(r["probabilities"].values()) for r in results], outputs[OUTPUT_NAME].numpy(),
@@ -109,7 +124,35 @@ def test_ood_threshold_overrides_the_models_own(trained_model_dir: Path) -> None
         assert [r["in_distribution"] for r in batch(client, uploads)] == [True] * 6  # and at most 1
 
 
-# ---- A model whose export fitted no threshold and has no feature-norm output ---------------------
+# ---- Versions 5-9: a feature-norm output, which the service turns into the score -----------------
+
+class FeatureNormClassifier(TinyClassifier):
+    """A TinyClassifier that also outputs the norm of its hidden layer as ``feature_norm``, as versions 5-9
+    output their penultimate features' norm."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")])
+    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        hidden = tf.nn.relu(tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, PIXELS]) @ self.hidden)
+        return {OUTPUT_NAME: tf.nn.softmax(hidden @ self.output), FEATURE_NORM_NAME: tf.norm(hidden, axis=-1)}
+
+
+def test_a_feature_norm_model_answers_one_over_one_plus_its_norm(tmp_path: Path) -> None:
+    module = FeatureNormClassifier(seed=0, hidden=64)
+    version = tmp_path / "cifar10" / "1"
+    tf.saved_model.save(module, str(version), signatures={"serving_default": module.serve})
+    uploads = shapes(4, seed=8)
+    norms = module.serve(tf.constant(np.stack([image_bytes_to_array(u) for u in uploads])))[FEATURE_NORM_NAME]
+    expected = 1.0 / (1.0 + norms.numpy().astype("float64"))
+    threshold = float(np.median(expected))  # half of them in, half out
+    block = ood.threshold_metadata(ood.FEATURE_NORM, dict.fromkeys(LEVEL_NAMES, np.array([threshold])))
+    (version / METADATA_FILE).write_text(json.dumps(metadata(0.5, ood=block)))
+    with ready_test_client(settings(version.parent)) as client:
+        results = batch(client, uploads)
+    np.testing.assert_allclose([r["ood_score"] for r in results], expected, rtol=1e-5)
+    assert [r["in_distribution"] for r in results] == [bool(s <= threshold) for s in expected]
+
+
+# ---- A model whose export fitted no threshold and has no score output of its own -----------------
 
 @pytest.fixture(scope="module")
 def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:

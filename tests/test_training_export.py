@@ -13,11 +13,11 @@ import tensorflow as tf
 from core import ood
 from core.contract import (
     CLASS_NAMES,
-    FEATURE_NORM_NAME,
     INPUT_NAME,
     LEVEL_NAMES,
     LEVELS,
     METADATA_FILE,
+    OOD_SCORE_NAME,
     OUTPUT_NAME,
     SIGNATURE_NAME,
     level_named,
@@ -47,11 +47,11 @@ def assert_contract(signature) -> None:
     assert inputs[INPUT_NAME].dtype == tf.uint8
     assert inputs[INPUT_NAME].shape.as_list() == [None, 32, 32, 3]
     outputs = signature.structured_outputs
-    assert sorted(outputs) == [FEATURE_NORM_NAME, OUTPUT_NAME]  # the contract's output, and core.ood's
+    assert sorted(outputs) == [OOD_SCORE_NAME, OUTPUT_NAME]  # the contract's output, and core.ood's
     assert outputs[OUTPUT_NAME].dtype == tf.float32
     assert outputs[OUTPUT_NAME].shape.as_list() == [None, 10]
-    assert outputs[FEATURE_NORM_NAME].dtype == tf.float32
-    assert outputs[FEATURE_NORM_NAME].shape.as_list() == [None]
+    assert outputs[OOD_SCORE_NAME].dtype == tf.float32
+    assert outputs[OOD_SCORE_NAME].shape.as_list() == [None]
 
 
 def test_trained_model_keeps_the_contract_and_learns(trained_model_dir: Path) -> None:
@@ -83,12 +83,14 @@ def test_metadata_and_reports(trained_model_dir: Path) -> None:
     assert metadata["train_images_per_cpu_second"] > 0  # the median of the epochs this process trained
     assert metadata["temperature"] > 0 and 0 <= metadata["val_ece"] <= 1
     # The "none of these" threshold, fitted on the validation split: 95% of its images are within it.
-    assert metadata["ood"]["score"] == ood.FEATURE_NORM and metadata["ood"]["images"] == 40
+    # Its score's statistics: tutorial-rgb's one conv layer, fitted on every training image (fewer than 5,000).
+    assert metadata["ood"]["score"] == ood.LAYER_STATISTICS and metadata["ood"]["images"] == 40
+    assert metadata["ood"]["feature_maps"] == 1 and metadata["ood"]["fitted_on_training_images"] == 360
     assert set(metadata["ood"]["thresholds"]) == set(LEVEL_NAMES)
     _, signature = load_signature(trained_model_dir)
     images, _ = shape_arrays(per_class=4, seed=0)
-    norms = signature(**{INPUT_NAME: tf.constant(images)})[FEATURE_NORM_NAME].numpy()
-    assert np.all(norms > 0)
+    scores = signature(**{INPUT_NAME: tf.constant(images)})[OOD_SCORE_NAME].numpy()
+    assert np.all((scores > 0) & (scores < 1))
     # Every level with its own temperature and figures; tutorial-rgb has no test-time views by default.
     assert metadata["default_level"] == "fast" and list(metadata["levels"]) == list(LEVEL_NAMES)
     for name, figures in metadata["levels"].items():
@@ -134,8 +136,9 @@ def test_every_recipe_trains_a_step_and_exports_the_same_contract(name: str, tmp
     temperatures = {"fast": 1.5, "balanced": 2.0, "accurate": 0.5}
     bfloat16 = signatures.mixed_bfloat16_policies(recipe.build) if recipe.mixed_bfloat16 else None
     default = recipe.default_level
+    ood_score = ood_export.fit_layer_statistics(model, images)
     signatures.write_saved_model(tmp_path / "1", model, signatures.level_signatures(model, temperatures, default,
-                                                                                   bfloat16))
+                                                                                   bfloat16, ood_score))
     loaded, signature = load_signature(tmp_path)
     expected_names = {SIGNATURE_NAME, *LEVEL_NAMES} | ({f"{n}_bfloat16" for n in LEVEL_NAMES} if bfloat16 else set())
     assert set(loaded.signatures) == expected_names
@@ -154,10 +157,10 @@ def test_every_recipe_trains_a_step_and_exports_the_same_contract(name: str, tmp
             # The same weights, computed in bfloat16: close to float32, yet not bit-identical.
             np.testing.assert_allclose(reduced, probabilities, atol=0.05)
             assert not np.array_equal(reduced, probabilities)
-        # The norm of the image's own penultimate features, whatever the level's views.
-        features = ood_export.features_and_logits(model)(images[:3].astype("float32"), training=False)[0]
-        norms = loaded.signatures[level.name](**{INPUT_NAME: tf.constant(images[:3])})[FEATURE_NORM_NAME].numpy()
-        np.testing.assert_allclose(norms, np.linalg.norm(np.reshape(features, (3, -1)), axis=1), rtol=1e-4)
+        # The OOD score of the image itself, whatever the level's views.
+        *maps, features, _ = ood_export.ood_heads(model)(images[:3].astype("float32"), training=False)
+        scores = loaded.signatures[level.name](**{INPUT_NAME: tf.constant(images[:3])})[OOD_SCORE_NAME].numpy()
+        np.testing.assert_allclose(scores, ood_score(maps, features).numpy(), rtol=1e-4)
     default_answer = signature(**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy()
     np.testing.assert_array_equal(
         default_answer, loaded.signatures[default](**{INPUT_NAME: tf.constant(images[:3])})[OUTPUT_NAME].numpy())

@@ -64,16 +64,18 @@ class Exported:
 def export(directory: Path, trained: Trained, train_images: np.ndarray, val: Split, test: Split | None, name: str,
            threads: int, timing_seconds: float = evaluation.TIMING_SECONDS) -> Exported:
     """Write ``trained`` into ``directory`` as a complete version: SavedModel, report/ and metadata.json.
-    ``train_images``: the training split's, which calibrate the int8 levels (judged on ``val``)."""
+    ``train_images``: the training split's, which calibrate the int8 levels (judged on ``val``) and fit the
+    "none of these" score's statistics."""
     temperatures = calibrate(trained.model, val)
+    ood_score = ood_export.fit_layer_statistics(trained.model, train_images)  # "none of these", in the graph
     signatures.write_saved_model(directory, trained.model, signatures.level_signatures(
         trained.model, {level: fitted.temperature for level, fitted in temperatures.items()},
-        trained.default_level, bfloat16_policies(trained.recipe)))
+        trained.default_level, bfloat16_policies(trained.recipe), ood_score))
     measured = evaluate(directory, val, test, temperatures, trained.default_level, timing_seconds)
     # Further export steps go here: each reads the written, measured SavedModel in `directory` (and `val`)
     # and adds its metadata.json entries to `further` (e.g. a conversion for another runtime).
     further: dict[str, Any] = {
-        "ood": ood_export.fit_ood(directory, val.images, measured.level_probabilities),  # "none of these"
+        "ood": ood_export.fit_ood(directory, val.images, measured.level_probabilities, ood_score),  # its threshold
         # What the service loads: an OpenVINO IR per level, and each level's precision (docs/runtime.md).
         OPENVINO_SECTION: openvino_export.export_openvino(directory, val.images, val.labels, train_images, threads,
                                                             timing_seconds),

@@ -1,6 +1,19 @@
-"""The export's part of the "none of these" score (core.ood): the penultimate-feature norm output of every
-signature, and the threshold fitted on the validation split for metadata.json's ``ood``."""
+"""The export's part of the "none of these" score (core.ood): the ``ood_score`` output of every signature, from
+statistics of the network's deepest feature maps fitted on training images, and the threshold fitted on the
+validation split for metadata.json's ``ood``.
 
+The score (core.ood.LAYER_STATISTICS) adds two terms, each standardised on the training images it was fitted on:
+
+- how unusual the image's activation statistics are: for each of the DEEPEST_MAPS last feature maps, the log of
+  the L2 norm of its max-, mean- and RMS-pooled channels; their Mahalanobis distance (log) from the training
+  images' mean under their covariance. Images of something else excite the deep layers too little (flat colours,
+  digits) or in the wrong proportions (noise, text).
+- how short the image's penultimate features are (``-log`` of their norm, the older exports' score).
+
+``sigmoid`` of the sum, so the score lies in (0, 1) like the others. bench/ood.py measures it (docs/ood.md).
+"""
+
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,40 +22,120 @@ import numpy as np
 import tensorflow as tf
 
 from core import ood
-from core.contract import FEATURE_NORM_NAME, INPUT_NAME, LEVELS, level_signature
+from core.contract import INPUT_NAME, LEVELS, OOD_SCORE_NAME, level_signature
 
 EVALUATION_BATCH_SIZE = 500
+# The feature maps the statistics read: conv groups 2 and 3 of airbench (its last four). The first group's
+# statistics also flagged brightened or sharpened validation images (docs/ood.md), so they are left out.
+DEEPEST_MAPS = 4
+# Training images the statistics' mean and covariance are fitted on (fewer when training has fewer), drawn
+# at random with this seed: a training split read from class folders is in class order.
+FIT_IMAGES = 5000
+FIT_SEED = 0
+# Keeps the logs finite for an all-zero activation (a blank image through ReLU).
+EPSILON = 1e-6
 
 
-def features_and_logits(model: keras.Model) -> keras.Model | None:
-    """``model`` with two outputs, the input of its last Dense layer (the features the logits are computed
-    from) and its logits, sharing its layers and weights; None for a model with no Dense layer."""
+def ood_heads(model: keras.Model) -> keras.Model | None:
+    """``model`` with outputs [the deepest feature maps..., the input of its last Dense layer (the features the
+    logits come from), its logits], sharing its layers and weights; None for a model without a Dense layer or
+    without a feature map after a non-linearity."""
     dense = next((layer for layer in reversed(model.layers) if isinstance(layer, keras.layers.Dense)), None)
-    if dense is None:
+    maps = [layer.output for layer in model.layers if len(layer.output.shape) == 4 and (
+        isinstance(layer, keras.layers.Activation)
+        or (isinstance(layer, keras.layers.Conv2D) and layer.activation is not keras.activations.linear))]
+    if dense is None or not maps:
         return None
-    return keras.Model(model.inputs, [dense.input, model.output])
+    return keras.Model(model.inputs, [*maps[-DEEPEST_MAPS:], dense.input, model.output])
 
 
-def feature_norm(features: tf.Tensor) -> tf.Tensor:
-    """float32 ``[None]``: the L2 norm of each image's features (flattened)."""
+def layer_statistics(maps: list[tf.Tensor]) -> tf.Tensor:
+    """float32 ``[None, 3 * len(maps)]``: per map, the log L2 norm of its max-, mean- and RMS-pooled channels."""
+    columns = []
+    for activation in maps:
+        activation = tf.cast(activation, tf.float32)
+        for pooled in (tf.reduce_max(activation, axis=[1, 2]), tf.reduce_mean(activation, axis=[1, 2]),
+                       tf.sqrt(tf.reduce_mean(tf.square(activation), axis=[1, 2]))):
+            columns.append(tf.math.log(tf.norm(pooled, axis=-1) + EPSILON))
+    return tf.stack(columns, axis=-1)
+
+
+def feature_shortness(features: tf.Tensor) -> tf.Tensor:
+    """float32 ``[None]``: ``-log`` of the L2 norm of each image's (flattened) penultimate features."""
     flat = tf.reshape(tf.cast(features, tf.float32), [tf.shape(features)[0], -1])
-    return tf.norm(flat, axis=-1)
+    return -tf.math.log(tf.norm(flat, axis=-1) + EPSILON)
+
+
+@dataclass(frozen=True)
+class LayerStatisticsScore:
+    """The fitted constants of the score, and the score as graph ops."""
+
+    mean: np.ndarray  # (d,) the statistics' mean over the fitting images
+    whitening: np.ndarray  # (d, d) maps centred statistics to ones with identity covariance
+    distance: tuple[float, float]  # mean and standard deviation of the log distance on the fitting images
+    shortness: tuple[float, float]  # the same for feature_shortness
+    images: int
+
+    def log_distance(self, statistics: tf.Tensor) -> tf.Tensor:
+        centred = statistics - tf.constant(self.mean, tf.float32)
+        # A broadcast product and a sum, not a matrix product: int8 export quantizes matrix products.
+        white = tf.reduce_sum(centred[:, :, tf.newaxis] * tf.constant(self.whitening, tf.float32), axis=1)
+        return tf.math.log(tf.reduce_sum(tf.square(white), axis=-1) + EPSILON)
+
+    def __call__(self, maps: list[tf.Tensor], features: tf.Tensor) -> tf.Tensor:
+        """float32 ``[None]`` in (0, 1): higher for images less like the fitting images."""
+        distance = (self.log_distance(layer_statistics(maps)) - self.distance[0]) / self.distance[1]
+        shortness = (feature_shortness(features) - self.shortness[0]) / self.shortness[1]
+        return tf.sigmoid(distance + shortness)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"feature_maps": self.mean.size // 3, "fitted_on_training_images": self.images}
+
+
+def fit_layer_statistics(model: keras.Model, train_images: np.ndarray, count: int = FIT_IMAGES,
+                         batch_size: int = EVALUATION_BATCH_SIZE) -> LayerStatisticsScore | None:
+    """The score's constants from ``count`` training images drawn at random; None for a model :func:`ood_heads`
+    cannot read."""
+    heads = ood_heads(model)
+    if heads is None:
+        return None
+    count = min(count, len(train_images))
+    images = train_images[np.sort(np.random.default_rng(FIT_SEED).choice(len(train_images), count, replace=False))]
+
+    @tf.function
+    def compute(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        *maps, features, _ = heads(tf.cast(batch, tf.float32), training=False)
+        return layer_statistics(maps), feature_shortness(features)
+
+    parts = [compute(tf.constant(images[start : start + batch_size])) for start in range(0, len(images), batch_size)]
+    statistics = np.concatenate([s.numpy() for s, _ in parts]).astype("float64")
+    shortness = np.concatenate([s.numpy() for _, s in parts]).astype("float64")
+    mean = statistics.mean(axis=0)
+    values, vectors = np.linalg.eigh(np.cov(statistics, rowvar=False))
+    # Directions with (almost) no variance would divide by zero: they are dropped, as a pseudo-inverse does.
+    kept = values > values.max() * 1e-9
+    whitening = np.zeros_like(vectors)
+    whitening[:, kept] = vectors[:, kept] / np.sqrt(values[kept])
+    log_distance = np.log(np.sum(np.square((statistics - mean) @ whitening), axis=1) + EPSILON)
+    return LayerStatisticsScore(mean.astype("float32"), whitening.astype("float32"),
+                                (float(log_distance.mean()), float(log_distance.std() or 1.0)),
+                                (float(shortness.mean()), float(shortness.std() or 1.0)), len(images))
 
 
 def fit_ood(saved_model_dir: Path, images: np.ndarray, level_probabilities: dict[str, np.ndarray],
-            batch_size: int = EVALUATION_BATCH_SIZE) -> dict[str, Any]:
+            score: LayerStatisticsScore | None, batch_size: int = EVALUATION_BATCH_SIZE) -> dict[str, Any]:
     """metadata.json's ``ood`` block: the score the written SavedModel supports and, per level, the threshold
     that keeps core.ood.KEEP_IN_DISTRIBUTION of the validation ``images`` "in" (``level_probabilities``:
     each level's validation probabilities, already computed by the export's evaluation)."""
     saved = tf.saved_model.load(str(saved_model_dir))
     first = saved.signatures[level_signature(LEVELS[0].name)]
-    if FEATURE_NORM_NAME not in first.structured_outputs:
+    if OOD_SCORE_NAME not in first.structured_outputs or score is None:
         return ood.threshold_metadata(ood.MAX_PROBABILITY, {
             level: ood.max_probability_score(probabilities) for level, probabilities in level_probabilities.items()})
-    # The norm comes from the image itself, whatever the level's views: one pass at the cheapest level.
-    norms = np.concatenate([
-        first(**{INPUT_NAME: tf.constant(images[start : start + batch_size])})[FEATURE_NORM_NAME].numpy()
+    # The score comes from the image itself, whatever the level's views: one pass at the cheapest level.
+    scores = np.concatenate([
+        first(**{INPUT_NAME: tf.constant(images[start : start + batch_size])})[OOD_SCORE_NAME].numpy()
         for start in range(0, len(images), batch_size)])
-    scores = ood.feature_norm_score(norms)
-    return ood.threshold_metadata(ood.FEATURE_NORM, dict.fromkeys(level_probabilities, scores))
+    return {**ood.threshold_metadata(ood.LAYER_STATISTICS, dict.fromkeys(level_probabilities, scores)),
+            **score.metadata()}
 

@@ -28,7 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from core.contract import BFLOAT16, CHANNELS, FLOAT32, INT8, LEVELS, NUM_CLASSES, level_signature
+from core.contract import (
+    BFLOAT16,
+    CHANNELS,
+    FEATURE_NORM_NAME,
+    FLOAT32,
+    INT8,
+    LEVELS,
+    NUM_CLASSES,
+    OOD_SCORE_NAME,
+    OUTPUT_NAME,
+    level_signature,
+)
 from core.cpus import cpu_flags, has_bfloat16
 from core.openvino_runtime import (
     DEVICE,
@@ -177,12 +188,36 @@ def with_temperature_factor(model: Any, factor: float) -> Any:
     return model
 
 
+def ancestors(model: Any, output_name: str) -> set[str]:
+    """The friendly names of every operation the output named ``output_name`` is computed from."""
+    [port] = [port for port in model.outputs if output_name in port.get_names()]
+    names: set[str] = set()
+    pending = [port.get_node()]
+    while pending:
+        node = pending.pop()
+        if node.get_friendly_name() not in names:
+            names.add(node.get_friendly_name())
+            pending.extend(value.get_node() for value in node.input_values())
+    return names
+
+
+def ood_only_layers(model: Any) -> list[str]:
+    """The operations only the "none of these" output (``ood_score`` or ``feature_norm``) is computed from: the
+    pooled statistics, norms, logs and the whitening product. int8 would round them (the fast level's
+    layer-statistics score kept 100% of validation images "in" when they were quantized)."""
+    names = {name for port in model.outputs for name in port.get_names()}
+    own = next((name for name in (OOD_SCORE_NAME, FEATURE_NORM_NAME) if name in names), None)
+    return sorted(ancestors(model, own) - ancestors(model, OUTPUT_NAME)) if own else []
+
+
 def float32_layers(model: Any) -> list[str]:
-    """The layers that stay float32: convolutions reading at most CHANNELS channels (the stem, on pixels), and
-    every operation from the product that writes the NUM_CLASSES logits to the softmax (the views' weighted
-    average and the temperature among them: quantizing their inputs would round the logits)."""
+    """The layers that stay float32: convolutions reading at most CHANNELS channels (the stem, on pixels), the
+    operations only the "none of these" output reads (:func:`ood_only_layers`), and every operation from the
+    product that writes the NUM_CLASSES logits to the softmax (the views' weighted average and the temperature
+    among them: quantizing their inputs would round the logits)."""
     kept = [op.get_friendly_name() for op in model.get_ordered_ops()
             if op.get_type_name() == "Convolution" and op.input(1).get_partial_shape()[1].get_length() <= CHANNELS]
+    kept += ood_only_layers(model)
     node = level_softmax(model).input_value(0).get_node()
     while True:
         kept.append(node.get_friendly_name())

@@ -14,13 +14,13 @@ import tensorflow as tf
 
 from core.contract import (
     BFLOAT16,
-    FEATURE_NORM_NAME,
     FLOAT32,
     IMAGE_SIZE,
     INPUT_NAME,
     INPUT_SHAPE,
     LEVELS,
     NUM_CLASSES,
+    OOD_SCORE_NAME,
     OUTPUT_NAME,
     SIGNATURE_NAME,
     TTA_NAMES,
@@ -71,21 +71,23 @@ def tta_logits(model: keras.Model, pixels: tf.Tensor, tta: str) -> tf.Tensor:
     return average_views(model(test_views(pixels, tta), training=False), tta)
 
 
-def serving_function(model: keras.Model, tta: str, temperature: float) -> Callable:
-    """uint8 RGB images -> softmax probabilities, with TTA and temperature inside the graph, and the norm of
-    the image's penultimate features (FEATURE_NORM_NAME, for core.ood) from the same forward pass."""
+def serving_function(model: keras.Model, tta: str, temperature: float,
+                     ood_score: ood_export.LayerStatisticsScore | None = None) -> Callable:
+    """uint8 RGB images -> softmax probabilities, with TTA and temperature inside the graph, and with
+    ``ood_score`` the "none of these" score of the image itself (OOD_SCORE_NAME, for core.ood) from the same
+    forward pass."""
     spec = tf.TensorSpec(INPUT_SHAPE, tf.uint8, name=INPUT_NAME)
-    heads = ood_export.features_and_logits(model)
+    heads = ood_export.ood_heads(model) if ood_score is not None else None
 
     @tf.function(input_signature=[spec])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(images, tf.float32)
-        if heads is None:
+        if heads is None or ood_score is None:
             return {OUTPUT_NAME: tf.nn.softmax(tta_logits(model, pixels, tta) / temperature, axis=-1)}
-        features, view_logits = heads(test_views(pixels, tta), training=False)
-        own_features = features[: tf.shape(images)[0]]  # the images themselves come first
+        *maps, features, view_logits = heads(test_views(pixels, tta), training=False)
+        count = tf.shape(images)[0]  # the images themselves come first among the views
         return {OUTPUT_NAME: tf.nn.softmax(average_views(view_logits, tta) / temperature, axis=-1),
-                FEATURE_NORM_NAME: ood_export.feature_norm(own_features)}
+                OOD_SCORE_NAME: ood_score([m[:count] for m in maps], features[:count])}
 
     return serve
 
@@ -131,16 +133,17 @@ def mixed_bfloat16_policies(build: Callable[[], keras.Model]) -> list[str]:
 
 
 def level_signatures(model: keras.Model, temperatures: dict[str, float], default_level: str,
-                     bfloat16_policies: list[str] | None) -> dict[str, Callable]:
+                     bfloat16_policies: list[str] | None,
+                     ood_score: ood_export.LayerStatisticsScore | None = None) -> dict[str, Callable]:
     """Signature name -> traced serving function: every level in float32 (``serving_default`` is
-    ``default_level``'s), and in bfloat16 when ``bfloat16_policies`` is given."""
+    ``default_level``'s), and in bfloat16 when ``bfloat16_policies`` is given; each with ``ood_score``."""
     signatures: dict[str, Callable] = {}
     for precision, policies in ((FLOAT32, None), (BFLOAT16, bfloat16_policies)):
         if precision == BFLOAT16 and policies is None:
             continue
         with compute_policies(model, policies):
             for level in LEVELS:
-                function = serving_function(model, level.tta, temperatures[level.name])
+                function = serving_function(model, level.tta, temperatures[level.name], ood_score)
                 function.get_concrete_function()  # traced now, under this block's dtype policies
                 signatures[level_signature(level.name, precision)] = function
     signatures[SIGNATURE_NAME] = signatures[default_level]
