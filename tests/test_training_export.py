@@ -25,7 +25,7 @@ from core.contract import (
 )
 from tests.model_versions import write_model
 from tests.synthetic import shape_arrays, write_image_folder
-from training import calibration, ood_export, signatures
+from training import calibration, ood_export, reexport, signatures
 from training.architectures import airbench_cnn, init_whitening
 from training.cli import main
 from training.errors import TrainingError
@@ -354,6 +354,19 @@ def test_reexport_below_the_served_version_is_refused_before_any_work(
     assert main(["reexport", str(models / "1"), "--data", str(tmp_path / "no-data-needed"), "--force"]) == 1
     [error] = capsys.readouterr().err.splitlines()
     assert error.startswith(f"error: {tmp_path / 'no-data-needed'}: no such file or directory"), error
+
+
+def test_reexport_warns_where_this_cpu_cannot_time_the_sources_bfloat16_levels() -> None:
+    source = Path("models/cifar10/9")
+    metadata = {"openvino": {"precision": {"fast": "int8", "balanced": "bfloat16", "accurate": "bfloat16"}}}
+    warning = reexport.precision_warning(source, metadata, bfloat16_cpu=False)
+    assert warning == ("warning: models/cifar10/9 serves accurate, balanced in bfloat16, chosen by timing on a CPU "
+                       "with bfloat16 instructions; this CPU has none, so the re-export times and chooses without "
+                       "bfloat16, and its levels may run slower on such CPUs. Re-export on one to keep them.")
+    assert reexport.precision_warning(source, metadata, bfloat16_cpu=True) is None
+    float32 = {"openvino": {"precision": {"fast": "int8", "balanced": "float32", "accurate": "float32"}}}
+    assert reexport.precision_warning(source, float32, bfloat16_cpu=False) is None
+    assert reexport.precision_warning(source, {}, bfloat16_cpu=False) is None  # exported before OpenVINO
 
 
 def test_reexport_to_a_level_the_source_lacks_is_refused_and_writes_nothing(

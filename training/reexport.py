@@ -11,6 +11,7 @@ unless ``force``.
 """
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.contract import METADATA_FILE, SIGNATURE_NAME, LevelName, level_for_tta, level_named, metadata_number
+from core.contract import (
+    BFLOAT16,
+    METADATA_FILE,
+    SIGNATURE_NAME,
+    LevelName,
+    level_for_tta,
+    level_named,
+    metadata_number,
+)
+from core.cpus import cpu_flags, has_bfloat16
+from core.level_table import OPENVINO_SECTION
 from core.tensorflow_runtime import set_tensorflow_threads
 from training import export, signatures
 from training.data import load_image_folder, stratified_split
@@ -45,6 +56,9 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
     default_level = default_level or source_default
     if not force:
         refuse_a_downgrade(source, source_metadata, default_level, out)
+    warning = precision_warning(source, source_metadata, has_bfloat16(cpu_flags()))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     dataset = load_image_folder(data, cache_dir)
     expected_sha = source_metadata.get("data", {}).get("sha256")
     if expected_sha and dataset.sha256 != expected_sha:
@@ -111,6 +125,20 @@ def refuse_a_downgrade(source: Path, source_metadata: dict[str, Any], default_le
             f"{source} at {default_level} has validation accuracy {expected:.2%}, below the {served_accuracy:.2%} "
             f"of {out / str(number)}, which is served now; as the next version of {out} it would be served instead. "
             "Pass --out a scratch model folder (e.g. runs/cifar10), or add --force to publish it anyway.")
+
+
+def precision_warning(source: Path, source_metadata: dict[str, Any], bfloat16_cpu: bool) -> str | None:
+    """A warning when ``source`` serves levels in bfloat16 and this CPU has no bfloat16 instructions: the export
+    chooses each level's precision by timing them here, so the re-export would serve those levels in float32 or
+    int8, slower on the CPUs the source was timed on."""
+    chosen = (source_metadata.get(OPENVINO_SECTION) or {}).get("precision")
+    reduced = sorted(level for level, precision in (chosen if isinstance(chosen, dict) else {}).items()
+                     if precision == BFLOAT16)
+    if bfloat16_cpu or not reduced:
+        return None
+    return (f"warning: {source} serves {', '.join(reduced)} in bfloat16, chosen by timing on a CPU with bfloat16 "
+            "instructions; this CPU has none, so the re-export times and chooses without bfloat16, and its "
+            "levels may run slower on such CPUs. Re-export on one to keep them.")
 
 
 def read_source_metadata(source: Path) -> dict[str, Any]:
