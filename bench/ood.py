@@ -1,7 +1,7 @@
 """Offline out-of-distribution benchmark: how well each score separates validation images from images of
 something else (bench/ood_sets.py), per accuracy level.
 
-    python bench/ood.py --model models/cifar10/4 --data ../shared/data/cifar10-train-jpeg.tar.gz \
+    python bench/ood.py --model models/cifar10/9 --data ../shared/data/cifar10-train-jpeg.tar.gz \
         [--json docs/ood-benchmark.json] [--scale 0.1 --val-limit 500]   # the last two: a quick check
 
 In-distribution: the model's validation split (the stratified split training holds out, rebuilt from
@@ -10,7 +10,11 @@ serves) and from logits (computed here with the recipe's Keras model and the Sav
 training.reexport does; the probabilities are checked to be the signature's). Per set and score: AUROC
 (OOD as positives) and the false-positive rate at 95% true-positive rate (the share of OOD images still
 called "in" when 95% of validation images are kept), plus the validation accuracy of the answers kept "in".
-Needs scikit-learn (the `bench` extra) for the digits.
+The score today's exports serve (``ood_score``, core.ood.LAYER_STATISTICS) is fitted and computed here with
+training.ood_export, as an export would, so that a model exported before it can be measured with it too.
+Then the benign shifts (bench/ood_sets.SHIFTS: validation images uploaded as photographs, made gray, brighter,
+blurred...): the share of them the scores of the image itself flag "out" at their fitted threshold.
+Needs scikit-learn (the `bench` extra) for the digits and sample photographs.
 """
 
 import argparse
@@ -27,9 +31,15 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from bench.ood_sets import FAR_SETS, make_sets  # noqa: E402
+from bench.ood_sets import FAR_SETS, make_sets, shifted_sets  # noqa: E402
 from core import ood  # noqa: E402
-from core.contract import INPUT_NAME, LEVELS, METADATA_FILE, OUTPUT_NAME, level_signature  # noqa: E402
+from core.contract import (  # noqa: E402
+    INPUT_NAME,
+    LEVELS,
+    METADATA_FILE,
+    OUTPUT_NAME,
+    level_signature,
+)
 from core.cpus import available_cpus  # noqa: E402
 
 # The smallest float32 probability treated as non-zero: log(0) would make the centred log-probability infinite.
@@ -104,6 +114,33 @@ def penultimate_features(model, images: np.ndarray, batch_size: int = 250) -> np
                            for start in range(0, len(images), batch_size)]).astype("float64")
 
 
+def layer_statistics_scores(model, train_images: np.ndarray, sets: dict[str, np.ndarray], batch_size: int = 250,
+                            ) -> dict[str, np.ndarray]:
+    """set -> the layer-statistics score (core.ood.LAYER_STATISTICS) of each image, fitted on training images by
+    training.ood_export as today's export fits it, so any model can be measured with it (tests/test_training_export
+    checks that the export's ``ood_score`` output is this score)."""
+    import tensorflow as tf
+
+    from training import ood_export
+
+    score = ood_export.fit_layer_statistics(model, train_images)
+    heads = ood_export.ood_heads(model)
+
+    @tf.function
+    def compute(batch: tf.Tensor) -> tf.Tensor:
+        *maps, features, _ = heads(tf.cast(batch, tf.float32), training=False)
+        return score(maps, features)
+
+    return {name: np.concatenate([compute(tf.constant(images[start : start + batch_size])).numpy()
+                                  for start in range(0, len(images), batch_size)]).astype("float64")
+            for name, images in sets.items()}
+
+
+def image_scores(features: np.ndarray, own: np.ndarray) -> dict[str, np.ndarray]:
+    """The scores of the image itself, whatever the level: the feature norm and the layer statistics."""
+    return {ood.FEATURE_NORM: ood.feature_norm_score(np.linalg.norm(features, axis=1)), ood.LAYER_STATISTICS: own}
+
+
 def logits_per_level(model, saved, metadata: dict, images: dict[str, np.ndarray], levels: list[str],
                      ) -> dict[str, dict[str, np.ndarray]]:
     """level -> set -> the view-averaged logits the level's signature divides by its temperature."""
@@ -142,9 +179,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=-1, keepdims=True)).astype("float32")
 
 
-def all_scores(logits: np.ndarray, temp: float, features: np.ndarray, gaussians: tuple) -> dict[str, np.ndarray]:
-    """Every score tried: from float32 probabilities as the signature returns them, from the logits, and from
-    the penultimate features (of the image itself, whatever the level's views)."""
+def all_scores(logits: np.ndarray, temp: float, features: np.ndarray, gaussians: tuple, own: np.ndarray,
+               ) -> dict[str, np.ndarray]:
+    """Every score tried: from float32 probabilities as the signature returns them, from the logits, from
+    the penultimate features and the layer statistics (both of the image itself, whatever the level's views)."""
     probabilities = softmax(logits / temp)
     return {
         ood.MAX_PROBABILITY: ood.max_probability_score(probabilities),
@@ -153,7 +191,7 @@ def all_scores(logits: np.ndarray, temp: float, features: np.ndarray, gaussians:
         "max_logit": max_logit_score(logits),
         "energy": energy_score(logits),
         "mahalanobis": mahalanobis_score(features, *gaussians),
-        ood.FEATURE_NORM: ood.feature_norm_score(np.linalg.norm(features, axis=1)),
+        **image_scores(features, own),
     }
 
 
@@ -164,8 +202,20 @@ def separation(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, float
             "fpr_at_95_tpr": round(float(np.mean(out_scores <= threshold)), 4)}
 
 
+def shift_flags(model, train_images: np.ndarray, validation: dict[str, np.ndarray], images: np.ndarray) -> dict:
+    """Per score of the image itself: the share of ``images`` (validation images) and of each benign shift of
+    them that the score flags "out" at the threshold fitted on ``validation`` (that score's validation scores)."""
+    sets = {"originals": images, **shifted_sets(images)}
+    own = layer_statistics_scores(model, train_images, sets)
+    scores = {name: image_scores(penultimate_features(model, batch), own[name]) for name, batch in sets.items()}
+    return {"images": len(images), "scores": {
+        score: {name: round(float(np.mean(by_score[score] > ood.fit_threshold(in_scores))), 4)
+                for name, by_score in scores.items()}
+        for score, in_scores in validation.items()}}
+
+
 def benchmark(model_dir: Path, data: Path, levels: list[str], scale: float, val_limit: int | None,
-              fit_images: int, cache_dir: Path | None) -> dict:
+              fit_images: int, shift_images: int, cache_dir: Path | None) -> dict:
     from training.data import load_image_folder, stratified_split
 
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
@@ -179,14 +229,15 @@ def benchmark(model_dir: Path, data: Path, levels: list[str], scale: float, val_
     gaussians = fit_class_gaussians(penultimate_features(model, train.images[fit_index]),
                                         train.labels[fit_index], len(metadata["class_names"]))
     features = {name: penultimate_features(model, batch) for name, batch in sets.items()}
+    own = layer_statistics_scores(model, train.images, sets)
     logits = logits_per_level(model, saved, metadata, sets, levels)
-    results: dict = {"model": str(model_dir), "validation_images": len(images),
+    results: dict = {"model": str(model_dir), "served_score": ood.LAYER_STATISTICS, "validation_images": len(images),
                      "ood_images": {name: len(batch) for name, batch in sets.items() if name != "validation"},
                      "mahalanobis_fit_images": len(fit_index),
                      "keep_in_distribution": ood.KEEP_IN_DISTRIBUTION, "levels": {}}
     for level, by_set in logits.items():
         temp = temperature(metadata, level)
-        scores = {name: all_scores(level_logits, temp, features[name], gaussians)
+        scores = {name: all_scores(level_logits, temp, features[name], gaussians, own[name])
                   for name, level_logits in by_set.items()}
         predicted = by_set["validation"].argmax(axis=1)
         level_result: dict = {"accuracy": round(float(np.mean(predicted == labels)), 4), "scores": {}}
@@ -199,6 +250,8 @@ def benchmark(model_dir: Path, data: Path, levels: list[str], scale: float, val_
                          for name, by_score in scores.items() if name != "validation"},
             }
         results["levels"][level] = level_result
+    results["shifts"] = shift_flags(model, train.images, image_scores(features["validation"], own["validation"]),
+                                    images[:shift_images])
     return results
 
 
@@ -213,10 +266,18 @@ def print_tables(results: dict) -> None:
             cells = [f"{figures['sets'][name]['auroc']:.3f} / {figures['sets'][name]['fpr_at_95_tpr']:.1%}"
                      for name in sets]
             print(f"| {score} | " + " | ".join(cells) + f" | {figures['accuracy_of_in']:.2%} |")
-        served = level_result["scores"][ood.FEATURE_NORM]["sets"]
+        served = level_result["scores"][results["served_score"]]["sets"]
         missed = [name for name in FAR_SETS if name in served and served[name]["auroc"] < 0.90]
-        print(f"served score {ood.FEATURE_NORM}: far-OOD target (AUROC >= 0.90 on {', '.join(FAR_SETS)}) "
-              + ("met" if not missed else f"missed on {', '.join(missed)}"))
+        print(f"today's export's score {results['served_score']}: far-OOD target (AUROC >= 0.90 on "
+              f"{', '.join(FAR_SETS)}) " + ("met" if not missed else f"missed on {', '.join(missed)}"))
+    shifts = results["shifts"]
+    names = list(next(iter(shifts["scores"].values())))
+    print(f"\nbenign shifts of {shifts['images']} validation images: share flagged 'out' (by construction 5% of "
+          "all validation images)")
+    print("| score | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for score, flagged in shifts["scores"].items():
+        print(f"| {score} | " + " | ".join(f"{flagged[name]:.1%}" for name in names) + " |")
 
 
 def main() -> None:
@@ -224,20 +285,22 @@ def main() -> None:
     from training.data import default_cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/cifar10/4"))
+    parser.add_argument("--model", type=Path, default=Path("models/cifar10/9"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-train-jpeg.tar.gz"))
     parser.add_argument("--levels", default=",".join(level.name for level in LEVELS))
     parser.add_argument("--scale", type=float, default=1.0, help="OOD set sizes, times their defaults")
     parser.add_argument("--val-limit", type=int, default=None, help="use only the first N validation images")
     parser.add_argument("--fit-images", type=int, default=10000,
                         help="training images that fit the Mahalanobis score's class means and covariance")
+    parser.add_argument("--shift-images", type=int, default=1000,
+                        help="validation images each benign shift is applied to")
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     set_tensorflow_threads(args.threads)
     results = benchmark(args.model, args.data, args.levels.split(","), args.scale, args.val_limit, args.fit_images,
-                        args.cache_dir)
+                        args.shift_images, args.cache_dir)
     print_tables(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

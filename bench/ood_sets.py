@@ -1,14 +1,18 @@
 """Out-of-distribution image sets for bench/ood.py, made offline: by code, or from data that ship inside
-installed packages (scikit-learn's digits, matplotlib's sample photographs). Each maker returns uint8
-``(n, 32, 32, 3)`` RGB, reproducible for a seed. docs/ood.md lists them with their sources.
+installed packages (scikit-learn's digits and sample photographs, matplotlib's sample photographs). Each maker
+returns uint8 ``(n, 32, 32, 3)`` RGB, reproducible for a seed. docs/ood.md lists them with their sources.
+SHIFTS are the other side: benign changes to validation images, which should stay "in".
 """
 
+import io
 import string
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+
+from core.preprocessing import center_crop_resize
 
 SIZE = 32
 
@@ -86,6 +90,47 @@ def photo_tiles(count: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack(out)
 
 
+def sample_photo_tiles(count: int, rng: np.random.Generator) -> np.ndarray:
+    """Square crops (24 to 200 pixels, resized to 32x32) of the two photographs that ship with scikit-learn
+    (``load_sample_images``: china.jpg, a temple; flower.jpg): natural images of none of the ten classes."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(array) for array in load_sample_images().images]
+    out = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        side = int(rng.integers(24, 200))
+        x = int(rng.integers(0, photo.size[0] - side + 1))
+        y = int(rng.integers(0, photo.size[1] - side + 1))
+        out.append(np.asarray(photo.crop((x, y, x + side, y + side)).resize((SIZE, SIZE), Image.Resampling.LANCZOS)))
+    return np.stack(out)
+
+
+def shapes(count: int, rng: np.random.Generator) -> np.ndarray:
+    """One to five filled ellipses and rectangles in random colours on a random background, drawn at 128x128
+    and downscaled: clip art."""
+    out = []
+    for _ in range(count):
+        canvas = Image.new("RGB", (128, 128), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(int(rng.integers(1, 6))):
+            (left, right), (top, bottom) = np.sort(rng.integers(0, 128, 2)), np.sort(rng.integers(0, 128, 2))
+            shape = draw.ellipse if rng.integers(0, 2) else draw.rectangle
+            shape([int(left), int(top), int(right) + 4, int(bottom) + 4],
+                  fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        out.append(np.asarray(canvas.resize((SIZE, SIZE), Image.Resampling.LANCZOS)))
+    return np.stack(out)
+
+
+def gradients(count: int, rng: np.random.Generator) -> np.ndarray:
+    """A linear blend between two random colours, left to right or top to bottom."""
+    start, end = rng.integers(0, 256, (2, count, 1, 1, 3))
+    ramp = np.linspace(0.0, 1.0, SIZE)[np.newaxis, np.newaxis, :, np.newaxis]
+    out = np.broadcast_to(start * (1 - ramp) + end * ramp, (count, SIZE, SIZE, 3)).copy()
+    out[1::2] = out[1::2].transpose(0, 2, 1, 3)
+    return out.astype("uint8")
+
+
 # Far OOD: nothing like a photograph; the targets (AUROC >= 0.90) apply to digits, text and noise.
 FAR_SETS = ("digits", "text", "noise")
 SETS: dict[str, tuple[Callable[[int, np.random.Generator], np.ndarray], int]] = {
@@ -94,6 +139,10 @@ SETS: dict[str, tuple[Callable[[int, np.random.Generator], np.ndarray], int]] = 
     "noise": (noise, 1000),
     "flat_colours": (flat_colours, 500),
     "photo_tiles": (photo_tiles, 1000),
+    # Added after the layer-statistics score was chosen on the five above: they check that choice.
+    "sample_photo_tiles": (sample_photo_tiles, 1000),
+    "shapes": (shapes, 1000),
+    "gradients": (gradients, 500),
 }
 
 
@@ -101,3 +150,34 @@ def make_sets(scale: float = 1.0, seed: int = 0) -> dict[str, np.ndarray]:
     """Every set, ``scale`` times its default size (at least 10 images each)."""
     return {name: make(max(10, int(size * scale)), np.random.default_rng([seed, index]))
             for index, (name, (make, size)) in enumerate(SETS.items())}
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def upload(image: Image.Image, size: tuple[int, int], quality: int) -> Image.Image:
+    """A 32x32 image as a larger photograph saved as JPEG, then cut and resized as the service does."""
+    return center_crop_resize(jpeg(image.resize(size, Image.Resampling.BICUBIC), quality))
+
+
+# Benign changes to images of the ten classes: a score should keep them "in" about as often as the originals.
+SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "upload_256": lambda image: upload(image, (256, 256), 90),
+    "upload_4x3": lambda image: upload(image, (320, 240), 85),
+    "jpeg_50": lambda image: jpeg(image, 50),
+    "gray": lambda image: image.convert("L").convert("RGB"),
+    "brighter": lambda image: ImageEnhance.Brightness(image).enhance(1.3),
+    "darker": lambda image: ImageEnhance.Brightness(image).enhance(0.7),
+    "blur": lambda image: image.filter(ImageFilter.GaussianBlur(0.6)),
+    "sharpen": lambda image: image.filter(ImageFilter.SHARPEN),
+    "mirror": lambda image: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+}
+
+
+def shifted_sets(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Each of SHIFTS applied to every image of ``images`` (uint8 ``(n, 32, 32, 3)``)."""
+    return {name: np.stack([np.asarray(change(Image.fromarray(image))) for image in images])
+            for name, change in SHIFTS.items()}
