@@ -114,7 +114,7 @@ def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, t
         "cpu_has_bfloat16": try_bfloat16,
         "int8": {"calibration_images": len(calibration_images), "calibration": "training split",
                  "kept_float32": "the convolutions reading the image's channels, the products writing the "
-                 f"{NUM_CLASSES} logits",
+                 f"{NUM_CLASSES} logits, the operations only the out-of-distribution output reads",
                  "temperature": "the float32 level's, times temperature_factor fitted on the validation split"},
         "rule": (f"int8 or bfloat16 only where it measured faster at batch {' and '.join(map(str, TIMED_BATCH_SIZES))} "
                  f"and validation accuracy and ECE are no more than {MAX_LOSS * 100:.1f} points worse than "
