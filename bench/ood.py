@@ -114,16 +114,15 @@ def penultimate_features(model, images: np.ndarray, batch_size: int = 250) -> np
                            for start in range(0, len(images), batch_size)]).astype("float64")
 
 
-def layer_statistics_scores(model, train_images: np.ndarray, sets: dict[str, np.ndarray], batch_size: int = 250,
-                            ) -> dict[str, np.ndarray]:
-    """set -> the layer-statistics score (core.ood.LAYER_STATISTICS) of each image, fitted on training images by
-    training.ood_export as today's export fits it, so any model can be measured with it (tests/test_training_export
-    checks that the export's ``ood_score`` output is this score)."""
+def layer_statistics_scores(model, score, sets: dict[str, np.ndarray], batch_size: int = 250) -> dict[str, np.ndarray]:
+    """set -> the layer-statistics score (core.ood.LAYER_STATISTICS) of each image; ``score``: its constants,
+    fitted on training images by training.ood_export.fit_layer_statistics as today's export fits them, so any
+    model can be measured with it (tests/test_training_export checks that the export's ``ood_score`` output is
+    this score)."""
     import tensorflow as tf
 
     from training import ood_export
 
-    score = ood_export.fit_layer_statistics(model, train_images)
     heads = ood_export.ood_heads(model)
 
     @tf.function
@@ -202,11 +201,11 @@ def separation(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, float
             "fpr_at_95_tpr": round(float(np.mean(out_scores <= threshold)), 4)}
 
 
-def shift_flags(model, train_images: np.ndarray, validation: dict[str, np.ndarray], images: np.ndarray) -> dict:
+def shift_flags(model, score, validation: dict[str, np.ndarray], images: np.ndarray) -> dict:
     """Per score of the image itself: the share of ``images`` (validation images) and of each benign shift of
     them that the score flags "out" at the threshold fitted on ``validation`` (that score's validation scores)."""
     sets = {"originals": images, **shifted_sets(images)}
-    own = layer_statistics_scores(model, train_images, sets)
+    own = layer_statistics_scores(model, score, sets)
     scores = {name: image_scores(penultimate_features(model, batch), own[name]) for name, batch in sets.items()}
     return {"images": len(images), "scores": {
         score: {name: round(float(np.mean(by_score[score] > ood.fit_threshold(in_scores))), 4)
@@ -229,7 +228,10 @@ def benchmark(model_dir: Path, data: Path, levels: list[str], scale: float, val_
     gaussians = fit_class_gaussians(penultimate_features(model, train.images[fit_index]),
                                         train.labels[fit_index], len(metadata["class_names"]))
     features = {name: penultimate_features(model, batch) for name, batch in sets.items()}
-    own = layer_statistics_scores(model, train.images, sets)
+    from training.ood_export import fit_layer_statistics
+
+    layer_statistics = fit_layer_statistics(model, train.images)  # once: the shifts below reuse its constants
+    own = layer_statistics_scores(model, layer_statistics, sets)
     logits = logits_per_level(model, saved, metadata, sets, levels)
     results: dict = {"model": str(model_dir), "served_score": ood.LAYER_STATISTICS, "validation_images": len(images),
                      "ood_images": {name: len(batch) for name, batch in sets.items() if name != "validation"},
@@ -250,7 +252,7 @@ def benchmark(model_dir: Path, data: Path, levels: list[str], scale: float, val_
                          for name, by_score in scores.items() if name != "validation"},
             }
         results["levels"][level] = level_result
-    results["shifts"] = shift_flags(model, train.images, image_scores(features["validation"], own["validation"]),
+    results["shifts"] = shift_flags(model, layer_statistics, image_scores(features["validation"], own["validation"]),
                                     images[:shift_images])
     return results
 
