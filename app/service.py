@@ -32,7 +32,7 @@ from app.schemas import (
 from app.settings import Settings
 from app.uploads import UploadedFile
 from core import ood
-from core.contract import CLASS_NAMES, NUM_CLASSES
+from core.contract import CLASS_NAMES, FLOAT32, NUM_CLASSES
 from core.preprocessing import ImageError, image_bytes_to_array, open_image, opened_image_to_array
 from core.versions import LoadedModel, check_answers
 
@@ -192,11 +192,13 @@ class ClassifierService:
                 for name, figures in levels.figures.items()]
 
     def ood_threshold(self, answer: Answer, score: str) -> float | None:
-        """OOD_THRESHOLD if set, else the threshold the answering model's export fitted for this score and level
-        (None without one: the answer then says neither in nor out)."""
+        """OOD_THRESHOLD if set, else the threshold the answering model's export fitted for this score, level and
+        the precision the level runs in here (None without one: the answer then says neither in nor out)."""
         if self.settings.ood_threshold is not None:
             return self.settings.ood_threshold
-        return ood.model_threshold(getattr(answer.model, "metadata", {}), score, answer.level)
+        levels = getattr(answer.model, "level_table", None)
+        precision = levels.precision(answer.level) if levels is not None else FLOAT32
+        return ood.model_threshold(getattr(answer.model, "metadata", {}), score, answer.level, precision)
 
     def to_prediction(self, row: np.ndarray, answer: Answer, image: np.ndarray | None = None) -> Prediction:
         """``row``: one image's ten probabilities, then its OOD score if the model computes one. ``answer`` says

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from core.contract import metadata_number
+from core.contract import FLOAT32, metadata_number
 
 LAYER_STATISTICS = "layer_statistics"
 FEATURE_NORM = "feature_norm"
@@ -26,6 +26,8 @@ MODEL_OWN = "model_own"
 # Share of in-distribution (validation) images the fitted threshold keeps as "in".
 KEEP_IN_DISTRIBUTION = 0.95
 METADATA_KEY = "ood"
+# Under METADATA_KEY: precision -> level -> threshold, for the levels an export serves in int8 or bfloat16.
+PRECISION_THRESHOLDS_KEY = "thresholds_by_precision"
 NUM_CLASSES = 10
 
 
@@ -74,15 +76,21 @@ def threshold_metadata(score: str, level_scores: dict[str, np.ndarray],
             "thresholds": {level: fit_threshold(scores, keep) for level, scores in level_scores.items()}}
 
 
-def model_threshold(metadata: dict[str, Any], score: str, level: str) -> float | None:
-    """The threshold metadata.json holds for ``level``, if it was fitted for ``score`` (MODEL_OWN: for the score
-    the model computes, which its metadata names: both come from the same export)."""
+def model_threshold(metadata: dict[str, Any], score: str, level: str, precision: str = FLOAT32) -> float | None:
+    """The threshold metadata.json holds for ``level`` computed in ``precision``, if it was fitted for ``score``
+    (MODEL_OWN: for the score the model computes, which its metadata names: both come from the same export).
+    A level served in int8 or bfloat16 has its own threshold where the export could measure that precision;
+    else, and for exports before those, the float32 one."""
     block = metadata.get(METADATA_KEY)
     if not isinstance(block, dict):
         return None
     fitted = block.get("score")
     if fitted != score and not (score == MODEL_OWN and fitted in MODEL_SCORES):
         return None
+    by_precision = block.get(PRECISION_THRESHOLDS_KEY)
+    served = by_precision.get(precision) if isinstance(by_precision, dict) else None
+    if isinstance(served, dict) and metadata_number(served.get(level)) is not None:
+        return metadata_number(served.get(level))
     thresholds = block.get("thresholds")
     value = thresholds.get(level) if isinstance(thresholds, dict) else None
     return metadata_number(value)

@@ -3,6 +3,7 @@ OOD_THRESHOLD, and a model without a threshold (no verdict)."""
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,18 @@ def test_a_threshold_fitted_for_another_score_is_not_used() -> None:
         assert ood.model_threshold(fitted, ood.MAX_PROBABILITY, "fast") is None
 
 
+def test_a_level_served_in_int8_or_bfloat16_has_its_own_threshold_where_the_export_fitted_one() -> None:
+    fitted = {"ood": {**ood.threshold_metadata(ood.LAYER_STATISTICS, {"fast": np.array([0.2]),
+                                                                        "accurate": np.array([0.3])}),
+                      ood.PRECISION_THRESHOLDS_KEY: {"int8": {"fast": 0.25}}}}
+    assert ood.model_threshold(fitted, ood.MODEL_OWN, "fast", "int8") == 0.25
+    assert ood.model_threshold(fitted, ood.MODEL_OWN, "fast") == 0.2  # float32, and INT8=false
+    # None fitted in that precision (bfloat16 where the export's CPU could not run it): the float32 one.
+    assert ood.model_threshold(fitted, ood.MODEL_OWN, "accurate", "bfloat16") == 0.3
+    assert ood.model_threshold(fitted, ood.MODEL_OWN, "accurate", "int8") == 0.3
+    assert ood.model_threshold(fitted, ood.MAX_PROBABILITY, "fast", "int8") is None
+
+
 # ---- Served: a model exported by the training code (its own score and fitted threshold) ----------
 
 def test_every_answer_carries_the_exported_models_own_score(trained_model_dir: Path) -> None:
@@ -122,6 +135,24 @@ def test_ood_threshold_overrides_the_models_own(trained_model_dir: Path) -> None
         assert [r["in_distribution"] for r in batch(client, uploads)] == [False] * 6  # every score is above 0
     with ready_test_client(settings(trained_model_dir, ood_threshold=1.0)) as client:
         assert [r["in_distribution"] for r in batch(client, uploads)] == [True] * 6  # and at most 1
+
+
+def test_a_level_is_judged_by_the_threshold_fitted_in_the_precision_it_runs_in(trained_model_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    source = version_dirs(trained_model_dir)[-1][1]
+    copy = tmp_path / "models" / "1"
+    shutil.copytree(source, copy)
+    metadata = json.loads((copy / METADATA_FILE).read_text())
+    # INT8=false serves fast in float32: the float32 entry counts, the int8 one not.
+    metadata["ood"][ood.PRECISION_THRESHOLDS_KEY] = {"float32": {"fast": 0.0}, "int8": {"fast": 1.0}}
+    (copy / METADATA_FILE).write_text(json.dumps(metadata))
+    uploads = shapes(6, seed=5)
+    with ready_test_client(settings(copy.parent)) as client:
+        fast = batch(client, uploads, "fast")
+        balanced = batch(client, uploads, "balanced")
+    assert [r["in_distribution"] for r in fast] == [False] * 6  # every score is above 0
+    threshold = metadata["ood"]["thresholds"]["balanced"]
+    assert [r["in_distribution"] for r in balanced] == [r["ood_score"] <= threshold for r in balanced]
 
 
 # ---- Versions 5-9: a feature-norm output, which the service turns into the score -----------------
