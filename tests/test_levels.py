@@ -11,7 +11,7 @@ from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import LevelSettings, UnknownLevelError, level_table
 from core.versions import ModelLoadError, load_model
 from training.evaluation import bfloat16_batch_sizes
-from training.openvino_export import choose_precision
+from training.openvino_export import choose_precision, kept_precision
 
 METADATA = {
     "default_level": "accurate",
@@ -92,6 +92,20 @@ def test_a_cheaper_form_is_chosen_only_faster_at_both_sizes_and_at_most_a_tenth_
     # Worse by 0.1 points exactly still passes; better by any amount is no reason to refuse.
     assert choose_precision({"float32": full, "int8": figures(0.899, 0.021, 180, 390)}) == "int8"
     assert choose_precision({"float32": full, "int8": figures(0.9018, 0.0182, 180, 390)}) == "int8"
+
+
+def test_a_kept_precision_stands_unless_it_measured_more_than_a_tenth_of_a_point_worse_here() -> None:
+    def figures(accuracy: float, ece: float) -> dict:
+        return {"val_accuracy": accuracy, "val_ece": ece, "images_per_second": {"batch_1": 1, "batch_64": 1}}
+
+    measured = {"float32": figures(0.9, 0.02), "int8": figures(0.899, 0.021)}
+    # Slower here is no reason to drop it: the source timed it on the CPUs it is meant for.
+    assert kept_precision(measured, "int8") == "int8"
+    assert kept_precision({**measured, "int8": figures(0.8985, 0.02)}, "int8") == "float32"
+    assert kept_precision({**measured, "int8": figures(0.9, 0.0215)}, "int8") == "float32"
+    # bfloat16 not measured (this CPU has no bfloat16 instructions): kept on the source's measurement.
+    assert kept_precision(measured, "bfloat16") == "bfloat16"
+    assert kept_precision(measured, "float32") == "float32"
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:

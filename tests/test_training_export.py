@@ -101,6 +101,8 @@ def test_metadata_and_reports(trained_model_dir: Path) -> None:
     assert metadata["levels"]["fast"]["temperature"] == metadata["temperature"]
     # tutorial-rgb trains in float32: no bfloat16 signatures, so no batch size uses them.
     assert metadata["precision"]["bfloat16_batch_sizes"] == {name: [] for name in LEVEL_NAMES}
+    # A level OpenVINO serves in int8 or bfloat16 gets a threshold fitted on that precision's own scores.
+    assert served_thresholds(metadata) == reduced_levels(metadata)
     report = version_dir / "report"
     # model.png too: the diagram needs no Graphviz, so a default install always draws it.
     for name in ("curves.png", "confusion_matrix.png", "predictions.png", "mistakes.png", "model.png"):
@@ -362,11 +364,59 @@ def test_reexport_warns_where_this_cpu_cannot_time_the_sources_bfloat16_levels()
     warning = reexport.precision_warning(source, metadata, bfloat16_cpu=False)
     assert warning == ("warning: models/cifar10/9 serves accurate, balanced in bfloat16, chosen by timing on a CPU "
                        "with bfloat16 instructions; this CPU has none, so the re-export times and chooses without "
-                       "bfloat16, and its levels may run slower on such CPUs. Re-export on one to keep them.")
+                       "bfloat16, and its levels may run slower on such CPUs. Re-export on one, or add "
+                       "--keep-precisions to keep them.")
     assert reexport.precision_warning(source, metadata, bfloat16_cpu=True) is None
     float32 = {"openvino": {"precision": {"fast": "int8", "balanced": "float32", "accurate": "float32"}}}
     assert reexport.precision_warning(source, float32, bfloat16_cpu=False) is None
     assert reexport.precision_warning(source, {}, bfloat16_cpu=False) is None  # exported before OpenVINO
+
+
+def served_thresholds(metadata: dict) -> set[tuple[str, str]]:
+    """(level, precision) of every threshold fitted in a precision other than float32."""
+    return {(level, precision) for precision, levels in metadata["ood"].get(ood.PRECISION_THRESHOLDS_KEY, {}).items()
+            for level in levels}
+
+
+def reduced_levels(metadata: dict) -> set[tuple[str, str]]:
+    """(level, precision) of every level OpenVINO serves in int8 or bfloat16, measured on this CPU."""
+    return {(level, precision) for level, precision in metadata["openvino"]["precision"].items()
+            if precision != "float32" and precision in metadata["openvino"]["levels"][level]}
+
+
+def test_reexport_can_keep_the_precisions_its_source_chose(trained_model_dir: Path, shapes_dataset: Path,
+                                                            tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    models = tmp_path / "shapes"
+    shutil.copytree(version_dirs(trained_model_dir)[-1][1], models / "1")
+    source = json.loads((models / "1" / METADATA_FILE).read_text())
+    # Exported before OpenVINO: no precisions to keep, refused before any work.
+    (models / "1" / METADATA_FILE).write_text(json.dumps({k: v for k, v in source.items() if k != "openvino"}))
+    arguments = ["reexport", str(models / "1"), "--data", str(shapes_dataset), "--threads", "2", "--timing-seconds",
+                 "0.02", "--cache-dir", str(tmp_path / "cache"), "--keep-precisions", "--force"]
+    assert main(arguments) == 1
+    assert "records no precision chosen per level" in capsys.readouterr().err
+    # As if timed on another CPU: choices this one would not make.
+    source["openvino"]["precision"] = {"fast": "int8", "balanced": "bfloat16", "accurate": "float32"}
+    (models / "1" / METADATA_FILE).write_text(json.dumps(source))
+    assert main(arguments) == 0
+    assert "warning" not in capsys.readouterr().err
+    after = json.loads((models / "2" / METADATA_FILE).read_text())
+    section = after["openvino"]
+    assert section["rule"].startswith("kept from version 1")
+
+    def kept_unless_worse(level: str, precision: str) -> str:
+        if precision not in section["levels"][level]:  # not measurable here: kept on the source's word
+            return precision
+        full, reduced = section["levels"][level]["float32"], section["levels"][level][precision]
+        worse = (round(full["val_accuracy"] - reduced["val_accuracy"], 6) > 0.001
+                 or round(reduced["val_ece"] - full["val_ece"], 6) > 0.001)
+        return "float32" if worse else precision
+
+    assert section["precision"] == {"fast": kept_unless_worse("fast", "int8"),
+                                    "balanced": kept_unless_worse("balanced", "bfloat16"), "accurate": "float32"}
+    assert (models / "2" / "openvino" / "fast.int8.xml").is_file() == (section["precision"]["fast"] == "int8")
+    assert served_thresholds(after) == reduced_levels(after)
+    assert after["precision"]["bfloat16_batch_sizes"] == {name: [] for name in LEVEL_NAMES}  # no bfloat16 signatures
 
 
 def test_reexport_to_a_level_the_source_lacks_is_refused_and_writes_nothing(

@@ -287,11 +287,14 @@ def add_reexport(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true",
                         help="publish even if the new default level's validation accuracy is below the served "
                              "version's in the target folder")
+    parser.add_argument("--keep-precisions", action="store_true",
+                        help="serve each level in the precisions VERSION_DIR chose by timing on its CPU (accuracy "
+                             "checked here) instead of timing them here: for a CPU without bfloat16")
 
 
 def run_reexport(args: argparse.Namespace) -> int:
     reexport(args.version_dir, args.data, args.out or args.version_dir.parent, args.cache_dir, args.threads,
-             args.timing_seconds, args.default_level, args.force)
+             args.timing_seconds, args.default_level, args.force, args.keep_precisions)
     return 0
 
 

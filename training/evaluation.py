@@ -59,10 +59,13 @@ def bfloat16_batch_sizes(speeds: dict[str, dict[int, dict[str, float]]]) -> dict
 def evaluate_levels(saved_model_dir: Path, images: np.ndarray, labels: np.ndarray,
                     temperatures: dict[str, FittedTemperature], timing_images: np.ndarray | None = None,
                     timed_batch_sizes: tuple[int, ...] = TIMED_BATCH_SIZES, timing_seconds: float = TIMING_SECONDS,
+                    kept_bfloat16_batch_sizes: dict[str, list[int]] | None = None,
                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
     """(levels metadata, precision metadata, each level's float32 validation probabilities).
 
-    Everything is measured through the written SavedModel, as the service will call it."""
+    Everything is measured through the written SavedModel, as the service will call it.
+    ``kept_bfloat16_batch_sizes``: per level, the batch sizes another export of the same weights chose for
+    bfloat16 by timing on its CPU, kept instead of those timed here (the accuracy checks still apply)."""
     saved = tf.saved_model.load(str(saved_model_dir))
     if timing_images is None:  # tiled when the split is smaller than the largest timed batch
         timing_images = np.resize(images, (max(timed_batch_sizes), *images.shape[1:]))
@@ -87,7 +90,12 @@ def evaluate_levels(saved_model_dir: Path, images: np.ndarray, labels: np.ndarra
 
     bfloat16_checks: dict[str, Any] = {}
     use_bfloat16: dict[str, list[int]] = {level.name: [] for level in LEVELS}
-    faster = bfloat16_batch_sizes(speeds) if BFLOAT16 in precisions else use_bfloat16
+    if BFLOAT16 not in precisions:
+        faster = use_bfloat16
+    elif kept_bfloat16_batch_sizes is not None:
+        faster = {level.name: list(kept_bfloat16_batch_sizes.get(level.name, [])) for level in LEVELS}
+    else:
+        faster = bfloat16_batch_sizes(speeds)
     if BFLOAT16 in precisions:
         for level in LEVELS:
             by_precision = outcomes[level.name]
@@ -129,6 +137,8 @@ def evaluate_levels(saved_model_dir: Path, images: np.ndarray, labels: np.ndarra
         "rule": (f"bfloat16 where it measured faster, only if every level's validation accuracy moves by at most "
                  f"{BFLOAT16_MAX_ACCURACY_CHANGE * 100:.1f} points and probabilities sum to 1 within "
                  f"{BFLOAT16_MAX_SUM_ERROR:g}; batch sizes between two timed ones take the smaller one's path"),
+        **({"bfloat16_batch_sizes_chosen": "kept from the source export's timing"}
+           if kept_bfloat16_batch_sizes is not None else {}),
         "timed_batch_sizes": list(timed_batch_sizes),
         "images_per_second_by_batch": {level: {str(size): figures for size, figures in by_size.items()}
                                        for level, by_size in speeds.items()},

@@ -61,24 +61,40 @@ class Exported:
     val_probabilities: np.ndarray  # the default level's, as its signature answers
 
 
+@dataclass(frozen=True)
+class KeptPrecisions:
+    """The precisions an export of the same weights chose by timing on its CPU (``reexport --keep-precisions``),
+    kept instead of timing here: a CPU without bfloat16 cannot time what a CPU with it would choose."""
+
+    source: str  # which export chose them, for metadata.json
+    tensorflow_bfloat16_batch_sizes: dict[str, list[int]]  # its "precision" section's bfloat16_batch_sizes
+    openvino: dict[str, str]  # its "openvino" section's precision per level
+
+
 def export(directory: Path, trained: Trained, train_images: np.ndarray, val: Split, test: Split | None, name: str,
-           threads: int, timing_seconds: float = evaluation.TIMING_SECONDS) -> Exported:
+           threads: int, timing_seconds: float = evaluation.TIMING_SECONDS,
+           kept: KeptPrecisions | None = None) -> Exported:
     """Write ``trained`` into ``directory`` as a complete version: SavedModel, report/ and metadata.json.
     ``train_images``: the training split's, which calibrate the int8 levels (judged on ``val``) and fit the
-    "none of these" score's statistics."""
+    "none of these" score's statistics. ``kept``: precisions to keep rather than choose by timing here."""
     temperatures = calibrate(trained.model, val)
     ood_score = ood_export.fit_layer_statistics(trained.model, train_images)  # "none of these", in the graph
     signatures.write_saved_model(directory, trained.model, signatures.level_signatures(
         trained.model, {level: fitted.temperature for level, fitted in temperatures.items()},
         trained.default_level, bfloat16_policies(trained.recipe), ood_score))
-    measured = evaluate(directory, val, test, temperatures, trained.default_level, timing_seconds)
+    measured = evaluate(directory, val, test, temperatures, trained.default_level, timing_seconds,
+                        kept and kept.tensorflow_bfloat16_batch_sizes)
     # Further export steps go here: each reads the written, measured SavedModel in `directory` (and `val`)
     # and adds its metadata.json entries to `further` (e.g. a conversion for another runtime).
+    # What the service loads: an OpenVINO IR per level, and each level's precision (docs/runtime.md).
+    openvino = openvino_export.export_openvino(directory, val.images, val.labels, train_images, threads,
+                                               timing_seconds, kept=kept and kept.openvino,
+                                               kept_from=kept and kept.source)
     further: dict[str, Any] = {
-        "ood": ood_export.fit_ood(directory, val.images, measured.level_probabilities, ood_score),  # its threshold
-        # What the service loads: an OpenVINO IR per level, and each level's precision (docs/runtime.md).
-        OPENVINO_SECTION: openvino_export.export_openvino(directory, val.images, val.labels, train_images, threads,
-                                                            timing_seconds),
+        # The "none of these" threshold of each level, in float32 and in the precision it is served in.
+        "ood": ood_export.fit_ood(directory, val.images, measured.level_probabilities, ood_score,
+                                  openvino.ood_scores),
+        OPENVINO_SECTION: openvino.metadata,
     }
     reports.write_report(directory / reports.REPORT_DIR, trained.history, val.images, val.labels,
                          measured.val_probabilities, trained.description["class_names"], trained.model, trained.seed)
@@ -103,10 +119,12 @@ def bfloat16_policies(recipe: Recipe) -> list[str] | None:
 
 
 def evaluate(directory: Path, val: Split, test: Split | None, temperatures: dict[str, FittedTemperature],
-             default_level: str, timing_seconds: float) -> Evaluation:
+             default_level: str, timing_seconds: float, kept_bfloat16: dict[str, list[int]] | None = None,
+             ) -> Evaluation:
     """Accuracy, calibration and speed of every level of the SavedModel in ``directory``, through its signatures."""
     level_figures, precision, probabilities = evaluation.evaluate_levels(
-        directory, val.images, val.labels, temperatures, timing_seconds=timing_seconds)
+        directory, val.images, val.labels, temperatures, timing_seconds=timing_seconds,
+        kept_bfloat16_batch_sizes=kept_bfloat16)
     test_accuracy = None
     if test is not None:
         saved = tf.saved_model.load(str(directory))  # bound: its signatures hold only weak references to it

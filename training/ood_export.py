@@ -123,10 +123,13 @@ def fit_layer_statistics(model: keras.Model, train_images: np.ndarray, count: in
 
 
 def fit_ood(saved_model_dir: Path, images: np.ndarray, level_probabilities: dict[str, np.ndarray],
-            score: LayerStatisticsScore | None, batch_size: int = EVALUATION_BATCH_SIZE) -> dict[str, Any]:
+            score: LayerStatisticsScore | None, served_scores: dict[str, dict[str, np.ndarray]] | None = None,
+            batch_size: int = EVALUATION_BATCH_SIZE) -> dict[str, Any]:
     """metadata.json's ``ood`` block: the score the written SavedModel supports and, per level, the threshold
     that keeps core.ood.KEEP_IN_DISTRIBUTION of the validation ``images`` "in" (``level_probabilities``:
-    each level's validation probabilities, already computed by the export's evaluation)."""
+    each level's validation probabilities, already computed by the export's evaluation). ``served_scores``
+    (precision -> level -> validation scores): the levels served in int8 or bfloat16, whose scores move with
+    the precision (an int8 level kept 93% "in" at the float32 threshold), get thresholds of their own."""
     saved = tf.saved_model.load(str(saved_model_dir))
     first = saved.signatures[level_signature(LEVELS[0].name)]
     if OOD_SCORE_NAME not in first.structured_outputs or score is None:
@@ -136,6 +139,10 @@ def fit_ood(saved_model_dir: Path, images: np.ndarray, level_probabilities: dict
     scores = np.concatenate([
         first(**{INPUT_NAME: tf.constant(images[start : start + batch_size])})[OOD_SCORE_NAME].numpy()
         for start in range(0, len(images), batch_size)])
-    return {**ood.threshold_metadata(ood.LAYER_STATISTICS, dict.fromkeys(level_probabilities, scores)),
-            **score.metadata()}
-
+    block = {**ood.threshold_metadata(ood.LAYER_STATISTICS, dict.fromkeys(level_probabilities, scores)),
+             **score.metadata()}
+    if served_scores:
+        block[ood.PRECISION_THRESHOLDS_KEY] = {
+            precision: ood.threshold_metadata(ood.LAYER_STATISTICS, by_level)["thresholds"]
+            for precision, by_level in served_scores.items()}
+    return block

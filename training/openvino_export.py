@@ -17,12 +17,16 @@ split and times it at batch 1 and 64. It does the same with two cheaper forms of
 
 A level keeps the fastest of them that was faster than float32 at both batch sizes with validation accuracy and
 ECE no more than 0.1 points worse than float32's; else float32 (better is no reason to refuse a form: on 5,000
-images int8 lands a few tenths of a point either side of float32). An int8 IR that was not chosen is deleted.
-The result is metadata.json's ``openvino`` section, which the service reads (core.level_table).
+images int8 lands a few tenths of a point either side of float32). A re-export may keep the precisions its
+source chose by timing on another CPU instead (``kept``: :func:`kept_precision`). An int8 IR that was not chosen
+is deleted. The result is metadata.json's ``openvino`` section, which the service reads (core.level_table), and
+each level's "none of these" scores on the validation split as its chosen precision computes them, on which
+the export fits that precision's threshold (training.ood_export.fit_ood).
 """
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +61,36 @@ TIMED_BATCH_SIZES = (1, 64)
 EVALUATION_BATCH_SIZE = 500
 CALIBRATION_IMAGES = 1000  # training images whose activations set int8's ranges (NNCF's default is 300)
 CALIBRATION_SEED = 0
+PRECISIONS = (FLOAT32, INT8, BFLOAT16)
+
+
+@dataclass(frozen=True)
+class OpenVinoExport:
+    metadata: dict[str, Any]  # metadata.json's ``openvino`` section
+    # precision -> level -> validation "none of these" scores, for each level whose chosen precision is not
+    # float32 and was measured here (a bfloat16 level on a CPU without bfloat16 is not) and whose IR has a score.
+    ood_scores: dict[str, dict[str, np.ndarray]]
 
 
 def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, train_images: np.ndarray,
-                    threads: int, timing_seconds: float = 1.0, bfloat16: bool | None = None) -> dict[str, Any]:
+                    threads: int, timing_seconds: float = 1.0, bfloat16: bool | None = None,
+                    kept: dict[str, str] | None = None, kept_from: str | None = None) -> OpenVinoExport:
     """Write ``version_dir/openvino/<level>.xml|.bin`` (and ``<level>.int8.*`` where chosen) for every level and
-    return metadata.json's ``openvino`` section. ``images``, ``labels``: the validation split, which judges;
-    ``train_images``: the training split, which calibrates int8. ``bfloat16``: whether to try it (None: if this
-    CPU has bfloat16 instructions)."""
+    return metadata.json's ``openvino`` section with the chosen precisions' OOD scores. ``images``, ``labels``: the
+    validation split, which judges; ``train_images``: the training split, which calibrates int8. ``bfloat16``:
+    whether to try it (None: if this CPU has bfloat16 instructions). ``kept``: level -> the precision another
+    export of the same weights chose (``kept_from`` names it), kept instead of timing here."""
     import openvino
 
+    if kept is not None and (set(kept) != {level.name for level in LEVELS} or set(kept.values()) - set(PRECISIONS)):
+        raise ValueError(f"kept precisions {kept} do not name one of {PRECISIONS} per level")
     try_bfloat16 = has_bfloat16(cpu_flags()) if bfloat16 is None else bfloat16
     precisions = (FLOAT32, INT8, BFLOAT16) if try_bfloat16 else (FLOAT32, INT8)
     timing_images = np.resize(images, (max(TIMED_BATCH_SIZES), *images.shape[1:]))
     calibration_images = calibration_sample(train_images)
     figures: dict[str, dict[str, Any]] = {}
     chosen: dict[str, str] = {}
+    ood_scores: dict[str, dict[str, np.ndarray]] = {}
     for level in LEVELS:
         path = ir_path(version_dir, level.name)
         path.parent.mkdir(exist_ok=True)
@@ -88,11 +106,11 @@ def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, t
                             compress_to_fp16=False)
         quantized = openvino_core().read_model(str(quantized_path))
         check_io(quantized, f"{IR_DIR}/{quantized_path.name}")
-        by_precision = {}
+        by_precision, scores = {}, {}
         for precision in precisions:
             compiled = openvino_core().compile_model(quantized if precision == INT8 else model, DEVICE,
                                                      compile_config(precision, threads))
-            probabilities = predict(compiled, images)
+            probabilities, scores[precision] = predict(compiled, images)
             by_precision[precision] = {
                 "val_accuracy": round(float(np.mean(probabilities.argmax(axis=1) == labels)), 4),
                 "val_ece": round(calibration.expected_calibration_error(probabilities, labels), 4),
@@ -102,11 +120,21 @@ def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, t
             }
         by_precision[INT8]["temperature_factor"] = round(temperature_factor, 4)
         figures[level.name] = by_precision
-        chosen[level.name] = choose_precision(by_precision)
+        chosen[level.name] = (choose_precision(by_precision) if kept is None
+                              else kept_precision(by_precision, kept[level.name]))
+        served_scores = scores.get(chosen[level.name])
+        if chosen[level.name] != FLOAT32 and served_scores is not None:
+            ood_scores.setdefault(chosen[level.name], {})[level.name] = served_scores
         if chosen[level.name] != INT8:
             quantized_path.unlink()
             quantized_path.with_suffix(".bin").unlink()
-    return {
+    rule = (f"int8 or bfloat16 only where it measured faster at batch {' and '.join(map(str, TIMED_BATCH_SIZES))} "
+            f"and validation accuracy and ECE are no more than {MAX_LOSS * 100:.1f} points worse than float32's "
+            "(the fastest such); bfloat16 tried only on a CPU with bfloat16 instructions")
+    if kept is not None:
+        rule = (f"kept from {kept_from or 'the source'}, where they were chosen by the rule: {rule}; here, a kept "
+                "precision this CPU can run was checked against that rule's accuracy and ECE limits")
+    return OpenVinoExport({
         "openvino_version": openvino.get_version().split("-")[0],
         "ir": {level.name: f"{IR_DIR}/{ir_path(version_dir, level.name, chosen[level.name]).name}"
                for level in LEVELS},
@@ -116,12 +144,10 @@ def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, t
                  "kept_float32": "the convolutions reading the image's channels, the products writing the "
                  f"{NUM_CLASSES} logits, the operations only the out-of-distribution output reads",
                  "temperature": "the float32 level's, times temperature_factor fitted on the validation split"},
-        "rule": (f"int8 or bfloat16 only where it measured faster at batch {' and '.join(map(str, TIMED_BATCH_SIZES))} "
-                 f"and validation accuracy and ECE are no more than {MAX_LOSS * 100:.1f} points worse than "
-                 "float32's (the fastest such); bfloat16 tried only on a CPU with bfloat16 instructions"),
+        "rule": rule,
         "threads": threads,
         "levels": figures,
-    }
+    }, ood_scores)
 
 
 def choose_precision(by_precision: dict[str, dict[str, Any]]) -> str:
@@ -131,13 +157,28 @@ def choose_precision(by_precision: dict[str, dict[str, Any]]) -> str:
 
     def acceptable(figures: dict[str, Any]) -> bool:
         faster = all(figures["images_per_second"][key] > rate for key, rate in full["images_per_second"].items())
-        # Rounded first: figures are stored to 4 places, and 0.9078 against 0.9088 is 0.1 points, not 0.1000001.
-        return faster and (round(full["val_accuracy"] - figures["val_accuracy"], 6) <= MAX_LOSS
-                           and round(figures["val_ece"] - full["val_ece"], 6) <= MAX_LOSS)
+        return faster and accurate_enough(figures, full)
 
     largest = f"batch_{max(TIMED_BATCH_SIZES)}"
     candidates = [name for name, figures in by_precision.items() if name != FLOAT32 and acceptable(figures)]
     return max(candidates, key=lambda name: by_precision[name]["images_per_second"][largest], default=FLOAT32)
+
+
+def accurate_enough(figures: dict[str, Any], full: dict[str, Any]) -> bool:
+    """Whether ``figures`` are no more than MAX_LOSS worse than float32's (``full``) in accuracy and in ECE."""
+    # Rounded first: figures are stored to 4 places, and 0.9078 against 0.9088 is 0.1 points, not 0.1000001.
+    return (round(full["val_accuracy"] - figures["val_accuracy"], 6) <= MAX_LOSS
+            and round(figures["val_ece"] - full["val_ece"], 6) <= MAX_LOSS)
+
+
+def kept_precision(by_precision: dict[str, dict[str, Any]], kept: str) -> str:
+    """``kept``, a precision another export of the same weights chose by timing on its CPU, unless it measured
+    more than MAX_LOSS worse than float32 here (then float32). A precision not measured here (bfloat16 on a CPU
+    without its instructions, where OpenVINO would compute float32) is kept on the source's measurement: its
+    speed is the reason to keep it, and a CPU without bfloat16 serves such a level in float32 anyway."""
+    if kept == FLOAT32 or kept not in by_precision:
+        return kept
+    return kept if accurate_enough(by_precision[kept], by_precision[FLOAT32]) else FLOAT32
 
 
 def calibration_sample(train_images: np.ndarray) -> np.ndarray:
@@ -230,12 +271,21 @@ def float32_layers(model: Any) -> list[str]:
         node = data[0]
 
 
-def predict(compiled: Any, images: np.ndarray, batch_size: int = EVALUATION_BATCH_SIZE) -> np.ndarray:
+def predict(compiled: Any, images: np.ndarray, batch_size: int = EVALUATION_BATCH_SIZE,
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities, the "none of these" score or None where the IR has no ``ood_score`` output)."""
     request = compiled.create_infer_request()
-    output = compiled.output("probabilities")
-    parts = [np.asarray(request.infer([images[start:start + batch_size]])[output])
-             for start in range(0, len(images), batch_size)]
-    return np.concatenate(parts).astype("float64")
+    output = compiled.output(OUTPUT_NAME)
+    names = {name for port in compiled.outputs for name in port.get_names()}
+    score = compiled.output(OOD_SCORE_NAME) if OOD_SCORE_NAME in names else None
+    probabilities, scores = [], []
+    for start in range(0, len(images), batch_size):
+        answer = request.infer([images[start:start + batch_size]])
+        probabilities.append(np.asarray(answer[output]))
+        if score is not None:
+            scores.append(np.asarray(answer[score]))
+    return (np.concatenate(probabilities).astype("float64"),
+            np.concatenate(scores).astype("float64").reshape(-1) if score is not None else None)
 
 
 def images_per_second(compiled: Any, batch: np.ndarray, seconds: float) -> float:

@@ -7,7 +7,8 @@ default level must answer as the source's own signature of that level does, or n
 ``default_level`` makes another level the default: a level of the same weights that is as accurate as
 the source's default at less compute (docs/training.md). Like promote, it will not publish a default level
 less accurate on validation than the version the target folder serves, which the re-export would replace,
-unless ``force``.
+unless ``force``. ``keep_precisions`` keeps the precisions the source chose by timing on its CPU (both
+runtimes'), rather than timing here: a CPU without bfloat16 cannot choose what one with it would.
 """
 
 import json
@@ -47,7 +48,8 @@ class ReexportError(TrainingError):
 
 
 def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, threads: int,
-             timing_seconds: float, default_level: LevelName | None = None, force: bool = False) -> Path:
+             timing_seconds: float, default_level: LevelName | None = None, force: bool = False,
+             keep_precisions: bool = False) -> Path:
     """Publish the weights of the version ``source`` as the next version of ``out``; returns its folder."""
     set_tensorflow_threads(threads)
     source_metadata = read_source_metadata(source)
@@ -56,7 +58,8 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
     default_level = default_level or source_default
     if not force:
         refuse_a_downgrade(source, source_metadata, default_level, out)
-    warning = precision_warning(source, source_metadata, has_bfloat16(cpu_flags()))
+    kept = source_precisions(source, source_metadata) if keep_precisions else None
+    warning = None if keep_precisions else precision_warning(source, source_metadata, has_bfloat16(cpu_flags()))
     if warning:
         print(warning, file=sys.stderr, flush=True)
     dataset = load_image_folder(data, cache_dir)
@@ -85,7 +88,7 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
 
     with staging_dir(out) as staging:
         exported = export.export(staging, trained, train.images, val, dataset.test, out.name, threads,
-                                 timing_seconds)
+                                 timing_seconds, kept)
         # The rebuilt model must be the source model: its default level against the source's own signature.
         difference = float(np.abs(exported.val_probabilities - source_probabilities).max())
         source_accuracy = export.accuracy(source_probabilities, val.labels)
@@ -138,7 +141,19 @@ def precision_warning(source: Path, source_metadata: dict[str, Any], bfloat16_cp
         return None
     return (f"warning: {source} serves {', '.join(reduced)} in bfloat16, chosen by timing on a CPU with bfloat16 "
             "instructions; this CPU has none, so the re-export times and chooses without bfloat16, and its "
-            "levels may run slower on such CPUs. Re-export on one to keep them.")
+            "levels may run slower on such CPUs. Re-export on one, or add --keep-precisions to keep them.")
+
+
+def source_precisions(source: Path, source_metadata: dict[str, Any]) -> export.KeptPrecisions:
+    """The precisions ``source`` chose by timing, for both runtimes: refused for an export that chose none."""
+    openvino = (source_metadata.get(OPENVINO_SECTION) or {}).get("precision")
+    bfloat16 = (source_metadata.get("precision") or {}).get("bfloat16_batch_sizes")
+    if not isinstance(openvino, dict) or not isinstance(bfloat16, dict):
+        raise ReexportError(f"{source / METADATA_FILE}: it records no precision chosen per level for OpenVINO and "
+                            "TensorFlow (exported before the OpenVINO runtime); re-export it without "
+                            "--keep-precisions.")
+    return export.KeptPrecisions(f"version {source.name} ({source_metadata.get('created', 'date unknown')})",
+                                 {level: list(sizes) for level, sizes in bfloat16.items()}, dict(openvino))
 
 
 def read_source_metadata(source: Path) -> dict[str, Any]:
