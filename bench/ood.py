@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from bench.ood_sets import FAR_SETS, make_sets, shifted_sets  # noqa: E402
+from bench.ood_sets import FAR_SETS, add_size_arguments, make_sets, shifted_sets  # noqa: E402
 from core import ood  # noqa: E402
 from core.contract import (  # noqa: E402
     INPUT_NAME,
@@ -290,12 +290,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("models/cifar10/9"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-train-jpeg.tar.gz"))
     parser.add_argument("--levels", default=",".join(level.name for level in LEVELS))
-    parser.add_argument("--scale", type=float, default=1.0, help="OOD set sizes, times their defaults")
-    parser.add_argument("--val-limit", type=int, default=None, help="use only the first N validation images")
+    add_size_arguments(parser)
     parser.add_argument("--fit-images", type=int, default=10000,
                         help="training images that fit the Mahalanobis score's class means and covariance")
-    parser.add_argument("--shift-images", type=int, default=1000,
-                        help="validation images each benign shift is applied to")
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")

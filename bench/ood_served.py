@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from bench.ood_sets import make_sets, shifted_sets  # noqa: E402
+from bench.ood_sets import add_size_arguments, make_sets, shifted_sets  # noqa: E402
 from core import ood  # noqa: E402
 from core.contract import NUM_CLASSES  # noqa: E402
 from core.cpus import available_cpus  # noqa: E402
@@ -120,10 +120,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="a version folder, e.g. models/cifar10/10")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-train-jpeg.tar.gz"))
     parser.add_argument("--levels", default="fast,balanced,accurate")
-    parser.add_argument("--scale", type=float, default=1.0, help="OOD set sizes, times their defaults")
-    parser.add_argument("--val-limit", type=int, default=None, help="use only the first N validation images")
-    parser.add_argument("--shift-images", type=int, default=1000,
-                        help="validation images each benign shift is applied to")
+    add_size_arguments(parser)
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")

@@ -1,9 +1,10 @@
-"""Out-of-distribution image sets for bench/ood.py, made offline: by code, or from data that ship inside
-installed packages (scikit-learn's digits and sample photographs, matplotlib's sample photographs). Each maker
-returns uint8 ``(n, 32, 32, 3)`` RGB, reproducible for a seed. docs/ood.md lists them with their sources.
-SHIFTS are the other side: benign changes to validation images, which should stay "in".
+"""Out-of-distribution image sets for bench/ood.py and bench/ood_served.py, made offline: by code, or from data
+that ship inside installed packages (scikit-learn's digits and sample photographs, matplotlib's sample
+photographs). Each maker returns uint8 ``(n, 32, 32, 3)`` RGB, reproducible for a seed. docs/ood.md lists them
+with their sources. SHIFTS are the other side: benign changes to validation images, which should stay "in".
 """
 
+import argparse
 import io
 import string
 from collections.abc import Callable
@@ -181,3 +182,11 @@ def shifted_sets(images: np.ndarray) -> dict[str, np.ndarray]:
     """Each of SHIFTS applied to every image of ``images`` (uint8 ``(n, 32, 32, 3)``)."""
     return {name: np.stack([np.asarray(change(Image.fromarray(image))) for image in images])
             for name, change in SHIFTS.items()}
+
+
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """--scale, --val-limit and --shift-images: how many images the OOD benchmarks score (smaller: a quick check)."""
+    parser.add_argument("--scale", type=float, default=1.0, help="OOD set sizes, times their defaults")
+    parser.add_argument("--val-limit", type=int, default=None, help="use only the first N validation images")
+    parser.add_argument("--shift-images", type=int, default=1000,
+                        help="validation images each benign shift is applied to")
