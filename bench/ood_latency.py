@@ -8,7 +8,8 @@ Both versions are served at once, each by its own service (``python -m app`` on 
 models folder of its own), and take turns call by call: per level, ``--pairs`` pairs of uploads of the same
 32x32 JPEG, one to each service on its keep-alive connection, back to back (the order swapped every pair),
 so that whatever else the machine does falls on both alike. Prints both medians per level and the median of
-the paired differences against issue 27's target (at most +0.2 ms).
+the paired differences against issue 27's target (at most +0.2 ms). ``--with models/cifar10/10 --without
+models/cifar10/9`` times version 10's layer-statistics score against version 9's feature norm.
 """
 
 import argparse
@@ -95,8 +96,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"/predict at one connection: {result['with']} (feature-norm OOD score, fitted threshold) against "
-             f"{result['without']} (same weights, without them); all CPUs {result['machine_busy_share']:.0%} busy",
+    lines = [f"/predict at one connection: {result['with']} ({ood_score_name(Path(result['with']))}) against "
+             f"{result['without']} ({ood_score_name(Path(result['without']))}), the same weights; all CPUs "
+             f"{result['machine_busy_share']:.0%} busy",
              f"first answers' OOD fields: {json.dumps(result['ood_fields'])}",
              f"{'level':<12}{'with p50':>11}{'without p50':>14}{'paired diff.':>14}  target (<= +{TARGET_MS} ms)"]
     for level, row in result["levels"].items():
@@ -105,13 +107,19 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ood_score_name(version_dir: Path) -> str:
+    """The OOD score a version's export fitted a threshold for, as its metadata.json names it."""
+    block = json.loads((version_dir / "metadata.json").read_text()).get("ood")
+    return f"OOD score {block['score']}" if isinstance(block, dict) else "no fitted OOD score"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--with", dest="with_dir", type=Path, default=Path("models/cifar10/5"),
-                        help="a version folder exported with the feature_norm output")
+                        help="a version folder exported with an OOD output (version 5: feature_norm)")
     parser.add_argument("--without", dest="without_dir", type=Path, default=Path("models/cifar10/4"),
-                        help="the same weights exported without it")
+                        help="the same weights exported without it, or with another (version 9 against 10)")
     parser.add_argument("--pairs", type=int, default=500, help="calls per level and side, taken in turns")
     parser.add_argument("--level", action="append", choices=LEVEL_NAMES, help="measure only this level (repeatable)")
     parser.add_argument("--port", type=int, default=8792, help="the first service's port; the second gets the next")
