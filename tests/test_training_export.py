@@ -395,6 +395,9 @@ def test_reexport_can_keep_the_precisions_its_source_chose(trained_model_dir: Pa
                  "0.02", "--cache-dir", str(tmp_path / "cache"), "--keep-precisions", "--force"]
     assert main(arguments) == 1
     assert "records no precision chosen per level" in capsys.readouterr().err
+    (models / "1" / METADATA_FILE).write_text(json.dumps({**source, "openvino": {"precision": {"fast": "int4"}}}))
+    assert main(arguments) == 1
+    assert "do not name one of float32, int8, bfloat16 for each of fast, balanced, accurate" in capsys.readouterr().err
     # As if timed on another CPU: choices this one would not make.
     source["openvino"]["precision"] = {"fast": "int8", "balanced": "bfloat16", "accurate": "float32"}
     (models / "1" / METADATA_FILE).write_text(json.dumps(source))

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from core.contract import (
     BFLOAT16,
+    LEVEL_NAMES,
     METADATA_FILE,
     SIGNATURE_NAME,
     LevelName,
@@ -35,6 +36,7 @@ from core.tensorflow_runtime import set_tensorflow_threads
 from training import export, signatures
 from training.data import load_image_folder, stratified_split
 from training.errors import TrainingError
+from training.openvino_export import PRECISIONS
 from training.promote import served_version
 from training.publish import publish_next_version, staging_dir
 from training.recipes import RECIPES, trained_recipe
@@ -151,6 +153,10 @@ def source_precisions(source: Path, source_metadata: dict[str, Any]) -> export.K
     if not isinstance(openvino, dict) or not isinstance(bfloat16, dict):
         raise ReexportError(f"{source / METADATA_FILE}: it records no precision chosen per level for OpenVINO and "
                             "TensorFlow (exported before the OpenVINO runtime); re-export it without "
+                            "--keep-precisions.")
+    if set(openvino) != set(LEVEL_NAMES) or not set(openvino.values()) <= set(PRECISIONS):
+        raise ReexportError(f"{source / METADATA_FILE}: its openvino precisions {openvino} do not name one of "
+                            f"{', '.join(PRECISIONS)} for each of {', '.join(LEVEL_NAMES)}; re-export it without "
                             "--keep-precisions.")
     return export.KeptPrecisions(f"version {source.name} ({source_metadata.get('created', 'date unknown')})",
                                  {level: list(sizes) for level, sizes in bfloat16.items()}, dict(openvino))
