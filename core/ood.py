@@ -6,9 +6,10 @@ Higher scores mean less like the ten classes. bench/ood.py measures the candidat
 alone miss most digits and text, the penultimate-feature norm of versions 5-9 missed most digits on version 9.
 Versions 5-9 output ``feature_norm`` instead (core.contract.FEATURE_NORM_NAME), scored ``1 / (1 + feature_norm)``
 (FEATURE_NORM); a model with neither gets ``1 - max probability``. The export fits the threshold on the
-validation split (95% kept) and writes it into metadata.json under ``ood``, with the score's name;
-OOD_THRESHOLD overrides it. The served rows are the ten probabilities, then the model's own score when it has
-one (core.versions.LoadedModel.predict; the runtime turns a feature norm into its score).
+validation split (95% kept) per level, and again per level served in int8 or bfloat16 on that precision's own
+scores (bench/ood_served.py measures both as served), and writes them into metadata.json under ``ood``, with
+the score's name; OOD_THRESHOLD overrides them. The served rows are the ten probabilities, then the model's
+own score when it has one (core.versions.LoadedModel.predict; the runtime turns a feature norm into its score).
 """
 
 from typing import Any

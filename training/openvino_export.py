@@ -85,7 +85,7 @@ def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, t
     if kept is not None and (set(kept) != {level.name for level in LEVELS} or set(kept.values()) - set(PRECISIONS)):
         raise ValueError(f"kept precisions {kept} do not name one of {PRECISIONS} per level")
     try_bfloat16 = has_bfloat16(cpu_flags()) if bfloat16 is None else bfloat16
-    precisions = (FLOAT32, INT8, BFLOAT16) if try_bfloat16 else (FLOAT32, INT8)
+    precisions = PRECISIONS if try_bfloat16 else (FLOAT32, INT8)
     timing_images = np.resize(images, (max(TIMED_BATCH_SIZES), *images.shape[1:]))
     calibration_images = calibration_sample(train_images)
     figures: dict[str, dict[str, Any]] = {}
