@@ -147,9 +147,15 @@ class Request:
     ood_is_feature_norm: bool  # versions 5-9: a feature norm, which core.ood turns into the score
 
 
+def own_ood_output(outputs: Any) -> str | None:
+    """The name of the model's own "none of these" output among ``outputs`` (ports): ``ood_score``, else a
+    version 5-9 ``feature_norm``; None for a model exported without one."""
+    names = {name for port in outputs for name in port.get_names()}
+    return next((name for name in (OOD_SCORE_NAME, FEATURE_NORM_NAME) if name in names), None)
+
+
 def request_pool(compiled: Any, size: int) -> queue.SimpleQueue:
-    names = {name for port in compiled.outputs for name in port.get_names()}
-    own = next((name for name in (OOD_SCORE_NAME, FEATURE_NORM_NAME) if name in names), None)
+    own = own_ood_output(compiled.outputs)
     pool: queue.SimpleQueue = queue.SimpleQueue()
     for _ in range(size):
         pool.put(Request(compiled.create_infer_request(), compiled.output(OUTPUT_NAME),

@@ -32,15 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from core import ood
 from core.contract import (
     BFLOAT16,
     CHANNELS,
-    FEATURE_NORM_NAME,
     FLOAT32,
     INT8,
     LEVELS,
     NUM_CLASSES,
-    OOD_SCORE_NAME,
     OUTPUT_NAME,
     level_signature,
 )
@@ -53,6 +52,9 @@ from core.openvino_runtime import (
     convert_signature,
     ir_path,
     openvino_core,
+    own_ood_output,
+    request_pool,
+    run_chunk,
 )
 from training import calibration
 
@@ -79,11 +81,10 @@ def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, t
     return metadata.json's ``openvino`` section with the chosen precisions' OOD scores. ``images``, ``labels``: the
     validation split, which judges; ``train_images``: the training split, which calibrates int8. ``bfloat16``:
     whether to try it (None: if this CPU has bfloat16 instructions). ``kept``: level -> the precision another
-    export of the same weights chose (``kept_from`` names it), kept instead of timing here."""
+    export of the same weights chose (``kept_from`` names it), kept instead of timing here; its caller has
+    checked it names one of PRECISIONS per level (training.reexport.source_precisions, before any work)."""
     import openvino
 
-    if kept is not None and (set(kept) != {level.name for level in LEVELS} or set(kept.values()) - set(PRECISIONS)):
-        raise ValueError(f"kept precisions {kept} do not name one of {PRECISIONS} per level")
     try_bfloat16 = has_bfloat16(cpu_flags()) if bfloat16 is None else bfloat16
     precisions = PRECISIONS if try_bfloat16 else (FLOAT32, INT8)
     timing_images = np.resize(images, (max(TIMED_BATCH_SIZES), *images.shape[1:]))
@@ -246,8 +247,7 @@ def ood_only_layers(model: Any) -> list[str]:
     """The operations only the "none of these" output (``ood_score`` or ``feature_norm``) is computed from: the
     pooled statistics, norms, logs and the whitening product. int8 would round them (the fast level's
     layer-statistics score kept 100% of validation images "in" when they were quantized)."""
-    names = {name for port in model.outputs for name in port.get_names()}
-    own = next((name for name in (OOD_SCORE_NAME, FEATURE_NORM_NAME) if name in names), None)
+    own = own_ood_output(model.outputs)
     return sorted(ancestors(model, own) - ancestors(model, OUTPUT_NAME)) if own else []
 
 
@@ -273,19 +273,12 @@ def float32_layers(model: Any) -> list[str]:
 
 def predict(compiled: Any, images: np.ndarray, batch_size: int = EVALUATION_BATCH_SIZE,
             ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(probabilities, the "none of these" score or None where the IR has no ``ood_score`` output)."""
-    request = compiled.create_infer_request()
-    output = compiled.output(OUTPUT_NAME)
-    names = {name for port in compiled.outputs for name in port.get_names()}
-    score = compiled.output(OOD_SCORE_NAME) if OOD_SCORE_NAME in names else None
-    probabilities, scores = [], []
-    for start in range(0, len(images), batch_size):
-        answer = request.infer([images[start:start + batch_size]])
-        probabilities.append(np.asarray(answer[output]))
-        if score is not None:
-            scores.append(np.asarray(answer[score]))
-    return (np.concatenate(probabilities).astype("float64"),
-            np.concatenate(scores).astype("float64").reshape(-1) if score is not None else None)
+    """(probabilities, the "none of these" score or None where the IR has no output of its own), read through
+    the service's own path (core.openvino_runtime.run_chunk)."""
+    request = request_pool(compiled, 1).get()
+    rows = np.concatenate([run_chunk(request, images[start:start + batch_size])
+                           for start in range(0, len(images), batch_size)]).astype("float64")
+    return rows[:, :NUM_CLASSES], (ood.ood_scores(rows) if ood.served_score(rows) == ood.MODEL_OWN else None)
 
 
 def images_per_second(compiled: Any, batch: np.ndarray, seconds: float) -> float:
