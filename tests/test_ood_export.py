@@ -26,6 +26,14 @@ def test_airbench_is_read_at_its_last_four_feature_maps_and_its_logits_features(
     assert features.shape[-1] == maps[-1].shape[-1] and logits.shape[-1] == 10
 
 
+def test_each_map_gives_the_log_norms_of_its_max_and_mean_pooled_channels() -> None:
+    # Two channels over a 2x2 map: maxima (4, 3), means (2.5, 1.5).
+    activation = np.array([[[1, 0], [2, 1]], [[3, 2], [4, 3]]], dtype="float32")[np.newaxis]
+    statistics = ood_export.layer_statistics([tf.constant(activation), tf.constant(2 * activation)]).numpy()
+    expected = np.log([5.0, np.hypot(2.5, 1.5), 10.0, 2 * np.hypot(2.5, 1.5)])
+    np.testing.assert_allclose(statistics[0], expected, rtol=1e-5)
+
+
 def test_the_fitted_score_standardises_the_images_it_was_fitted_on() -> None:
     keras.config.set_dtype_policy("float32")
     model = RECIPES["tutorial-rgb"].build()

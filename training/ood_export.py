@@ -5,7 +5,7 @@ validation split for metadata.json's ``ood``.
 The score (core.ood.LAYER_STATISTICS) adds two terms, each standardised on the training images it was fitted on:
 
 - how unusual the image's activation statistics are: for each of the DEEPEST_MAPS last feature maps, the log of
-  the L2 norm of its max-, mean- and RMS-pooled channels; their Mahalanobis distance (log) from the training
+  the L2 norm of its channels pooled each of the POOLINGS ways; their Mahalanobis distance (log) from the training
   images' mean under their covariance. Images of something else excite the deep layers too little (flat colours,
   digits) or in the wrong proportions (noise, text).
 - how short the image's penultimate features are (``-log`` of their norm, the older exports' score).
@@ -13,6 +13,7 @@ The score (core.ood.LAYER_STATISTICS) adds two terms, each standardised on the t
 ``sigmoid`` of the sum, so the score lies in (0, 1) like the others. bench/ood.py measures it (docs/ood.md).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,13 @@ EVALUATION_BATCH_SIZE = 500
 # The feature maps the statistics read: conv groups 2 and 3 of airbench (its last four). The first group's
 # statistics also flagged brightened or sharpened validation images (docs/ood.md), so they are left out.
 DEEPEST_MAPS = 4
+# How each map's channels are pooled over space before their norm is taken. Version 10 (the last export before
+# 7 December 2026) also read RMS pooling: four more reductions, for no better separation of any set
+# (docs/ood.md, "Fewer reductions").
+POOLINGS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "max": lambda activation: tf.reduce_max(activation, axis=[1, 2]),
+    "mean": lambda activation: tf.reduce_mean(activation, axis=[1, 2]),
+}
 # Training images the statistics' mean and covariance are fitted on (fewer when training has fewer), drawn
 # at random with this seed: a training split read from class folders is in class order.
 FIT_IMAGES = 5000
@@ -50,13 +58,13 @@ def ood_heads(model: keras.Model) -> keras.Model | None:
 
 
 def layer_statistics(maps: list[tf.Tensor]) -> tf.Tensor:
-    """float32 ``[None, 3 * len(maps)]``: per map, the log L2 norm of its max-, mean- and RMS-pooled channels."""
+    """float32 ``[None, len(POOLINGS) * len(maps)]``: per map, the log L2 norm of its channels pooled each of
+    the POOLINGS ways."""
     columns = []
     for activation in maps:
         activation = tf.cast(activation, tf.float32)
-        for pooled in (tf.reduce_max(activation, axis=[1, 2]), tf.reduce_mean(activation, axis=[1, 2]),
-                       tf.sqrt(tf.reduce_mean(tf.square(activation), axis=[1, 2]))):
-            columns.append(tf.math.log(tf.norm(pooled, axis=-1) + EPSILON))
+        for pool in POOLINGS.values():
+            columns.append(tf.math.log(tf.norm(pool(activation), axis=-1) + EPSILON))
     return tf.stack(columns, axis=-1)
 
 
@@ -89,7 +97,8 @@ class LayerStatisticsScore:
         return tf.sigmoid(distance + shortness)
 
     def metadata(self) -> dict[str, Any]:
-        return {"feature_maps": self.mean.size // 3, "fitted_on_training_images": self.images}
+        return {"feature_maps": self.mean.size // len(POOLINGS), "poolings": list(POOLINGS),
+                "fitted_on_training_images": self.images}
 
 
 def fit_layer_statistics(model: keras.Model, train_images: np.ndarray, count: int = FIT_IMAGES,
