@@ -202,7 +202,9 @@ def run_chunk(request: Request, images: np.ndarray) -> np.ndarray:
     padded = padded_size(count)
     if padded > count:
         images = np.concatenate([images, np.zeros((padded - count, *images.shape[1:]), dtype=np.uint8)])
-    # share_inputs: the chunk is read in place; outputs are copied, so the request can be reused.
+    # share_inputs: the chunk is read in place; outputs are copied, so the request can be reused. Every call on a
+    # compiled model must share: after a shared call, OpenVINO 2026.4's CPU plugin copies a later unshared call's
+    # input into the array the shared call read (the export's timing overwrote validation images so).
     results = request.infer_request.infer([images], share_inputs=True)
     probabilities = np.asarray(results[request.output][:count], dtype=np.float32)
     if request.ood_output is None:

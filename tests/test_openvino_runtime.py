@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from core.contract import (
     FEATURE_NORM_NAME,
+    FLOAT32,
     INPUT_NAME,
     LEVEL_NAMES,
     METADATA_FILE,
@@ -26,7 +27,15 @@ from core.contract import (
 )
 from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import FLOAT32_LEVELS
-from core.openvino_runtime import IR_DIR, MAX_VIEWS_PER_CALL, chunk_size, ir_path, openvino_core, padded_size
+from core.openvino_runtime import (
+    IR_DIR,
+    MAX_VIEWS_PER_CALL,
+    chunk_size,
+    compile_config,
+    ir_path,
+    openvino_core,
+    padded_size,
+)
 from core.runtime import RuntimeOptions
 from core.versions import ModelLoadError, check_answers, load_model
 from tests.model_versions import write_model
@@ -37,7 +46,9 @@ from training.openvino_export import (
     choose_precision,
     fit_temperature_factor,
     float32_layers,
+    images_per_second,
     ood_only_layers,
+    predict,
     quantize,
     with_temperature_factor,
 )
@@ -165,6 +176,21 @@ def test_an_int8_level_gets_its_own_temperature(trained_model_dir: Path, tmp_pat
     fitted = fit_temperature_factor(read(), images, labels, threads=1)
     sharpened = fit_temperature_factor(with_temperature_factor(read(), 0.5), images, labels, threads=1)
     assert 0.05 < fitted < 20 and sharpened == pytest.approx(2 * fitted, rel=1e-3)
+
+
+def test_measuring_a_level_leaves_the_images_it_was_measured_on_as_they_were(trained_model_dir: Path) -> None:
+    """The export judges each precision on the validation images, then times it on other images: the timing
+    must not write into the validation images (OpenVINO did, into the last chunk a shared call had read, when
+    the timing's calls did not share their inputs too), or every later precision is judged on damaged ones."""
+    version = version_dirs(trained_model_dir)[-1][1]
+    images = parity_images()[:44]  # one chunk of 44, a multiple of four: read in place, not padded into a copy
+    unchanged = images.copy()
+    compiled = openvino_core().compile_model(openvino_core().read_model(str(ir_path(version, "fast"))), "CPU",
+                                             compile_config(FLOAT32, 1))
+    probabilities, _ = predict(compiled, images, batch_size=44)
+    assert images_per_second(compiled, np.ascontiguousarray(images[::-1]), seconds=0.05) > 0
+    np.testing.assert_array_equal(images, unchanged)
+    np.testing.assert_array_equal(predict(compiled, images, batch_size=44)[0], probabilities)
 
 
 def test_a_model_without_levels_serves_its_serving_default(tmp_path: Path) -> None:
