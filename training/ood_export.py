@@ -53,13 +53,14 @@ def ood_heads(model: keras.Model) -> keras.Model | None:
     return keras.Model(model.inputs, [*maps[-DEEPEST_MAPS:], dense.input, model.output])
 
 
-def layer_statistics(maps: list[tf.Tensor]) -> tf.Tensor:
-    """float32 ``[None, len(POOLINGS) * len(maps)]``: per map, the log L2 norm of its channels pooled each of
-    the POOLINGS ways."""
+def layer_statistics(maps: list[tf.Tensor],
+                     poolings: dict[str, Callable[[tf.Tensor], tf.Tensor]] = POOLINGS) -> tf.Tensor:
+    """float32 ``[None, len(poolings) * len(maps)]``: per map, the log L2 norm of its channels pooled each of
+    the ``poolings`` ways (reductions taking ``axis``)."""
     columns = []
     for activation in maps:
         activation = tf.cast(activation, tf.float32)
-        for pool in POOLINGS.values():
+        for pool in poolings.values():
             columns.append(tf.math.log(tf.norm(pool(activation, axis=[1, 2]), axis=-1) + EPSILON))
     return tf.stack(columns, axis=-1)
 
@@ -88,9 +89,12 @@ class LayerStatisticsScore:
 
     def __call__(self, maps: list[tf.Tensor], features: tf.Tensor) -> tf.Tensor:
         """float32 ``[None]`` in (0, 1): higher for images less like the fitting images."""
-        distance = (self.log_distance(layer_statistics(maps)) - self.distance[0]) / self.distance[1]
-        shortness = (feature_shortness(features) - self.shortness[0]) / self.shortness[1]
-        return tf.sigmoid(distance + shortness)
+        return self.from_statistics(layer_statistics(maps), feature_shortness(features))
+
+    def from_statistics(self, statistics: tf.Tensor, shortness: tf.Tensor) -> tf.Tensor:
+        """The score of images whose layer statistics and feature shortness are computed already."""
+        distance = (self.log_distance(statistics) - self.distance[0]) / self.distance[1]
+        return tf.sigmoid(distance + (shortness - self.shortness[0]) / self.shortness[1])
 
     def metadata(self) -> dict[str, Any]:
         return {"feature_maps": self.mean.size // len(POOLINGS), "poolings": list(POOLINGS),
@@ -104,8 +108,7 @@ def fit_layer_statistics(model: keras.Model, train_images: np.ndarray, count: in
     heads = ood_heads(model)
     if heads is None:
         return None
-    count = min(count, len(train_images))
-    images = train_images[np.sort(np.random.default_rng(FIT_SEED).choice(len(train_images), count, replace=False))]
+    images = fitting_images(train_images, count)
 
     @tf.function
     def compute(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -115,6 +118,17 @@ def fit_layer_statistics(model: keras.Model, train_images: np.ndarray, count: in
     parts = [compute(tf.constant(images[start : start + batch_size])) for start in range(0, len(images), batch_size)]
     statistics = np.concatenate([s.numpy() for s, _ in parts]).astype("float64")
     shortness = np.concatenate([s.numpy() for _, s in parts]).astype("float64")
+    return fit_constants(statistics, shortness)
+
+
+def fitting_images(train_images: np.ndarray, count: int = FIT_IMAGES) -> np.ndarray:
+    """``count`` training images drawn at random with FIT_SEED (all of them when there are fewer)."""
+    count = min(count, len(train_images))
+    return train_images[np.sort(np.random.default_rng(FIT_SEED).choice(len(train_images), count, replace=False))]
+
+
+def fit_constants(statistics: np.ndarray, shortness: np.ndarray) -> LayerStatisticsScore:
+    """The score's constants from the fitting images' layer statistics ``(n, d)`` and feature shortness ``(n,)``."""
     mean = statistics.mean(axis=0)
     values, vectors = np.linalg.eigh(np.cov(statistics, rowvar=False))
     # Directions with (almost) no variance would divide by zero: they are dropped, as a pseudo-inverse does.
@@ -124,7 +138,7 @@ def fit_layer_statistics(model: keras.Model, train_images: np.ndarray, count: in
     log_distance = np.log(np.sum(np.square((statistics - mean) @ whitening), axis=1) + EPSILON)
     return LayerStatisticsScore(mean.astype("float32"), whitening.astype("float32"),
                                 (float(log_distance.mean()), float(log_distance.std() or 1.0)),
-                                (float(shortness.mean()), float(shortness.std() or 1.0)), len(images))
+                                (float(shortness.mean()), float(shortness.std() or 1.0)), len(statistics))
 
 
 def fit_ood(saved_model_dir: Path, images: np.ndarray, level_probabilities: dict[str, np.ndarray],
