@@ -73,10 +73,9 @@ def every_statistic(heads, sets: dict[str, np.ndarray]) -> dict[str, tuple[np.nd
     return results
 
 
-def variant_scores(statistics: dict[str, tuple[np.ndarray, np.ndarray]], chosen: list[int]) -> dict[str, np.ndarray]:
-    """set -> the score refitted on the fitting images' ``chosen`` columns, as ood_export fits the whole score."""
-    fit, shortness = statistics["fit"]
-    score = ood_export.fit_constants(fit[:, chosen], shortness)
+def variant_scores(statistics: dict[str, tuple[np.ndarray, np.ndarray]], chosen: list[int],
+                   score: ood_export.LayerStatisticsScore) -> dict[str, np.ndarray]:
+    """set -> ``score`` (fitted on the ``chosen`` columns) of its images."""
     return {name: score.from_statistics(tf.constant(values[:, chosen], tf.float32),
                                         tf.constant(short, tf.float32)).numpy().astype("float64")
             for name, (values, short) in statistics.items() if name != "fit"}
@@ -100,7 +99,7 @@ def score_graph(score: ood_export.LayerStatisticsScore, map_indices: tuple[int, 
     return graph
 
 
-def subgraph_cost(heads, variants: dict[str, list[int]], statistics: dict, threads: int,
+def subgraph_cost(heads, scores: dict[str, ood_export.LayerStatisticsScore], threads: int,
                   rounds: int = 15, seconds: float = 0.3) -> dict[str, dict[str, float]]:
     """Per variant: operations and microseconds per image (median and best of ``rounds``) of its score alone."""
     import openvino
@@ -112,9 +111,7 @@ def subgraph_cost(heads, variants: dict[str, list[int]], statistics: dict, threa
     inputs = [np.maximum(rng.normal(size=(1, *spec.shape[1:])), 0).astype("float32") for spec in specs]
     requests = {}
     for name, (map_indices, poolings) in VARIANTS.items():
-        fit, shortness = statistics["fit"]
-        score = ood_export.fit_constants(fit[:, variants[name]], shortness)
-        graph = score_graph(score, map_indices, {pooling: POOLINGS[pooling] for pooling in poolings})
+        graph = score_graph(scores[name], map_indices, {pooling: POOLINGS[pooling] for pooling in poolings})
         model = openvino.convert_model(tf.function(graph).get_concrete_function(*specs))
         compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                                                      "INFERENCE_NUM_THREADS": threads})
@@ -151,12 +148,15 @@ def benchmark(model_dir: Path, data: Path, scale: float, val_limit: int | None, 
     by_column = columns(len(heads.outputs) - 2)
     variants = {name: [by_column[(index, pooling)] for index in map_indices for pooling in poolings]
                 for name, (map_indices, poolings) in VARIANTS.items()}
+    fit, shortness = statistics["fit"]
+    # Each variant refitted on its own columns of the fitting images, as ood_export fits the whole score.
+    scores = {name: ood_export.fit_constants(fit[:, chosen], shortness) for name, chosen in variants.items()}
     results = {"model": str(model_dir), "validation_images": len(images), "shift_images": len(shifts["originals"]),
                "threads": threads, "variants": {}}
     for name, chosen in variants.items():
         results["variants"][name] = {"statistics": len(chosen), **separation_of(
-            variant_scores(statistics, chosen), list(ood_sets), list(shifts))}
-    for name, cost in subgraph_cost(heads, variants, statistics, threads).items():
+            variant_scores(statistics, chosen, scores[name]), list(ood_sets), list(shifts))}
+    for name, cost in subgraph_cost(heads, scores, threads).items():
         results["variants"][name]["cost"] = cost
     return results
 

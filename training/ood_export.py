@@ -29,9 +29,10 @@ EVALUATION_BATCH_SIZE = 500
 # The feature maps the statistics read: conv groups 2 and 3 of airbench (its last four). The first group's
 # statistics also flagged brightened or sharpened validation images (docs/ood.md), so they are left out.
 DEEPEST_MAPS = 4
-# How each map's channels are pooled over space before their norm is taken. Version 10's export also pooled by
-# RMS: four more reductions, for no better separation of any set (docs/ood.md, "Fewer reductions").
-POOLINGS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {"max": tf.reduce_max, "mean": tf.reduce_mean}
+# How each map's channels are pooled over space (reductions taking ``axis``) before their norm is taken. Version
+# 10's export also pooled by RMS: four more reductions, for little better separation (docs/ood.md, "Fewer
+# reductions").
+POOLINGS: dict[str, Callable[..., tf.Tensor]] = {"max": tf.reduce_max, "mean": tf.reduce_mean}
 # Training images the statistics' mean and covariance are fitted on (fewer when training has fewer), drawn
 # at random with this seed: a training split read from class folders is in class order.
 FIT_IMAGES = 5000
@@ -54,7 +55,7 @@ def ood_heads(model: keras.Model) -> keras.Model | None:
 
 
 def layer_statistics(maps: list[tf.Tensor],
-                     poolings: dict[str, Callable[[tf.Tensor], tf.Tensor]] = POOLINGS) -> tf.Tensor:
+                     poolings: dict[str, Callable[..., tf.Tensor]] = POOLINGS) -> tf.Tensor:
     """float32 ``[None, len(poolings) * len(maps)]``: per map, the log L2 norm of its channels pooled each of
     the ``poolings`` ways (reductions taking ``axis``)."""
     columns = []
