@@ -124,15 +124,12 @@ def layer_statistics_scores(model, score, sets: dict[str, np.ndarray], batch_siz
     from training import ood_export
 
     heads = ood_export.ood_heads(model)
-
-    @tf.function
-    def compute(batch: tf.Tensor) -> tf.Tensor:
-        *maps, features, _ = heads(tf.cast(batch, tf.float32), training=False)
-        return score(maps, features)
-
-    return {name: np.concatenate([compute(tf.constant(images[start : start + batch_size])).numpy()
-                                  for start in range(0, len(images), batch_size)]).astype("float64")
-            for name, images in sets.items()}
+    scores = {}
+    for name, images in sets.items():
+        statistics, shortness = ood_export.head_statistics(heads, images, batch_size)
+        scores[name] = score.from_statistics(tf.constant(statistics, tf.float32),
+                                             tf.constant(shortness, tf.float32)).numpy().astype("float64")
+    return scores
 
 
 def image_scores(features: np.ndarray, own: np.ndarray) -> dict[str, np.ndarray]:

@@ -59,18 +59,7 @@ def columns(maps: int) -> dict[tuple[int, str], int]:
 
 def every_statistic(heads, sets: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """set -> (every map's statistic under every pooling ``(n, maps * len(POOLINGS))``, feature shortness)."""
-
-    @tf.function
-    def compute(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        *maps, features, _ = heads(tf.cast(batch, tf.float32), training=False)
-        return ood_export.layer_statistics(maps, POOLINGS), ood_export.feature_shortness(features)
-
-    results = {}
-    for name, images in sets.items():
-        parts = [compute(tf.constant(images[start:start + BATCH_SIZE])) for start in range(0, len(images), BATCH_SIZE)]
-        results[name] = (np.concatenate([s.numpy() for s, _ in parts]).astype("float64"),
-                         np.concatenate([f.numpy() for _, f in parts]).astype("float64"))
-    return results
+    return {name: ood_export.head_statistics(heads, images, BATCH_SIZE, POOLINGS) for name, images in sets.items()}
 
 
 def variant_scores(statistics: dict[str, tuple[np.ndarray, np.ndarray]], chosen: list[int],

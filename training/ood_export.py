@@ -109,17 +109,22 @@ def fit_layer_statistics(model: keras.Model, train_images: np.ndarray, count: in
     heads = ood_heads(model)
     if heads is None:
         return None
-    images = fitting_images(train_images, count)
+    return fit_constants(*head_statistics(heads, fitting_images(train_images, count), batch_size))
+
+
+def head_statistics(heads: keras.Model, images: np.ndarray, batch_size: int = EVALUATION_BATCH_SIZE,
+                    poolings: dict[str, Callable[..., tf.Tensor]] = POOLINGS) -> tuple[np.ndarray, np.ndarray]:
+    """float64 layer statistics ``(n, len(poolings) * maps)`` and feature shortness ``(n,)`` of ``images``, read
+    through :func:`ood_heads`' model ``heads`` ``batch_size`` images at a time."""
 
     @tf.function
     def compute(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         *maps, features, _ = heads(tf.cast(batch, tf.float32), training=False)
-        return layer_statistics(maps), feature_shortness(features)
+        return layer_statistics(maps, poolings), feature_shortness(features)
 
     parts = [compute(tf.constant(images[start : start + batch_size])) for start in range(0, len(images), batch_size)]
-    statistics = np.concatenate([s.numpy() for s, _ in parts]).astype("float64")
-    shortness = np.concatenate([s.numpy() for _, s in parts]).astype("float64")
-    return fit_constants(statistics, shortness)
+    return (np.concatenate([s.numpy() for s, _ in parts]).astype("float64"),
+            np.concatenate([s.numpy() for _, s in parts]).astype("float64"))
 
 
 def fitting_images(train_images: np.ndarray, count: int = FIT_IMAGES) -> np.ndarray:
