@@ -123,10 +123,10 @@ def layer_statistics_scores(model, score, sets: dict[str, np.ndarray], batch_siz
 
     from training import ood_export
 
-    heads = ood_export.ood_heads(model)
+    read = ood_export.statistics_reader(ood_export.ood_heads(model), batch_size)
     scores = {}
     for name, images in sets.items():
-        statistics, shortness = ood_export.head_statistics(heads, images, batch_size)
+        statistics, shortness = read(images)
         scores[name] = score.from_statistics(tf.constant(statistics, tf.float32),
                                              tf.constant(shortness, tf.float32)).numpy().astype("float64")
     return scores

@@ -59,7 +59,8 @@ def columns(maps: int) -> dict[tuple[int, str], int]:
 
 def every_statistic(heads, sets: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """set -> (every map's statistic under every pooling ``(n, maps * len(POOLINGS))``, feature shortness)."""
-    return {name: ood_export.head_statistics(heads, images, BATCH_SIZE, POOLINGS) for name, images in sets.items()}
+    read = ood_export.statistics_reader(heads, BATCH_SIZE, POOLINGS)
+    return {name: read(images) for name, images in sets.items()}
 
 
 def variant_scores(statistics: dict[str, tuple[np.ndarray, np.ndarray]], chosen: list[int],

@@ -109,22 +109,28 @@ def fit_layer_statistics(model: keras.Model, train_images: np.ndarray, count: in
     heads = ood_heads(model)
     if heads is None:
         return None
-    return fit_constants(*head_statistics(heads, fitting_images(train_images, count), batch_size))
+    return fit_constants(*statistics_reader(heads, batch_size)(fitting_images(train_images, count)))
 
 
-def head_statistics(heads: keras.Model, images: np.ndarray, batch_size: int = EVALUATION_BATCH_SIZE,
-                    poolings: dict[str, Callable[..., tf.Tensor]] = POOLINGS) -> tuple[np.ndarray, np.ndarray]:
-    """float64 layer statistics ``(n, len(poolings) * maps)`` and feature shortness ``(n,)`` of ``images``, read
-    through :func:`ood_heads`' model ``heads`` ``batch_size`` images at a time."""
+def statistics_reader(heads: keras.Model, batch_size: int = EVALUATION_BATCH_SIZE,
+                      poolings: dict[str, Callable[..., tf.Tensor]] = POOLINGS,
+                      ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A function from images to their float64 layer statistics ``(n, len(poolings) * maps)`` and feature
+    shortness ``(n,)``, read through :func:`ood_heads`' model ``heads`` ``batch_size`` images at a time. One
+    reader serves every image set, so its graph is traced once a batch shape, not again for each set."""
 
     @tf.function
     def compute(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         *maps, features, _ = heads(tf.cast(batch, tf.float32), training=False)
         return layer_statistics(maps, poolings), feature_shortness(features)
 
-    parts = [compute(tf.constant(images[start : start + batch_size])) for start in range(0, len(images), batch_size)]
-    return (np.concatenate([s.numpy() for s, _ in parts]).astype("float64"),
-            np.concatenate([s.numpy() for _, s in parts]).astype("float64"))
+    def read(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [compute(tf.constant(images[start : start + batch_size]))
+                 for start in range(0, len(images), batch_size)]
+        return (np.concatenate([s.numpy() for s, _ in parts]).astype("float64"),
+                np.concatenate([s.numpy() for _, s in parts]).astype("float64"))
+
+    return read
 
 
 def fitting_images(train_images: np.ndarray, count: int = FIT_IMAGES) -> np.ndarray:
