@@ -28,8 +28,9 @@ import tensorflow as tf  # noqa: E402
 from bench.ood import rebuilt_model, separation  # noqa: E402
 from bench.ood_sets import add_size_arguments, make_sets, shifted_sets  # noqa: E402
 from core import ood  # noqa: E402
-from core.contract import METADATA_FILE  # noqa: E402
+from core.contract import FLOAT32, METADATA_FILE  # noqa: E402
 from core.cpus import available_cpus  # noqa: E402
+from core.openvino_runtime import DEVICE, compile_config, openvino_core  # noqa: E402
 from training import ood_export  # noqa: E402
 
 
@@ -94,7 +95,6 @@ def subgraph_cost(heads, scores: dict[str, ood_export.LayerStatisticsScore], thr
     """Per variant: operations and microseconds per image (median and best of ``rounds``) of its score alone."""
     import openvino
 
-    core = openvino.Core()
     *map_outputs, features, _ = heads.outputs
     specs = [tf.TensorSpec([None, *output.shape[1:]], tf.float32) for output in [*map_outputs, features]]
     rng = np.random.default_rng(0)
@@ -103,8 +103,7 @@ def subgraph_cost(heads, scores: dict[str, ood_export.LayerStatisticsScore], thr
     for name, (map_indices, poolings) in VARIANTS.items():
         graph = score_graph(scores[name], map_indices, {pooling: POOLINGS[pooling] for pooling in poolings})
         model = openvino.convert_model(tf.function(graph).get_concrete_function(*specs))
-        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                                                     "INFERENCE_NUM_THREADS": threads})
+        compiled = openvino_core().compile_model(model, DEVICE, compile_config(FLOAT32, threads))
         request = compiled.create_infer_request()
         for _ in range(200):  # first calls allocate
             request.infer(inputs)
