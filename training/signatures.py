@@ -85,9 +85,12 @@ def serving_function(model: keras.Model, tta: str, temperature: float,
         if heads is None or ood_score is None:
             return {OUTPUT_NAME: tf.nn.softmax(tta_logits(model, pixels, tta) / temperature, axis=-1)}
         *maps, features, view_logits = heads(test_views(pixels, tta), training=False)
-        count = tf.shape(images)[0]  # the images themselves come first among the views
+        if tta != ALONE:  # the images themselves come first among the views; alone, they are all of them, and
+            # a slice would still cost OpenVINO a copy of each map in every infer request
+            count = tf.shape(images)[0]
+            maps, features = [m[:count] for m in maps], features[:count]
         return {OUTPUT_NAME: tf.nn.softmax(average_views(view_logits, tta) / temperature, axis=-1),
-                OOD_SCORE_NAME: ood_score([m[:count] for m in maps], features[:count])}
+                OOD_SCORE_NAME: ood_score(maps, features)}
 
     return serve
 
