@@ -68,8 +68,11 @@ def measure(models: list[Path], batch_sizes: list[int], rounds: int) -> list[dic
     for round_index in range(rounds):
         for model in models:
             command = [sys.executable, __file__, "--child", str(model), "--batch", *map(str, batch_sizes)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results.append({"round": round_index + 1, **json.loads(output.splitlines()[-1])})
+            child = subprocess.run(command, capture_output=True, text=True)
+            if child.returncode != 0:  # e.g. a folder that fails the export contract: its loader says why
+                last_line = (child.stderr.strip().splitlines() or ["no message"])[-1]
+                sys.exit(f"measuring {model} failed (exit {child.returncode}): {last_line}")
+            results.append({"round": round_index + 1, **json.loads(child.stdout.splitlines()[-1])})
     return results
 
 
