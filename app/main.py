@@ -33,8 +33,7 @@ from app.settings import Settings, get_settings
 from app.shutdown import hold_sigterm
 from app.tfserving_routes import router as tfserving_router
 from app.uploads import upload_schemas
-from core.level_table import LevelSettings, LevelTable
-from core.runtime import RuntimeOptions
+from core.level_table import LevelTable
 from core.versions import ModelLoadError
 
 logger = logging.getLogger("app")
@@ -53,10 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api_keys.load()  # a bad key file stops the start before the slow model load
-        level_settings = LevelSettings(settings.default_level, settings.bfloat16, settings.int8)
-        options = RuntimeOptions(threads=settings.inference_threads, concurrency=settings.batch_concurrency)
         served, watcher = start_serving(settings.model_dir, settings.model_version, settings.model_poll_seconds,
-                                        warm_up_sizes(settings), metrics, options, level_settings)
+                                        warm_up_sizes(settings), metrics, settings.runtime_options(),
+                                        settings.level_settings())
         first = served.current
         logger.info("serving model %s version %s (%s) from %s", first.name, first.version,
                     _accuracy_in_words(first.metadata), first.path)

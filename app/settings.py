@@ -8,7 +8,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.contract import LevelName
 from core.cpus import available_cpus
+from core.level_table import LevelSettings
 from core.preprocessing import DEFAULT_MAX_PIXELS
+from core.runtime import RuntimeOptions
 
 
 def cpus_per_worker(workers: int) -> int:
@@ -136,6 +138,14 @@ class Settings(BaseSettings):
             raise ValueError("METRICS_PORT needs WORKERS=1: each worker process keeps its own counters. Run more "
                              "replicas instead of more workers, or unset METRICS_PORT")
         return self
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How a loaded model may use the machine: INFERENCE_THREADS, BATCH_CONCURRENCY."""
+        return RuntimeOptions(threads=self.inference_threads, concurrency=self.batch_concurrency)
+
+    def level_settings(self) -> LevelSettings:
+        """Which level answers requests that name none, and whether bfloat16 and int8 may serve."""
+        return LevelSettings(self.default_level, self.bfloat16, self.int8)
 
 
 @lru_cache

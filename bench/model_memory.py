@@ -39,15 +39,12 @@ def measure_one(version_dir: Path, batch_sizes: list[int]) -> dict[str, Any]:
     import numpy as np
 
     from app.settings import Settings
-    from core.level_table import LevelSettings
-    from core.runtime import RuntimeOptions
     from core.versions import load_version
 
     settings = Settings()
-    options = RuntimeOptions(threads=settings.inference_threads, concurrency=settings.batch_concurrency)
-    level_settings = LevelSettings(settings.default_level, settings.bfloat16, settings.int8)
+    options = settings.runtime_options()
     before = resident_mib()
-    model = load_version(version_dir, int(version_dir.name), options, level_settings)
+    model = load_version(version_dir, int(version_dir.name), options, settings.level_settings())
     steps = {"loaded": round(resident_mib() - before, 1)}
     rng = np.random.default_rng(0)
     with ThreadPoolExecutor(options.concurrency) as pool:
