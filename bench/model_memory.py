@@ -22,6 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from core.contract import version_dirs  # noqa: E402
 
 BATCH_SIZES = (1, 8, 64)  # one upload; a few connections' worth; MAX_BATCH_SIZE's default
 
@@ -98,8 +99,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is None and not args.model:
-        shipped = [path for path in (ROOT / "models" / "cifar10").iterdir() if path.name.isdigit()]
-        args.model = [Path(os.path.relpath(path)) for path in sorted(shipped, key=lambda path: int(path.name))[-2:]]
+        args.model = [Path(os.path.relpath(path)) for _, path in version_dirs(ROOT / "models" / "cifar10")[-2:]]
     if any(size < 1 for size in args.batch) or args.rounds < 1:
         parser.error("--batch sizes and --rounds must be at least 1")
     return args
