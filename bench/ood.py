@@ -119,17 +119,11 @@ def layer_statistics_scores(model, score, sets: dict[str, np.ndarray], batch_siz
     fitted on training images by training.ood_export.fit_layer_statistics as today's export fits them, so any
     model can be measured with it (tests/test_training_export checks that the export's ``ood_score`` output is
     this score)."""
-    import tensorflow as tf
 
     from training import ood_export
 
     read = ood_export.statistics_reader(ood_export.ood_heads(model), batch_size)
-    scores = {}
-    for name, images in sets.items():
-        statistics, shortness = read(images)
-        scores[name] = score.from_statistics(tf.constant(statistics, tf.float32),
-                                             tf.constant(shortness, tf.float32)).numpy().astype("float64")
-    return scores
+    return {name: score.score_arrays(*read(images)) for name, images in sets.items()}
 
 
 def image_scores(features: np.ndarray, own: np.ndarray) -> dict[str, np.ndarray]:

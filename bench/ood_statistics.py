@@ -67,9 +67,8 @@ def every_statistic(heads, sets: dict[str, np.ndarray]) -> dict[str, tuple[np.nd
 def variant_scores(statistics: dict[str, tuple[np.ndarray, np.ndarray]], chosen: list[int],
                    score: ood_export.LayerStatisticsScore) -> dict[str, np.ndarray]:
     """set -> ``score`` (fitted on the ``chosen`` columns) of its images."""
-    return {name: score.from_statistics(tf.constant(values[:, chosen], tf.float32),
-                                        tf.constant(short, tf.float32)).numpy().astype("float64")
-            for name, (values, short) in statistics.items() if name != "fit"}
+    return {name: score.score_arrays(values[:, chosen], short) for name, (values, short) in statistics.items()
+            if name != "fit"}
 
 
 def separation_of(scores: dict[str, np.ndarray], ood_names: list[str], shift_names: list[str]) -> dict:

@@ -53,6 +53,9 @@ def test_the_fitted_score_standardises_the_images_it_was_fitted_on() -> None:
     scores = score(maps, features).numpy().astype("float64")
     assert np.all((scores > 0) & (scores < 1))
     assert abs(np.mean(np.log(scores / (1 - scores)))) < 1e-3
+    # The benches' way, statistics read in batches then scored as arrays, gives the graph's scores.
+    read = ood_export.statistics_reader(ood_export.ood_heads(model), batch_size=50)
+    np.testing.assert_allclose(score.score_arrays(*read(images)), scores, rtol=1e-5)
 
 
 def test_images_unlike_the_fitting_ones_score_higher() -> None:

@@ -97,6 +97,12 @@ class LayerStatisticsScore:
         distance = (self.log_distance(statistics) - self.distance[0]) / self.distance[1]
         return tf.sigmoid(distance + (shortness - self.shortness[0]) / self.shortness[1])
 
+    def score_arrays(self, statistics: np.ndarray, shortness: np.ndarray) -> np.ndarray:
+        """float64 scores of images whose statistics a :func:`statistics_reader` read, as the graph computes them
+        (in float32)."""
+        return self.from_statistics(tf.constant(statistics, tf.float32),
+                                    tf.constant(shortness, tf.float32)).numpy().astype("float64")
+
     def metadata(self) -> dict[str, Any]:
         return {"feature_maps": self.mean.size // len(POOLINGS), "poolings": list(POOLINGS),
                 "fitted_on_training_images": self.images}
