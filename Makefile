@@ -14,6 +14,7 @@ DATA ?= ../shared/data/cifar10-train-jpeg.tar.gz
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) scripts/check_python.py $(PYTHON) --venv $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
@@ -23,6 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 install-serve: $(SERVE_STAMP)
 
 $(SERVE_STAMP): requirements-serve.lock pyproject.toml
+	$(PYTHON) scripts/check_python.py $(PYTHON) --venv $(SERVE_VENV)
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(SERVE_VENV)/bin/python -m pip install --quiet -r requirements-serve.lock
