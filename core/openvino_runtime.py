@@ -26,6 +26,7 @@ it alone.
 
 import logging
 import queue
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import cache
@@ -53,6 +54,13 @@ from core.contract import (
 from core.level_table import LevelTable
 from core.runtime import RuntimeOptions
 from core.saved_model_proto import with_signature_as_default
+
+# OpenVINO's model converter and NNCF send usage events to Google Analytics unless the user has run
+# `opt_in_out --opt_out` (docs.openvino.ai, "OpenVINO Telemetry"), and write a client id to ~/intel/ on the first
+# conversion; each falls back to sending nothing where the openvino_telemetry package cannot be imported. Neither
+# training nor the service should reach the internet or write outside its own folders, so that import fails here:
+# both reach OpenVINO through this module (training.openvino_export imports it before it imports NNCF).
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[assignment]
 
 logger = logging.getLogger("core.openvino_runtime")
 IR_DIR = "openvino"  # in a version folder: <level>.xml and <level>.bin, <level>.int8.xml and .bin

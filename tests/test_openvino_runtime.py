@@ -301,3 +301,32 @@ def test_serving_imports_no_tensorflow(trained_model_dir: Path, shapes_dataset: 
 def test_check_answers_runs_every_level_of_the_loaded_model(trained_model_dir: Path) -> None:
     model = load_model(trained_model_dir, options=RuntimeOptions(threads=1, concurrency=1))
     check_answers(model, [1, 3])
+
+
+TELEMETRY = """
+import sys
+if sys.argv[1]:
+    __import__(sys.argv[1])
+import openvino.tools.ovc.convert_impl as converter
+from nncf.telemetry import wrapper
+print(converter.tm.__name__, type(wrapper.telemetry).__name__)
+"""
+
+
+def telemetry_after(module: str) -> str:
+    """Which telemetry OpenVINO's converter and NNCF load in a fresh process that first imports ``module``."""
+    result = subprocess.run([sys.executable, "-c", TELEMETRY, module], cwd=REPO, capture_output=True, text=True,
+                            timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split("\n")[-2]
+
+
+@pytest.mark.parametrize("first", ["core.openvino_runtime", "app.main", "training.openvino_export"])
+def test_openvino_and_nncf_send_no_telemetry_once_the_project_is_imported(first: str) -> None:
+    # Their own no-op stand-ins (NNCF's is a MagicMock), as where openvino_telemetry is not installed.
+    assert telemetry_after(first) == "openvino.tools.ovc.telemetry_stub MagicMock"
+
+
+def test_on_their_own_openvino_and_nncf_load_their_telemetry() -> None:
+    # What the project turns off: installed with OpenVINO, it sends unless the user has opted out.
+    assert telemetry_after("") == "openvino_telemetry NNCFTelemetry"
