@@ -50,7 +50,7 @@ $(NGINX):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
 
 test: $(STAMP) $(CHROMIUM) $(NGINX)  ## lint and run the test suite
-	$(BIN)/ruff check app core training tests bench client
+	$(BIN)/ruff check app core training tests bench client scripts
 	$(BIN)/python -m pytest
 
 # The run folder of `make train`: named here so the promotion that follows can find it.
