@@ -1,6 +1,7 @@
 """scripts/check_python.py: the Makefile's first step, which refuses a Python the project cannot install on and
 removes an environment left by another one."""
 
+import os
 import subprocess
 import sys
 import venv
@@ -72,7 +73,9 @@ def test_an_environment_of_this_python_is_kept_and_one_whose_python_no_longer_ru
 
 @pytest.mark.parametrize(("target", "environment"), [("install", ".venv"), ("install-serve", ".venv-serve")])
 def test_make_checks_the_python_before_it_makes_an_environment(target: str, environment: str) -> None:
-    planned = subprocess.run(["make", "-n", "-B", target, "PYTHON=python3"], cwd=REPO, capture_output=True,
-                             text=True, timeout=60, check=True).stdout.splitlines()
+    # Run by `make test`, make would print "Entering directory" lines and inherit the outer make's flags.
+    env = {key: value for key, value in os.environ.items() if key not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    planned = subprocess.run(["make", "--no-print-directory", "-n", "-B", target, "PYTHON=python3"], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
     assert planned[:2] == [f"python3 scripts/check_python.py python3 --venv {environment}",
                            f"python3 -m venv {environment}"]
