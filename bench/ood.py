@@ -119,7 +119,6 @@ def layer_statistics_scores(model, score, sets: dict[str, np.ndarray], batch_siz
     fitted on training images by training.ood_export.fit_layer_statistics as today's export fits them, so any
     model can be measured with it (tests/test_training_export checks that the export's ``ood_score`` output is
     this score)."""
-
     from training import ood_export
 
     read = ood_export.statistics_reader(ood_export.ood_heads(model), batch_size)
