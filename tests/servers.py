@@ -35,8 +35,11 @@ def free_port() -> int:
 
 def server_env(model_dir: Path, port: int, **overrides: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "CORS_ORIGINS"}
+    # SHUTDOWN_GRACE_S 0: each server's stop would otherwise wait out the 5 s grace; tests/test_shutdown.py
+    # sets its own grace to test it.
     env.update(MODEL_DIR=str(model_dir), HOST="127.0.0.1", PORT=str(port), INFERENCE_THREADS="1",
-               DECODE_THREADS="2", LOG_LEVEL="warning", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+               DECODE_THREADS="2", LOG_LEVEL="warning", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
+               SHUTDOWN_GRACE_S="0")
     env.update(overrides)
     return env
 
