@@ -296,27 +296,10 @@ def test_bias_scaled_sgd_moves_batchnorm_shifts_that_many_times_further() -> Non
         assert ratio == pytest.approx(64.0 if name.startswith("beta") else 1.0, rel=1e-3), name
 
 
-def test_reexport_publishes_the_same_weights_through_the_export_path(trained_model_dir: Path, shapes_dataset: Path,
-                                                                      tmp_path: Path) -> None:
-    models = tmp_path / "shapes"
-    shutil.copytree(version_dirs(trained_model_dir)[-1][1], models / "1")
-    assert main(["reexport", str(models / "1"), "--data", str(shapes_dataset), "--threads", "2",
-                 "--timing-seconds", "0.02", "--cache-dir", str(tmp_path / "cache")]) == 0
-    before = json.loads((models / "1" / METADATA_FILE).read_text())
-    after = json.loads((models / "2" / METADATA_FILE).read_text())
-    assert after["reexported_from"]["version"] == "1"
-    assert after["reexported_from"]["max_probability_difference"] <= 1e-4
-    for key in ("class_names", "architecture", "seed", "history", "data", "val_accuracy", "test_accuracy", "tta",
-                "default_level", "input_contract"):
-        assert after[key] == before[key], key
-    for name, figures in after["levels"].items():
-        assert figures["val_accuracy"] == before["levels"][name]["val_accuracy"], name
-        assert figures["temperature"] == pytest.approx(before["levels"][name]["temperature"], rel=1e-3), name
-    assert (models / "2" / "report" / "per_class.md").is_file()
-
-
-def test_reexport_can_make_another_level_the_default(trained_model_dir: Path, shapes_dataset: Path,
-                                                     tmp_path: Path) -> None:
+def test_reexport_publishes_the_same_weights_through_the_export_path_at_another_default(
+        trained_model_dir: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    # One re-export checks both (each costs a whole export): the weights come through unchanged, and
+    # --default-level serves another level of them by default.
     models = tmp_path / "shapes"
     shutil.copytree(version_dirs(trained_model_dir)[-1][1], models / "1")
     before = json.loads((models / "1" / METADATA_FILE).read_text())
@@ -326,6 +309,15 @@ def test_reexport_can_make_another_level_the_default(trained_model_dir: Path, sh
                  "--timing-seconds", "0.02", "--cache-dir", str(tmp_path / "cache"),
                  "--default-level", "accurate", "--force"]) == 0
     after = json.loads((models / "2" / METADATA_FILE).read_text())
+    assert after["reexported_from"]["version"] == "1"
+    # The source's accurate signature against the re-export's default: the same weights answer the same.
+    assert after["reexported_from"]["max_probability_difference"] <= 1e-4
+    for key in ("class_names", "architecture", "seed", "history", "data", "input_contract"):
+        assert after[key] == before[key], key
+    for name, figures in after["levels"].items():
+        assert figures["val_accuracy"] == before["levels"][name]["val_accuracy"], name
+        assert figures["temperature"] == pytest.approx(before["levels"][name]["temperature"], rel=1e-3), name
+    assert (models / "2" / "report" / "per_class.md").is_file()
     assert after["default_level"] == "accurate"
     assert after["tta"] == level_named("accurate").tta
     assert after["val_accuracy"] == before["levels"]["accurate"]["val_accuracy"]
