@@ -218,26 +218,40 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", train_per_class=10)
     common = ["train", "--data", str(data), "--recipe", "tutorial-rgb", "--out", str(tmp_path / "models" / "shapes"),
               "--run-dir", str(tmp_path / "run"), "--no-cache", "--threads", "2", "--quiet", "--timing-seconds", "0.05"]
-    first = run_cli(*common, "--epochs", "1")
-    assert first.returncode == 0, first.stderr[-2000:]
+    # The first run stops as a crash would stop it: killed once epoch 1's checkpoint and history row are written
+    # (the checkpoint comes before the epoch's line, the row right after it), two epochs before its export.
+    history, log = tmp_path / "run" / "history.csv", tmp_path / "interrupted.log"
+    with log.open("w") as stderr:
+        interrupted = subprocess.Popen([sys.executable, "-m", "training", *common, "--epochs", "3"], text=True,
+                                       stdout=subprocess.PIPE, stderr=stderr,
+                                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert any(line.startswith("epoch 1:") for line in interrupted.stdout), log.read_text()[-2000:]
+        deadline = time.monotonic() + 60
+        while len(history.read_text().splitlines()) < 2:  # the header and epoch 1
+            assert time.monotonic() < deadline, "epoch 1's history row was never written"
+            time.sleep(0.05)
+    finally:
+        interrupted.kill()
+        interrupted.wait()
+    assert not (tmp_path / "models").exists()
     # Resuming with another recipe change would train a mix of two runs: refused, naming each difference.
-    mixed = run_cli(*common, "--epochs", "2", "--resume", "--flip", "alternating", "--seed", "5")
+    mixed = run_cli(*common, "--epochs", "3", "--resume", "--flip", "alternating", "--seed", "5")
     assert mixed.returncode == 1 and "Traceback" not in mixed.stderr, mixed.stderr[-2000:]
     assert (f"error: {tmp_path / 'run' / 'options.json'}: the interrupted run trained with --seed 0 (this command: "
             "5); --flip not given (this command: alternating). Resume it with its own options") in mixed.stderr
-    assert "epoch " not in mixed.stdout
-    assert [version for version, _ in version_dirs(tmp_path / "models" / "shapes")] == [1]
-    resumed = run_cli(*common, "--epochs", "2", "--resume")
+    assert "epoch " not in mixed.stdout and not (tmp_path / "models").exists()
+    resumed = run_cli(*common, "--epochs", "3", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    # One new epoch ran (epoch 2), not two: the first came from the checkpoint.
-    assert "epoch 2:" in resumed.stdout and "epoch 1:" not in resumed.stdout
-    metadata = json.loads((tmp_path / "models" / "shapes" / "2" / METADATA_FILE).read_text())
-    assert metadata["epochs_completed"] == 2 and len(metadata["seconds_per_epoch"]) == 2
+    # Epochs 2 and 3 ran, not 1: it came from the checkpoint.
+    assert "epoch 2:" in resumed.stdout and "epoch 3:" in resumed.stdout and "epoch 1:" not in resumed.stdout
+    metadata = json.loads((tmp_path / "models" / "shapes" / "1" / METADATA_FILE).read_text())
+    assert metadata["epochs_completed"] == 3 and len(metadata["seconds_per_epoch"]) == 3
     # Resuming a finished run trains nothing and exports the same weights again (e.g. after a failed export).
-    again = run_cli(*common, "--epochs", "2", "--resume")
+    again = run_cli(*common, "--epochs", "3", "--resume")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "epoch " not in again.stdout
-    reexported = json.loads((tmp_path / "models" / "shapes" / "3" / METADATA_FILE).read_text())
+    reexported = json.loads((tmp_path / "models" / "shapes" / "2" / METADATA_FILE).read_text())
     assert reexported["val_accuracy"] == metadata["val_accuracy"]
     assert reexported["history"] == metadata["history"]
 
