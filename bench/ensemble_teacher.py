@@ -2,7 +2,7 @@
 
 A distilled student rarely beats its teacher at the teacher's own level (docs/training.md), so a
 stronger teacher comes first. This measures the candidates on the training command's validation
-split (the same --seed), before any student is trained from them:
+split (the same --split-seed, else --seed), before any student is trained from them:
 
     .venv/bin/python bench/ensemble_teacher.py --data ../shared/data/cifar10-train-jpeg.tar.gz \\
         --teacher models/cifar10/4 --teacher runs/distill-from-4/model
@@ -42,7 +42,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the ImageFolder directory or archive trained on")
     parser.add_argument("--teacher", type=Path, action="append", required=True,
                         help="a model version folder; give it once per member of the ensemble")
-    parser.add_argument("--seed", type=int, default=0, help="the training command's --seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the validation split's seed: the training command's --split-seed, else its --seed "
+                        "(default 0)")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow's threads (default 2)")
     parser.add_argument("--val-limit", type=int, default=None,
                         help="the first N validation images only (a quick check)")

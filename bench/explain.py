@@ -33,11 +33,11 @@ from core.contract import CLASS_NAMES, METADATA_FILE, NUM_CLASSES  # noqa: E402
 
 
 def validation_images(model_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
-    from training.data import default_cache_dir, load_image_folder, stratified_split
+    from training.data import default_cache_dir, load_image_folder, model_split
 
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
     dataset = load_image_folder(data, default_cache_dir())
-    _, val = stratified_split(dataset.train, int(metadata["val_images"]), int(metadata["seed"]))
+    _, val = model_split(dataset.train, metadata)
     return val.images, val.labels
 
 

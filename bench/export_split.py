@@ -23,7 +23,9 @@ DEFAULT_OUT = Path("/tmp/cifar10-split.npz")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder directory or archive")
-    parser.add_argument("--seed", type=int, default=0, help="the training command's --seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the validation split's seed: the training command's --split-seed, else its --seed "
+                        "(default 0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output .npz (default {DEFAULT_OUT})")
     parser.add_argument("--indices", type=Path, help="write only the validation images' positions and labels here")
     args = parser.parse_args()

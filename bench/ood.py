@@ -205,11 +205,11 @@ def shift_flags(model, score, validation: dict[str, np.ndarray], images: np.ndar
 
 def benchmark(model_dir: Path, data: Path, levels: list[str], scale: float, val_limit: int | None,
               fit_images: int, shift_images: int, cache_dir: Path | None) -> dict:
-    from training.data import load_image_folder, stratified_split
+    from training.data import load_image_folder, model_split
 
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
     dataset = load_image_folder(data, cache_dir)
-    train, val = stratified_split(dataset.train, int(metadata["val_images"]), int(metadata["seed"]))
+    train, val = model_split(dataset.train, metadata)
     images, labels = val.images[:val_limit], val.labels[:val_limit]
     sets = {"validation": images, **make_sets(scale)}
     model, saved = rebuilt_model(model_dir, metadata)

@@ -72,11 +72,11 @@ def measure_level(model: LoadedModel, level: str, sets: dict[str, np.ndarray], l
 
 def benchmark(version_dir: Path, data: Path, levels: list[str], scale: float, val_limit: int | None,
               shift_images: int, threads: int, cache_dir: Path | None) -> dict:
-    from training.data import load_image_folder, stratified_split
+    from training.data import load_image_folder, model_split
 
     metadata = json.loads((version_dir / "metadata.json").read_text())
     dataset = load_image_folder(data, cache_dir)
-    _, val = stratified_split(dataset.train, int(metadata["val_images"]), int(metadata["seed"]))
+    _, val = model_split(dataset.train, metadata)
     images, labels = val.images[:val_limit], val.labels[:val_limit]
     sets = {"validation": images, **make_sets(scale)}
     shifts = {"originals": images[:shift_images], **shifted_sets(images[:shift_images])}

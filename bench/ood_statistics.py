@@ -121,11 +121,10 @@ def subgraph_cost(heads, scores: dict[str, ood_export.LayerStatisticsScore], thr
 
 def benchmark(model_dir: Path, data: Path, scale: float, val_limit: int | None, shift_images: int,
               threads: int) -> dict:
-    from training.data import default_cache_dir, load_image_folder, stratified_split
+    from training.data import default_cache_dir, load_image_folder, model_split
 
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
-    train, val = stratified_split(load_image_folder(data, default_cache_dir()).train, int(metadata["val_images"]),
-                                  int(metadata["seed"]))
+    train, val = model_split(load_image_folder(data, default_cache_dir()).train, metadata)
     model, _ = rebuilt_model(model_dir, metadata)
     heads = ood_export.ood_heads(model)
     images = val.images[:val_limit]

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.contract import METADATA_FILE, SAVED_MODEL_FILE, version_dirs
@@ -18,7 +19,7 @@ from training.cli import COMMANDS, build_parser, config_from_args, main
 from training.errors import TrainingError
 from training.evaluation import TIMING_SECONDS
 from training.recipes import RECIPES
-from training.train import EpochTimer, keep_run_options
+from training.train import EpochTimer, TrainConfig, keep_run_options, load_splits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,7 @@ def test_train_help_explains_every_option() -> None:
         described = recipes[start:end]
         assert described.count(f"batch {recipe.batch_size}") == 1, described
         assert f"{recipe.epochs} epochs" in described
-    for option in ("--data", "--recipe", "--epochs", "--batch-size", "--seed", "--out", "--resume",
+    for option in ("--data", "--recipe", "--epochs", "--batch-size", "--seed", "--split-seed", "--out", "--resume",
                    "--threads", "--val-size", "--cache-dir", "--run-dir", "promote", *RECIPES):
         assert option in result.stdout
 
@@ -193,6 +194,26 @@ def test_timing_seconds_reaches_the_export_and_must_be_positive(capsys: pytest.C
             main([*command, "--timing-seconds", "0"])
         assert exit_info.value.code == 2
         assert "argument --timing-seconds: must be positive, got 0" in capsys.readouterr().err
+
+
+def test_split_seed_keeps_the_validation_images_while_seed_changes_the_rest(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", train_per_class=10)
+
+    def config(*options: str) -> TrainConfig:
+        return config_from_args(build_parser().parse_args(
+            ["train", "--data", str(data), "--no-cache", "--run-dir", str(tmp_path / "run"), *options]))
+
+    def validation_images(*options: str) -> np.ndarray:
+        return load_splits(config(*options)).val.images
+
+    first = validation_images()
+    np.testing.assert_array_equal(validation_images("--seed", "1", "--split-seed", "0"), first)
+    assert not np.array_equal(validation_images("--seed", "1"), first)
+    # A resumed run must hold out the same images: another split seed is refused by name.
+    keep_run_options(config("--seed", "1", "--split-seed", "0"))
+    with pytest.raises(TrainingError, match=r"--split-seed 0 \(this command: 2\)"):
+        keep_run_options(config("--seed", "1", "--split-seed", "2", "--resume"))
+    keep_run_options(config("--seed", "1", "--split-seed", "0", "--resume"))
 
 
 def test_resume_compares_teachers_by_the_folder_they_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

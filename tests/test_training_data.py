@@ -15,6 +15,7 @@ from training.data import (
     Split,
     default_val_size,
     load_image_folder,
+    model_split,
     stratified_split,
 )
 
@@ -94,6 +95,18 @@ def test_stratified_split_is_exact_proportional_and_seeded() -> None:
     other, _ = stratified_split(split, 150, seed=2)
     np.testing.assert_array_equal(again.images, train.images)
     assert not np.array_equal(other.images, train.images)
+
+
+def test_a_model_split_is_rebuilt_with_its_split_seed_else_its_seed() -> None:
+    labels = np.repeat(np.arange(10), 30)
+    split = Split(np.arange(len(labels))[:, None], labels)
+    _, seed_1 = stratified_split(split, 50, seed=1)
+    _, seed_0 = stratified_split(split, 50, seed=0)
+    # Exported before --split-seed: the run's seed made the split.
+    np.testing.assert_array_equal(model_split(split, {"val_images": 50, "seed": 1})[1].images, seed_1.images)
+    # Another initialisation on seed 0's validation images.
+    np.testing.assert_array_equal(model_split(split, {"val_images": 50, "seed": 1, "split_seed": 0})[1].images,
+                                  seed_0.images)
 
 
 def test_default_val_size() -> None:

@@ -73,6 +73,7 @@ def test_metadata_and_reports(trained_model_dir: Path) -> None:
     assert metadata["architecture"] == "tutorial-rgb"
     assert metadata["epochs"] == 4 and metadata["epochs_completed"] == 4 and metadata["batch_size"] == 32
     assert metadata["val_images"] == 40 and metadata["train_images"] == 360
+    assert metadata["seed"] == metadata["split_seed"] == 0  # the split's seed: --split-seed, else --seed
     assert 0.0 <= metadata["val_accuracy"] <= 1.0
     assert metadata["test_accuracy"] is not None  # the synthetic set has a test/ split
     assert metadata["params"] > 1_000_000

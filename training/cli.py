@@ -167,6 +167,9 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=positive_int, default=None, help="epochs to train (default: the recipe's)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="seed for the validation split alone (default: --seed): runs of other --seed and "
+                        "the same --split-seed are measured on the same validation images, a seed's noise")
     parser.add_argument("--val-size", type=positive_int, default=None,
                         help="validation images held out from train, stratified (default: 5000, or 10%% of "
                         "a smaller dataset)")
@@ -226,6 +229,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
+        split_seed=args.split_seed,
         val_size=args.val_size,
         threads=args.threads,
         cache_dir=None if args.no_cache else args.cache_dir,

@@ -283,6 +283,12 @@ def default_val_size(num_train: int) -> int:
     return min(5000, max(1, round(num_train * 0.1)))
 
 
+def model_split(train: Split, metadata: dict) -> tuple[Split, Split]:
+    """The train/validation split an exported model was trained on, rebuilt from its metadata.json: its
+    ``val_images`` held out with its ``split_seed`` (its ``seed`` in exports made before --split-seed)."""
+    return stratified_split(train, int(metadata["val_images"]), int(metadata.get("split_seed", metadata["seed"])))
+
+
 def stratified_split(split: Split, val_size: int, seed: int) -> tuple[Split, Split]:
     """Hold out ``val_size`` images with every class in proportion, reproducibly for ``seed``."""
     if not 0 < val_size < len(split.labels):

@@ -34,7 +34,7 @@ from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import OPENVINO_SECTION
 from core.tensorflow_runtime import set_tensorflow_threads
 from training import export, signatures
-from training.data import load_image_folder, stratified_split
+from training.data import load_image_folder, model_split
 from training.errors import TrainingError
 from training.openvino_export import PRECISIONS
 from training.promote import served_version
@@ -70,7 +70,7 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
         raise ReexportError(f"{data}: sha256 {dataset.sha256} is not the data {source} was trained on "
                             f"({expected_sha}); pass that archive with --data.")
     seed = int(source_metadata["seed"])
-    train, val = stratified_split(dataset.train, int(source_metadata["val_images"]), seed)
+    train, val = model_split(dataset.train, source_metadata)
 
     keras.config.set_dtype_policy("float32")
     model = recipe.build()

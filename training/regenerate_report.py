@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from core.contract import METADATA_FILE, SIGNATURE_NAME
 from training import reports, signatures
-from training.data import DatasetError, load_image_folder, stratified_split
+from training.data import DatasetError, load_image_folder, model_split
 from training.errors import TrainingError
 from training.recipes import RECIPES, trained_recipe
 
@@ -34,7 +34,7 @@ def regenerate_report(version_dir: Path, data: Path, cache_dir: Path | None) -> 
     if dataset.sha256 != metadata["data"]["sha256"]:
         raise DatasetError(f"{data}: sha256 {dataset.sha256} is not the {metadata['data']['sha256']} that "
                            f"{version_dir / METADATA_FILE} records. Pass the dataset this model was trained on.")
-    _, val_split = stratified_split(dataset.train, metadata["val_images"], metadata["seed"])
+    _, val_split = model_split(dataset.train, metadata)
     saved = tf.saved_model.load(str(version_dir))  # bound: its signatures hold only weak references to it
     probabilities = signatures.predict_saved_model(saved.signatures[SIGNATURE_NAME], val_split.images)
     accuracy = float(np.mean(probabilities.argmax(axis=1) == val_split.labels))

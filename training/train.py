@@ -56,6 +56,11 @@ class TrainConfig:
     teachers: tuple[Path, ...] = ()  # model versions whose probabilities, averaged, a distilling recipe learns from
     recipe_changes: dict[str, Any] = field(default_factory=dict)  # one-off changes (--widths, --flip, ...)
     timing_seconds: float = evaluation.TIMING_SECONDS  # per level, precision and batch size, for metadata.json
+    split_seed: int | None = None  # the validation split's seed; None: ``seed`` (--split-seed)
+
+    @property
+    def validation_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ def load_splits(config: TrainConfig) -> Splits:
         raise DatasetError(f"{dataset.source}: found {len(dataset.class_names)} classes "
                            f"{list(dataset.class_names)}; the export contract needs {NUM_CLASSES}.")
     val_size = config.val_size or default_val_size(len(dataset.train.labels))
-    train_split, val_split = stratified_split(dataset.train, val_size, config.seed)
+    train_split, val_split = stratified_split(dataset.train, val_size, config.validation_seed)
     print(f"data: {dataset.source} ({len(train_split.labels)} train, {len(val_split.labels)} validation"
           f"{f', {len(dataset.test.labels)} test' if dataset.test else ''})", flush=True)
     return Splits(dataset, train_split, val_split)
@@ -212,6 +217,8 @@ def run_options(config: TrainConfig) -> dict[str, Any]:
     """What a resumed run must share with the run it continues, by option name (as JSON keeps it: lists)."""
     return {"recipe": config.recipe, "batch-size": config.batch_size, "seed": config.seed, "val-size": config.val_size,
             "teacher": [teacher.as_posix() for teacher in config.teachers],
+            # Only where given, as the one-off changes: runs interrupted before the option resume as they were.
+            **({} if config.split_seed is None else {"split-seed": config.split_seed}),
             **{key.replace("_", "-"): list(value) if isinstance(value, tuple) else value
                for key, value in config.recipe_changes.items()}}
 
@@ -273,6 +280,7 @@ def describe_training(config: TrainConfig, recipe: Recipe, splits: Splits, fitte
         "epochs_completed": len(history.get("epoch", [])),
         "batch_size": fitted.batch_size,
         "seed": config.seed,
+        "split_seed": config.validation_seed,
         "train_images": len(splits.train.labels),
         "val_images": len(splits.val.labels),
         "flip": recipe.augmentation.flip,
