@@ -166,7 +166,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
                                         for name, recipe in RECIPES.items()))
     parser.add_argument("--epochs", type=positive_int, default=None, help="epochs to train (default: the recipe's)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for initialisation and shuffling, and for the validation split unless --split-seed")
     parser.add_argument("--split-seed", type=int, default=None,
                         help="seed for the validation split alone (default: --seed): runs of other --seed and "
                         "the same --split-seed are measured on the same validation images, a seed's noise")
