@@ -24,10 +24,14 @@ from training.train import EpochTimer, TrainConfig, keep_run_options, load_split
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+def cli(*args: str, **env: str) -> dict:
+    """``subprocess`` arguments that run ``python -m training ARGS`` with ``env`` added to this environment."""
     # PYTHONPATH: run from another folder, the command is still this checkout's, not an installed copy's.
-    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, timeout=600,
-                          check=False, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    return {"args": [sys.executable, "-m", "training", *args], "env": {**os.environ, "PYTHONPATH": str(REPO), **env}}
+
+
+def run_cli(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(**cli(*args, **env), capture_output=True, text=True, timeout=600, check=False, cwd=cwd)
 
 
 def test_every_subcommand_is_listed_and_none_is_an_error_naming_them(capsys: pytest.CaptureFixture) -> None:
@@ -242,19 +246,16 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
     # The first run stops as a crash would stop it: killed once epoch 1's checkpoint and history row are written
     # (the checkpoint comes before the epoch's line, the row right after it), two epochs before its export.
     history, log = tmp_path / "run" / "history.csv", tmp_path / "interrupted.log"
-    with log.open("w") as stderr:
-        interrupted = subprocess.Popen([sys.executable, "-m", "training", *common, "--epochs", "3"], text=True,
-                                       stdout=subprocess.PIPE, stderr=stderr,
-                                       env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        assert any(line.startswith("epoch 1:") for line in interrupted.stdout), log.read_text()[-2000:]
-        deadline = time.monotonic() + 60
-        while len(history.read_text().splitlines()) < 2:  # the header and epoch 1
-            assert time.monotonic() < deadline, "epoch 1's history row was never written"
-            time.sleep(0.05)
-    finally:
-        interrupted.kill()
-        interrupted.wait()
+    with log.open("w") as stderr, subprocess.Popen(**cli(*common, "--epochs", "3"), text=True,
+                                                   stdout=subprocess.PIPE, stderr=stderr) as interrupted:
+        try:
+            assert any(line.startswith("epoch 1:") for line in interrupted.stdout), log.read_text()[-2000:]
+            deadline = time.monotonic() + 60
+            while len(history.read_text().splitlines()) < 2:  # the header and epoch 1
+                assert time.monotonic() < deadline, "epoch 1's history row was never written"
+                time.sleep(0.05)
+        finally:
+            interrupted.kill()  # leaving the block closes its stdout and waits for it
     assert not (tmp_path / "models").exists()
     # Resuming with another recipe change would train a mix of two runs: refused, naming each difference.
     mixed = run_cli(*common, "--epochs", "3", "--resume", "--flip", "alternating", "--seed", "5")
