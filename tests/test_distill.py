@@ -111,6 +111,7 @@ def test_a_teacher_without_the_level_is_refused_by_name(shapes_dataset: Path, tm
     (folder / METADATA_FILE).write_text(json.dumps(metadata(0.5)))
     with pytest.raises(TeacherError, match=r"--teacher .*3 has no level 'accurate'"):
         train(run_config(shapes_dataset, tmp_path / "run", teachers=(folder,)))
+    assert not (tmp_path / "run").exists()  # refused before the data loads: no run folder left to clear away
 
 
 def test_a_distilling_change_without_a_teacher_is_refused(shapes_dataset: Path, tmp_path: Path) -> None:

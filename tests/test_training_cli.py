@@ -19,7 +19,7 @@ from training.cli import COMMANDS, build_parser, config_from_args, main
 from training.errors import TrainingError
 from training.evaluation import TIMING_SECONDS
 from training.recipes import RECIPES
-from training.train import EpochTimer, TrainConfig, keep_run_options, load_splits
+from training.train import EpochTimer, TrainConfig, check_run_options, keep_run_options, load_splits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -128,13 +128,15 @@ def test_bad_data_is_one_line_naming_the_file_and_exit_1(tmp_path: Path, bad: st
     if bad == "not-an-image":
         data = write_image_folder(tmp_path / "data", train_per_class=2)
         (data / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    result = run_cli("train", "--data", str(data), "--out", str(tmp_path / "models" / "x"), "--no-cache")
+    result = run_cli("train", "--data", str(data), "--out", str(tmp_path / "models" / "x"), "--no-cache",
+                     cwd=tmp_path)
     assert result.returncode == 1
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, result.stderr
     assert (str(data / "train" / "cat" / "broken.jpg") if bad == "not-an-image" else str(data)) in error_lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "models" / "x").exists() or not any((tmp_path / "models" / "x").iterdir())
+    assert not (tmp_path / "runs").exists()  # nor a run folder (the default, runs/airbench-<time>) to clear away
 
 
 @pytest.mark.parametrize(("argv", "recipe"), [([], "airbench"), (["--recipe", "tutorial-rgb"], "tutorial-rgb")])
@@ -216,8 +218,8 @@ def test_split_seed_keeps_the_validation_images_while_seed_changes_the_rest(tmp_
     # A resumed run must hold out the same images: another split seed is refused by name.
     keep_run_options(config("--seed", "1", "--split-seed", "0"))
     with pytest.raises(TrainingError, match=r"--split-seed 0 \(this command: 2\)"):
-        keep_run_options(config("--seed", "1", "--split-seed", "2", "--resume"))
-    keep_run_options(config("--seed", "1", "--split-seed", "0", "--resume"))
+        check_run_options(config("--seed", "1", "--split-seed", "2", "--resume"))
+    check_run_options(config("--seed", "1", "--split-seed", "0", "--resume"))
 
 
 def test_resume_compares_teachers_by_the_folder_they_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,6 +231,7 @@ def test_resume_compares_teachers_by_the_folder_they_name(tmp_path: Path, monkey
     def resume(*teachers: str) -> None:
         args = build_parser().parse_args(["train", "--recipe", "airbench-distill", "--run-dir", "run", "--resume",
                                           *[option for teacher in teachers for option in ("--teacher", teacher)]])
+        check_run_options(config_from_args(args))
         keep_run_options(config_from_args(args))
 
     resume("models/4", "models/9")  # the first run: nothing to compare with yet

@@ -85,9 +85,13 @@ def train(config: TrainConfig) -> Path:
     new version in ``out``)."""
     set_tensorflow_threads(config.threads)
     recipe = changed_recipe(RECIPES[config.recipe], config)
-    keep_run_options(config)
+    check_run_options(config)
+    if recipe.distillation is not None:
+        distill.check_teachers(config.teachers, recipe.distillation.teacher_level)
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
+    # Only once the data has loaded: a command refused for its data leaves no run folder behind.
+    keep_run_options(config)
     fitted = fit(config, recipe, splits)
     trained = export.Trained(float32_copy(recipe, fitted.model), recipe, recipe.default_level, fitted.history,
                              config.seed, describe_training(config, recipe, splits, fitted))
@@ -223,24 +227,29 @@ def run_options(config: TrainConfig) -> dict[str, Any]:
                for key, value in config.recipe_changes.items()}}
 
 
-def keep_run_options(config: TrainConfig) -> None:
-    """Writes the run's options into its folder; on --resume, first refuses options that differ from the
-    interrupted run's, which its checkpoint and epoch log would not fit (or, worse, silently would)."""
+def check_run_options(config: TrainConfig) -> None:
+    """On --resume, refuses options that differ from the interrupted run's, which its checkpoint and epoch log
+    would not fit (or, worse, silently would)."""
     options, path = run_options(config), config.run_dir / RUN_OPTIONS_FILE
-    if config.resume and path.exists():
-        try:
-            before = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise TrainingError(f"{path}: cannot read it ({error}); start the run again without --resume.") from None
-        # A one-off change appears only in the runs that make it: compare over both runs' options, in order.
-        changed = [f"--{name} {_shown(before.get(name))} (this command: {_shown(options.get(name))})"
-                   for name in dict.fromkeys([*options, *before])
-                   if _compared(name, before.get(name)) != _compared(name, options.get(name))]
-        if changed:
-            raise TrainingError(f"{path}: the interrupted run trained with {'; '.join(changed)}. Resume it with "
-                                "its own options, or start a new run without --resume.")
+    if not (config.resume and path.exists()):
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"{path}: cannot read it ({error}); start the run again without --resume.") from None
+    # A one-off change appears only in the runs that make it: compare over both runs' options, in order.
+    changed = [f"--{name} {_shown(before.get(name))} (this command: {_shown(options.get(name))})"
+               for name in dict.fromkeys([*options, *before])
+               if _compared(name, before.get(name)) != _compared(name, options.get(name))]
+    if changed:
+        raise TrainingError(f"{path}: the interrupted run trained with {'; '.join(changed)}. Resume it with "
+                            "its own options, or start a new run without --resume.")
+
+
+def keep_run_options(config: TrainConfig) -> None:
+    """Writes the run's options into its folder, for check_run_options when it is resumed."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(options, indent=1) + "\n")
+    (config.run_dir / RUN_OPTIONS_FILE).write_text(json.dumps(run_options(config), indent=1) + "\n")
 
 
 def _compared(name: str, value: Any) -> Any:
