@@ -5,6 +5,7 @@ accuracy on 5,000 images: it comes from the images only one of them gets right (
         --model models/cifar10/10 --model runs/distill-wide-e30-seed1/model
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 
 from bench.ensemble_teacher import level_probabilities
 from bench.paths import recorded_path
-from training.data import default_cache_dir, default_val_size, load_image_folder, stratified_split
+from training.data import default_cache_dir, load_image_folder, model_split
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,19 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the ImageFolder directory or archive trained on")
     parser.add_argument("--model", type=Path, action="append", required=True,
                         help="a model version folder; give it twice, the baseline first")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="the validation split's seed: the training command's --split-seed, else its --seed "
-                        "(default 0); both models must have held out the same images")
     args = parser.parse_args()
     if len(args.model) != 2:
         parser.error(f"give --model exactly twice (got {len(args.model)})")
+    # Each model's own validation split, from its metadata.json: a difference means anything only on the same images.
+    try:
+        metadatas = [json.loads((model / "metadata.json").read_text()) for model in args.model]
+    except (OSError, ValueError) as error:
+        parser.error(f"{error}: pass model version folders written by python -m training, e.g. models/cifar10/10")
     dataset = load_image_folder(args.data, default_cache_dir())
-    _, val = stratified_split(dataset.train, default_val_size(len(dataset.train.labels)), args.seed)
+    vals = [model_split(dataset.train, metadata)[1] for metadata in metadatas]
+    if not np.array_equal(vals[0].images, vals[1].images):
+        parser.error("the two models held out different validation images (their --split-seed or --val-size differ)")
+    val = vals[0]
     first, second = (level_probabilities(model, val.images) for model in args.model)
     print(f"{recorded_path(args.model[1])} against {recorded_path(args.model[0])}, {len(val.labels)} validation "
           "images (float32, the SavedModel's signatures)")
