@@ -59,7 +59,7 @@ def ensemble_probabilities(teacher_dirs: tuple[Path, ...], images: np.ndarray, l
 def teacher_probabilities(teacher_dir: Path, images: np.ndarray, level: str, cache_dir: Path) -> np.ndarray:
     """The teacher's probabilities at ``level`` for every image, from ``cache_dir`` when computed before
     for the same teacher and images."""
-    metadata = teacher_metadata(teacher_dir, level)
+    metadata = _teacher_metadata(teacher_dir, level)
     key = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode() + level.encode() + images.tobytes())
     # The graph and the weights too: two teachers can share a metadata.json (a copy re-trained with the same
     # options, or written by hand) and must not share their answers.
@@ -82,10 +82,10 @@ def teacher_probabilities(teacher_dir: Path, images: np.ndarray, level: str, cac
 def check_teachers(teachers: tuple[Path, ...], level: str) -> None:
     """Refuses a teacher that is not a model version offering ``level``, before any data is loaded."""
     for teacher_dir in teachers:
-        teacher_metadata(teacher_dir, level)
+        _teacher_metadata(teacher_dir, level)
 
 
-def teacher_metadata(teacher_dir: Path, level: str) -> dict:
+def _teacher_metadata(teacher_dir: Path, level: str) -> dict:
     if not (teacher_dir / SAVED_MODEL_FILE).is_file():
         raise TeacherError(f"--teacher {teacher_dir}: no {SAVED_MODEL_FILE} there. Pass a model version folder, "
                            "e.g. models/cifar10/4.")
