@@ -19,6 +19,7 @@ import numpy as np
 
 from bench.ensemble_teacher import level_probabilities
 from bench.paths import recorded_path
+from core.contract import METADATA_FILE
 from training.data import default_cache_dir, load_image_folder, model_split
 
 
@@ -52,7 +53,7 @@ def main() -> None:
         parser.error(f"give --model exactly twice (got {len(args.model)})")
     # Each model's own validation split, from its metadata.json: a difference means anything only on the same images.
     try:
-        metadatas = [json.loads((model / "metadata.json").read_text()) for model in args.model]
+        metadatas = [json.loads((model / METADATA_FILE).read_text()) for model in args.model]
     except (OSError, ValueError) as error:
         parser.error(f"{error}: pass model version folders written by python -m training, e.g. models/cifar10/10")
     dataset = load_image_folder(args.data, default_cache_dir())
