@@ -2,7 +2,7 @@
 
 A distilled student rarely beats its teacher at the teacher's own level (docs/training.md), so a
 stronger teacher comes first. This measures the candidates on the training command's validation
-split (the same --split-seed, else --seed), before any student is trained from them:
+split (each model's own, from its metadata.json), before any student is trained from them:
 
     .venv/bin/python bench/ensemble_teacher.py --data ../shared/data/cifar10-train-jpeg.tar.gz \\
         --teacher models/cifar10/4 --teacher runs/distill-from-4/model
@@ -20,9 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from bench.paths import recorded_path
+from bench.version_split import VersionSplitError, shared_split
 from core.contract import LEVELS
 from training.calibration import expected_calibration_error
-from training.data import default_cache_dir, default_val_size, load_image_folder, stratified_split
+from training.data import default_cache_dir
 from training.signatures import predict_saved_model
 
 
@@ -42,9 +43,6 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the ImageFolder directory or archive trained on")
     parser.add_argument("--teacher", type=Path, action="append", required=True,
                         help="a model version folder; give it once per member of the ensemble")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="the validation split's seed: the training command's --split-seed, else its --seed "
-                        "(default 0)")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow's threads (default 2)")
     parser.add_argument("--val-limit", type=int, default=None,
                         help="the first N validation images only (a quick check)")
@@ -52,8 +50,10 @@ def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    dataset = load_image_folder(args.data, default_cache_dir())
-    _, val = stratified_split(dataset.train, default_val_size(len(dataset.train.labels)), args.seed)
+    try:  # an average means something only over the same images, so the teachers must share their split
+        _, val = shared_split(args.data, args.teacher, default_cache_dir())
+    except VersionSplitError as error:
+        parser.error(str(error))
     images, labels = val.images[:args.val_limit], val.labels[:args.val_limit]
     members = {recorded_path(teacher): level_probabilities(teacher, images) for teacher in args.teacher}
     average = {level.name: np.mean([m[level.name] for m in members.values()], axis=0) for level in LEVELS}

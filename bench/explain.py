@@ -13,7 +13,6 @@ index, the 32x32 image enlarged beside its overlay (PNG), for a person to check.
 
 import argparse
 import io
-import json
 import os
 import statistics
 import sys
@@ -29,15 +28,14 @@ from PIL import Image  # noqa: E402
 
 from app.overlay import overlay, png_bytes  # noqa: E402
 from app.saliency import Occlusion  # noqa: E402
-from core.contract import CLASS_NAMES, METADATA_FILE, NUM_CLASSES  # noqa: E402
+from core.contract import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 
 
 def validation_images(model_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
-    from training.data import default_cache_dir, load_image_folder, model_split
+    from bench.version_split import shared_split
+    from training.data import default_cache_dir
 
-    metadata = json.loads((model_dir / METADATA_FILE).read_text())
-    dataset = load_image_folder(data, default_cache_dir())
-    _, val = model_split(dataset.train, metadata)
+    _, val = shared_split(data, [model_dir], default_cache_dir())
     return val.images, val.labels
 
 
@@ -104,7 +102,12 @@ def main() -> None:
     parser.add_argument("--examples", type=Path, default=None, help="write example overlays into this folder")
     parser.add_argument("--indices", default="0,1,2,3", help="validation images for --examples")
     args = parser.parse_args()
-    images, labels = validation_images(args.model, args.data)
+    from bench.version_split import VersionSplitError
+
+    try:
+        images, labels = validation_images(args.model, args.data)
+    except VersionSplitError as error:
+        parser.error(str(error))
     if args.url:
         times = time_over_http(args.url, images[: args.count])
         where = f"POST /explain on {args.url}, one connection"

@@ -205,11 +205,10 @@ def shift_flags(model, score, validation: dict[str, np.ndarray], images: np.ndar
 
 def benchmark(model_dir: Path, data: Path, levels: list[str], scale: float, val_limit: int | None,
               fit_images: int, shift_images: int, cache_dir: Path | None) -> dict:
-    from training.data import load_image_folder, model_split
+    from bench.version_split import shared_split, version_metadata
 
-    metadata = json.loads((model_dir / METADATA_FILE).read_text())
-    dataset = load_image_folder(data, cache_dir)
-    train, val = model_split(dataset.train, metadata)
+    metadata = version_metadata(model_dir)
+    train, val = shared_split(data, [model_dir], cache_dir)
     images, labels = val.images[:val_limit], val.labels[:val_limit]
     sets = {"validation": images, **make_sets(scale)}
     model, saved = rebuilt_model(model_dir, metadata)
@@ -273,6 +272,7 @@ def print_tables(results: dict) -> None:
 
 
 def main() -> None:
+    from bench.version_split import VersionSplitError
     from core.tensorflow_runtime import set_tensorflow_threads
     from training.data import default_cache_dir
 
@@ -288,8 +288,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     set_tensorflow_threads(args.threads)
-    results = benchmark(args.model, args.data, args.levels.split(","), args.scale, args.val_limit, args.fit_images,
-                        args.shift_images, args.cache_dir)
+    try:
+        results = benchmark(args.model, args.data, args.levels.split(","), args.scale, args.val_limit,
+                            args.fit_images, args.shift_images, args.cache_dir)
+    except VersionSplitError as error:
+        parser.error(str(error))
     print_tables(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

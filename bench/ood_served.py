@@ -72,11 +72,9 @@ def measure_level(model: LoadedModel, level: str, sets: dict[str, np.ndarray], l
 
 def benchmark(version_dir: Path, data: Path, levels: list[str], scale: float, val_limit: int | None,
               shift_images: int, threads: int, cache_dir: Path | None) -> dict:
-    from training.data import load_image_folder, model_split
+    from bench.version_split import shared_split
 
-    metadata = json.loads((version_dir / "metadata.json").read_text())
-    dataset = load_image_folder(data, cache_dir)
-    _, val = model_split(dataset.train, metadata)
+    _, val = shared_split(data, [version_dir], cache_dir)
     images, labels = val.images[:val_limit], val.labels[:val_limit]
     sets = {"validation": images, **make_sets(scale)}
     shifts = {"originals": images[:shift_images], **shifted_sets(images[:shift_images])}
@@ -114,6 +112,7 @@ def print_tables(results: dict) -> None:
 
 
 def main() -> None:
+    from bench.version_split import VersionSplitError
     from training.data import default_cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -125,8 +124,11 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    results = benchmark(args.model, args.data, args.levels.split(","), args.scale, args.val_limit,
-                        args.shift_images, args.threads, args.cache_dir)
+    try:
+        results = benchmark(args.model, args.data, args.levels.split(","), args.scale, args.val_limit,
+                            args.shift_images, args.threads, args.cache_dir)
+    except VersionSplitError as error:
+        parser.error(str(error))
     print_tables(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

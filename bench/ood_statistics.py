@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from bench.ood import rebuilt_model, separation  # noqa: E402
 from bench.ood_sets import add_size_arguments, make_sets, shifted_sets  # noqa: E402
 from core import ood  # noqa: E402
-from core.contract import FLOAT32, METADATA_FILE  # noqa: E402
+from core.contract import FLOAT32  # noqa: E402
 from core.cpus import available_cpus  # noqa: E402
 from core.openvino_runtime import DEVICE, compile_config, openvino_core  # noqa: E402
 from training import ood_export  # noqa: E402
@@ -121,10 +121,11 @@ def subgraph_cost(heads, scores: dict[str, ood_export.LayerStatisticsScore], thr
 
 def benchmark(model_dir: Path, data: Path, scale: float, val_limit: int | None, shift_images: int,
               threads: int) -> dict:
-    from training.data import default_cache_dir, load_image_folder, model_split
+    from bench.version_split import shared_split, version_metadata
+    from training.data import default_cache_dir
 
-    metadata = json.loads((model_dir / METADATA_FILE).read_text())
-    train, val = model_split(load_image_folder(data, default_cache_dir()).train, metadata)
+    metadata = version_metadata(model_dir)
+    train, val = shared_split(data, [model_dir], default_cache_dir())
     model, _ = rebuilt_model(model_dir, metadata)
     heads = ood_export.ood_heads(model)
     images = val.images[:val_limit]
@@ -165,6 +166,7 @@ def print_table(results: dict) -> None:
 
 
 def main() -> None:
+    from bench.version_split import VersionSplitError
     from core.tensorflow_runtime import set_tensorflow_threads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -175,7 +177,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     set_tensorflow_threads(args.threads)
-    results = benchmark(args.model, args.data, args.scale, args.val_limit, args.shift_images, args.threads)
+    try:
+        results = benchmark(args.model, args.data, args.scale, args.val_limit, args.shift_images, args.threads)
+    except VersionSplitError as error:
+        parser.error(str(error))
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -5,7 +5,6 @@ accuracy on 5,000 images: it comes from the images only one of them gets right (
         --model models/cifar10/10 --model runs/distill-wide-e30-seed1/model
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -19,8 +18,8 @@ import numpy as np
 
 from bench.ensemble_teacher import level_probabilities
 from bench.paths import recorded_path
-from core.contract import METADATA_FILE
-from training.data import default_cache_dir, load_image_folder, model_split
+from bench.version_split import VersionSplitError, shared_split
+from training.data import default_cache_dir
 
 
 @dataclass(frozen=True)
@@ -53,14 +52,9 @@ def main() -> None:
         parser.error(f"give --model exactly twice (got {len(args.model)})")
     # Each model's own validation split, from its metadata.json: a difference means anything only on the same images.
     try:
-        metadatas = [json.loads((model / METADATA_FILE).read_text()) for model in args.model]
-    except (OSError, ValueError) as error:
-        parser.error(f"{error}: pass model version folders written by python -m training, e.g. models/cifar10/10")
-    dataset = load_image_folder(args.data, default_cache_dir())
-    vals = [model_split(dataset.train, metadata)[1] for metadata in metadatas]
-    if not np.array_equal(vals[0].images, vals[1].images):
-        parser.error("the two models held out different validation images (their --split-seed or --val-size differ)")
-    val = vals[0]
+        _, val = shared_split(args.data, args.model, default_cache_dir())
+    except VersionSplitError as error:
+        parser.error(str(error))
     first, second = (level_probabilities(model, val.images) for model in args.model)
     print(f"{recorded_path(args.model[1])} against {recorded_path(args.model[0])}, {len(val.labels)} validation "
           "images (float32, the SavedModel's signatures)")
