@@ -94,7 +94,8 @@ def write_examples(model, images: np.ndarray, labels: np.ndarray, indices: list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/cifar10/4"))
+    parser.add_argument("--model", type=Path, default=Path("models/cifar10"),
+                        help="a version folder, or a model folder for its highest version (default: the shipped model)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-train-jpeg.tar.gz"))
     parser.add_argument("--url", default=None, help="time POST /explain on this server instead of in process")
     parser.add_argument("--count", type=int, default=50, help="validation images to explain")
@@ -102,10 +103,11 @@ def main() -> None:
     parser.add_argument("--examples", type=Path, default=None, help="write example overlays into this folder")
     parser.add_argument("--indices", default="0,1,2,3", help="validation images for --examples")
     args = parser.parse_args()
-    from bench.version_split import VersionSplitError
+    from bench.version_split import VersionSplitError, version_folder
 
     try:
-        images, labels = validation_images(args.model, args.data)
+        model_dir = version_folder(args.model)
+        images, labels = validation_images(model_dir, args.data)
     except VersionSplitError as error:
         parser.error(str(error))
     if args.url:
@@ -115,7 +117,7 @@ def main() -> None:
         from core.runtime import RuntimeOptions
         from core.versions import load_model
 
-        model = load_model(args.model, options=RuntimeOptions(threads=args.threads))
+        model = load_model(model_dir, options=RuntimeOptions(threads=args.threads))
         if args.examples:
             write_examples(model, images, labels, [int(i) for i in args.indices.split(",")], args.examples)
             return

@@ -272,12 +272,13 @@ def print_tables(results: dict) -> None:
 
 
 def main() -> None:
-    from bench.version_split import VersionSplitError
+    from bench.version_split import VersionSplitError, version_folder
     from core.tensorflow_runtime import set_tensorflow_threads
     from training.data import default_cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/cifar10/9"))
+    parser.add_argument("--model", type=Path, default=Path("models/cifar10"),
+                        help="a version folder, or a model folder for its highest version (default: the shipped model)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-train-jpeg.tar.gz"))
     parser.add_argument("--levels", default=",".join(level.name for level in LEVELS))
     add_size_arguments(parser)
@@ -289,8 +290,8 @@ def main() -> None:
     args = parser.parse_args()
     set_tensorflow_threads(args.threads)
     try:
-        results = benchmark(args.model, args.data, args.levels.split(","), args.scale, args.val_limit,
-                            args.fit_images, args.shift_images, args.cache_dir)
+        results = benchmark(version_folder(args.model), args.data, args.levels.split(","), args.scale,
+                            args.val_limit, args.fit_images, args.shift_images, args.cache_dir)
     except VersionSplitError as error:
         parser.error(str(error))
     print_tables(results)

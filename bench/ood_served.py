@@ -112,11 +112,12 @@ def print_tables(results: dict) -> None:
 
 
 def main() -> None:
-    from bench.version_split import VersionSplitError
+    from bench.version_split import VersionSplitError, version_folder
     from training.data import default_cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="a version folder, e.g. models/cifar10/10")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="a version folder (models/cifar10/10), or a model folder for its highest version")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-train-jpeg.tar.gz"))
     parser.add_argument("--levels", default="fast,balanced,accurate")
     add_size_arguments(parser)
@@ -125,8 +126,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     try:
-        results = benchmark(args.model, args.data, args.levels.split(","), args.scale, args.val_limit,
-                            args.shift_images, args.threads, args.cache_dir)
+        results = benchmark(version_folder(args.model), args.data, args.levels.split(","), args.scale,
+                            args.val_limit, args.shift_images, args.threads, args.cache_dir)
     except VersionSplitError as error:
         parser.error(str(error))
     print_tables(results)

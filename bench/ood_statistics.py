@@ -166,11 +166,12 @@ def print_table(results: dict) -> None:
 
 
 def main() -> None:
-    from bench.version_split import VersionSplitError
+    from bench.version_split import VersionSplitError, version_folder
     from core.tensorflow_runtime import set_tensorflow_threads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/cifar10/10"))
+    parser.add_argument("--model", type=Path, default=Path("models/cifar10"),
+                        help="a version folder, or a model folder for its highest version (default: the shipped model)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-train-jpeg.tar.gz"))
     add_size_arguments(parser)
     parser.add_argument("--threads", type=int, default=available_cpus())
@@ -178,7 +179,8 @@ def main() -> None:
     args = parser.parse_args()
     set_tensorflow_threads(args.threads)
     try:
-        results = benchmark(args.model, args.data, args.scale, args.val_limit, args.shift_images, args.threads)
+        results = benchmark(version_folder(args.model), args.data, args.scale, args.val_limit, args.shift_images,
+                            args.threads)
     except VersionSplitError as error:
         parser.error(str(error))
     print_table(results)

@@ -23,13 +23,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/cifar10/4"), help="a version folder")
+    parser.add_argument("--model", type=Path, default=Path("models/cifar10"),
+                        help="a version folder, or a model folder for its highest version (default: the shipped model)")
     parser.add_argument("--images", type=int, default=200, help="how many JPEGs of the shared archive")
     parser.add_argument("--archive", type=Path, default=None, help="ImageFolder archive (default: the shared one)")
     parser.add_argument("--tolerance", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    from bench.version_split import VersionSplitError, version_folder
+
+    try:
+        model_dir = version_folder(args.model)
+    except VersionSplitError as error:
+        parser.error(str(error))
 
     import numpy as np
 
@@ -44,11 +51,11 @@ def main() -> int:
     jpegs, source = load_jpegs(args.archive, args.images)
     images = np.stack([image_bytes_to_array(data) for data in jpegs])
     started = time.perf_counter()
-    model = load_version(args.model, int(args.model.name), RuntimeOptions(threads=args.threads),
+    model = load_version(model_dir, int(model_dir.name), RuntimeOptions(threads=args.threads),
                          FLOAT32_LEVELS)
     load_s = time.perf_counter() - started
     tf = import_tensorflow()
-    saved = tf.saved_model.load(str(args.model))
+    saved = tf.saved_model.load(str(model_dir))
     levels = {}
     for level in model.level_names:
         # The runtime's rows carry the feature norm after the ten probabilities (core.ood scores it).
@@ -57,7 +64,7 @@ def main() -> int:
         tensorflow = signature(images=tf.constant(images))["probabilities"].numpy()
         levels[level] = {"max_abs_difference": float(np.abs(openvino - tensorflow).max()),
                          "argmax_disagreements": int(np.sum(openvino.argmax(1) != tensorflow.argmax(1)))}
-    result = {"model": str(args.model), "images": len(images), "image_source": source,
+    result = {"model": str(model_dir), "images": len(images), "image_source": source,
               "runtime": model.runtime.describe(), "openvino_load_s": round(load_s, 2), "tolerance": args.tolerance,
               "levels": levels, "within_tolerance": all(v["max_abs_difference"] <= args.tolerance
                                                         for v in levels.values())}

@@ -11,13 +11,25 @@ from pathlib import Path
 
 import numpy as np
 
-from core.contract import METADATA_FILE
+from core.contract import METADATA_FILE, SAVED_MODEL_FILE, version_dirs
 from training.data import DatasetError, Split, load_image_folder, model_split
 
 
 class VersionSplitError(ValueError):
-    """Unreadable data, a model folder without readable metadata, or models that held out different images: one
-    line, with the fix."""
+    """Unreadable data, a folder that is no model version or has no readable metadata, or versions that held out
+    different images: one line, with the fix."""
+
+
+def version_folder(model_dir: Path) -> Path:
+    """``model_dir`` itself if it holds a SavedModel (a version, or a run's export), else its highest version: so
+    ``models/cifar10``, a benchmark's default, measures the shipped model as the service picks it."""
+    if (model_dir / SAVED_MODEL_FILE).is_file():
+        return model_dir
+    versions = version_dirs(model_dir)
+    if not versions:
+        raise VersionSplitError(f"{model_dir} holds neither {SAVED_MODEL_FILE} nor version folders: pass a model "
+                                "version folder (models/cifar10/10) or a model folder (models/cifar10)")
+    return versions[-1][1]
 
 
 def version_metadata(model_dir: Path) -> dict:

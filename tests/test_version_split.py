@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.version_split import VersionSplitError, shared_split, version_metadata
+from bench.version_split import VersionSplitError, shared_split, version_folder, version_metadata
 from tests.synthetic import write_image_folder
 from training.data import load_image_folder, stratified_split
 
@@ -91,3 +91,17 @@ def test_the_ensemble_benchmark_refuses_teachers_with_other_splits_before_loadin
     assert result.returncode == 2, result.stderr
     assert f"{second} held out other validation images than {first}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_folder_means_its_highest_version_and_an_export_itself(tmp_path: Path) -> None:
+    for version in (2, 10, 9):  # numerically highest, not by name
+        (tmp_path / "cifar10" / str(version)).mkdir(parents=True)
+        (tmp_path / "cifar10" / str(version) / "saved_model.pb").write_bytes(b"")
+    assert version_folder(tmp_path / "cifar10") == tmp_path / "cifar10" / "10"
+    assert version_folder(tmp_path / "cifar10" / "9") == tmp_path / "cifar10" / "9"
+    export = tmp_path / "runs" / "distill" / "model"  # a run's export: a SavedModel in a folder not named by number
+    export.mkdir(parents=True)
+    (export / "saved_model.pb").write_bytes(b"")
+    assert version_folder(export) == export
+    with pytest.raises(VersionSplitError, match=r"holds neither saved_model\.pb nor version folders"):
+        version_folder(tmp_path / "runs")
