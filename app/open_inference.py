@@ -170,7 +170,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON header and the binary data after it (binary tensor data extension)."""
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit():
+    # ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses (the header arrives as latin-1).
+    if not (header_length.strip().isascii() and header_length.strip().isdigit()):
         raise BadRequestError(f"Inference-Header-Content-Length is {header_length!r}; it must be the JSON "
                               "header's length in bytes.")
     length = int(header_length)
@@ -241,12 +242,12 @@ def wanted_outputs(request: InferenceRequest, parameters: dict[str, Any]) -> tup
             raise BadRequestError(f"Unknown output {output.name!r}: this model has "
                                   f"{', '.join(repr(name) for name in OUTPUT_NAMES)}.")
         options = output.parameters or {}
-        classification = options.get("classification", 0)
-        if classification and (output.name != OUTPUT_NAME or not isinstance(classification, int)
-                               or isinstance(classification, bool) or not 0 < classification <= NUM_CLASSES):
+        classification = options.get("classification", 0)  # 0: the probabilities themselves
+        # The type first: "" is falsy too, and must be refused rather than read as 0.
+        if (not isinstance(classification, int) or isinstance(classification, bool)
+                or not 0 <= classification <= NUM_CLASSES or (classification and output.name != OUTPUT_NAME)):
             raise BadRequestError(f"classification applies to '{OUTPUT_NAME}' and takes 1 to {NUM_CLASSES}.")
-        wanted.append(WantedOutput(output.name, options.get("binary_data", binary_default) is True,
-                                   int(classification)))
+        wanted.append(WantedOutput(output.name, options.get("binary_data", binary_default) is True, classification))
     return tuple(wanted)
 
 

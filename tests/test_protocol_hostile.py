@@ -32,7 +32,7 @@ class Case:
     words: str
     body: bytes | dict[str, Any] | list[Any]
     path: str = INFER
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | bytes] = field(default_factory=dict)
     method: str = "POST"
 
     def send(self, client: httpx.Client) -> httpx.Response:
@@ -89,6 +89,10 @@ CASES = [
          **binary(infer(tensor(binary_data_size=3072)), ONE_IMAGE, header_length=10**9)),
     Case("header length not a number", 400, "Inference-Header-Content-Length is '-5'",
          **binary(infer(tensor(binary_data_size=3072)), ONE_IMAGE, header_length=-5)),
+    # '²' passes str.isdigit() and fails int(): the header arrives as latin-1, so any such byte can be sent.
+    Case("header length in superscript digits", 400, "Inference-Header-Content-Length is '²'",
+         binary(infer(tensor(binary_data_size=3072)), ONE_IMAGE)["body"],
+         headers={"Inference-Header-Content-Length": b"\xb2"}),
     Case("header length inside the JSON", 400, "not valid JSON",
          **binary(infer(tensor(binary_data_size=3072)), ONE_IMAGE, header_length=20)),
     Case("binary bytes nobody declared", 400, "no input declares binary_data_size",
@@ -123,6 +127,8 @@ CASES = [
     Case("two inputs", 400, "one input, 'images'", infer(tensor(data=PIXELS), tensor(data=PIXELS, name="extra"))),
     Case("input of another name", 400, "'input_1'", infer(tensor(data=PIXELS, name="input_1"))),
     Case("unknown output", 400, "Unknown output 'logits'", infer(tensor(data=PIXELS), outputs=[{"name": "logits"}])),
+    Case("classification empty", 400, "classification applies to 'probabilities' and takes 1 to 10",
+         infer(tensor(data=PIXELS), outputs=[{"name": "probabilities", "parameters": {"classification": ""}}])),
     Case("unknown level", 422, "'fast'", infer(tensor(data=PIXELS), parameters={"level": "fastest"})),
     Case("level as a number", 400, "'level' must be a string", infer(tensor(data=PIXELS), parameters={"level": 3})),
     Case("gzip body", 415, "Content-Encoding gzip", gzip.compress(json.dumps(infer(tensor(data=PIXELS))).encode()),
