@@ -297,6 +297,35 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_own_limit(server: Se
     assert second.startswith(b"HTTP/1.1 200 "), f"after 6.5 s idle: {second[:200]!r}"
 
 
+def test_a_client_that_hangs_up_mid_body_is_counted_as_such_not_as_a_server_fault(server: Server,
+                                                                                  client: httpx.Client) -> None:
+    """A phone that loses its signal mid-upload is the client's doing: no traceback in the log, and a 499 in the
+    metrics, not a 500 (which would page whoever watches the error rate)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    body, content_type = files.multipart([("file", "gone.png", files.good_png())])
+    paths = ("/predict", "/v2/models/{model_name}/infer")
+
+    def counts(status: str) -> list[float]:
+        scrape = client.get("/metrics").text
+        return [sum(float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines() if line.startswith(
+            f'cifar10_requests_total{{endpoint="{path}",method="POST",status="{status}"}}')) for path in paths]
+
+    hung_up_before, failed_before, logged_before = counts("499"), counts("500"), len(server.log())
+    for path in ("/predict", "/v2/models/shapes/infer"):  # trained_model_dir serves models/shapes
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:3])
+            time.sleep(0.3)  # the route is reading the body when the connection closes
+    deadline = time.monotonic() + 10
+    while counts("499") != [count + 1 for count in hung_up_before] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert counts("499") == [count + 1 for count in hung_up_before]
+    assert counts("500") == failed_before
+    logged = server.log()[logged_before:]
+    assert "Traceback" not in logged and "unhandled error" not in logged and "Exception in ASGI" not in logged, logged
+    assert_good_request_succeeds(client)
+
+
 def test_a_request_refused_before_its_body_is_read_leaves_the_connection_usable(server: Server) -> None:
     """An invalid query parameter is refused (422) before the route reads the upload (app.uploads reads it
     in the route): the unread body must not be taken for the next request on the same connection."""
