@@ -94,8 +94,12 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+# A client may send any token as its method: each would be a new time series, so the rest share one label.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
 class MetricsMiddleware:
-    """Counts requests by route template (not raw path: bounded label values) and status."""
+    """Counts requests by route template (not raw path) and by method and status, each of bounded values."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -117,7 +121,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             endpoint = _route_template(scope)
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.metrics.requests.labels(endpoint, method, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 

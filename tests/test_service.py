@@ -150,6 +150,15 @@ def test_health_metadata_and_metrics(client: TestClient) -> None:
     assert "cifar10_predicted_class_total{label=" in metrics
 
 
+def test_invented_methods_share_one_metrics_label(client: TestClient) -> None:
+    for method in ("FOO", "BAR", "GET"):
+        assert client.request(method, "/livez").status_code == (200 if method == "GET" else 405)
+    metrics = client.get("/metrics").text
+    assert 'cifar10_requests_total{endpoint="/livez",method="other",status="405"} 2.0' in metrics
+    assert 'method="FOO"' not in metrics and 'method="BAR"' not in metrics
+    assert 'cifar10_requests_total{endpoint="/livez",method="GET",status="200"}' in metrics
+
+
 @pytest.mark.parametrize("level", ["fast", "balanced", "accurate"])
 def test_a_request_picks_its_level_and_the_answer_names_it(client: TestClient, trained_model_dir: Path,
                                                            level: str) -> None:
