@@ -117,9 +117,26 @@ def test_a_run_without_out_writes_a_run_folder_leaves_models_alone_and_prints_it
         name.removeprefix("cifar10/1/"): digest for name, digest in served.items()}
 
 
-def test_resume_needs_the_run_folder() -> None:
+def test_resume_needs_the_run_folder(tmp_path: Path) -> None:
     result = run_cli("train", "--resume")
     assert result.returncode == 2 and "--run-dir" in result.stderr and "Traceback" not in result.stderr
+    # A mistyped run folder is refused at once, not trained from scratch under the name of the run it meant.
+    typo = tmp_path / "runs" / "distil-e30"
+    result = run_cli("train", "--data", str(tmp_path / "data.tar.gz"), "--resume", "--run-dir", str(typo), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {typo}: no run to resume there (no options.json, no backup/ checkpoint)" in result.stderr
+    assert not typo.exists() and "epoch " not in result.stdout
+
+
+def test_folders_that_are_not_cifar10s_classes_are_refused_before_training(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", train_per_class=2)
+    (data / "train" / "cat").rename(data / "train" / "Cat")  # ten classes, one of them not the contract's
+    result = run_cli("train", "--data", str(data), "--recipe", "tutorial-rgb", "--no-cache", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and f"{data}: found 10 classes" in error_lines[0], result.stderr
+    assert "'Cat'" in error_lines[0] and "airplane, automobile, bird, cat, deer" in error_lines[0]
+    assert "epoch " not in result.stdout and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("bad", ["missing", "not-an-image"])
@@ -192,14 +209,16 @@ def test_non_positive_numbers_are_refused(option: str, capsys: pytest.CaptureFix
     assert f"argument {option}: must be a positive integer, got 0" in capsys.readouterr().err
 
 
-def test_timing_seconds_reaches_the_export_and_must_be_positive(capsys: pytest.CaptureFixture) -> None:
+def test_timing_seconds_reaches_the_export_and_must_be_positive_and_finite(capsys: pytest.CaptureFixture) -> None:
     assert config_from_args(build_parser().parse_args(["train", "--timing-seconds", "0.05"])).timing_seconds == 0.05
     assert config_from_args(build_parser().parse_args(["train"])).timing_seconds == TIMING_SECONDS
     for command in (["train"], ["reexport", "models/cifar10/9", "--data", "data"]):
-        with pytest.raises(SystemExit) as exit_info:
-            main([*command, "--timing-seconds", "0"])
-        assert exit_info.value.code == 2
-        assert "argument --timing-seconds: must be positive, got 0" in capsys.readouterr().err
+        for value in ("0", "inf", "nan"):  # inf: a timing loop that never ends after hours of training
+            with pytest.raises(SystemExit) as exit_info:
+                main([*command, "--timing-seconds", value])
+            assert exit_info.value.code == 2
+            assert (f"argument --timing-seconds: must be a positive finite number, got {value}"
+                    in capsys.readouterr().err)
 
 
 def test_split_seed_keeps_the_validation_images_while_seed_changes_the_rest(tmp_path: Path) -> None:
@@ -228,13 +247,16 @@ def test_resume_compares_teachers_by_the_folder_they_name(tmp_path: Path, monkey
         (tmp_path / "models" / version).mkdir(parents=True)
     (tmp_path / "linked").symlink_to(tmp_path / "models")
 
-    def resume(*teachers: str) -> None:
-        args = build_parser().parse_args(["train", "--recipe", "airbench-distill", "--run-dir", "run", "--resume",
-                                          *[option for teacher in teachers for option in ("--teacher", teacher)]])
-        check_run_options(config_from_args(args))
-        keep_run_options(config_from_args(args))
+    def config(*teachers: str, resume: bool = True) -> TrainConfig:
+        return config_from_args(build_parser().parse_args(
+            ["train", "--recipe", "airbench-distill", "--run-dir", "run", *(["--resume"] if resume else []),
+             *[option for teacher in teachers for option in ("--teacher", teacher)]]))
 
-    resume("models/4", "models/9")  # the first run: nothing to compare with yet
+    def resume(*teachers: str) -> None:
+        check_run_options(config(*teachers))
+        keep_run_options(config(*teachers))
+
+    keep_run_options(config("models/4", "models/9", resume=False))  # the first run
     resume(str(tmp_path / "models" / "4"), "linked/../models/9")
     resume("./models/4/", "linked/9")
     resume("models/9", "models/4")  # the student learns their average: the order does not matter
@@ -249,6 +271,9 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
     # The first run stops as a crash would stop it: killed once epoch 1's checkpoint and history row are written
     # (the checkpoint comes before the epoch's line, the row right after it), two epochs before its export.
     history, log = tmp_path / "run" / "history.csv", tmp_path / "interrupted.log"
+    # An earlier run's export in the folder: once this run starts over, promote must not find it.
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / METADATA_FILE).write_text("{}")
     with log.open("w") as stderr, subprocess.Popen(**cli(*common, "--epochs", "3"), text=True,
                                                    stdout=subprocess.PIPE, stderr=stderr) as interrupted:
         try:
@@ -259,7 +284,7 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path) -> None:
                 time.sleep(0.05)
         finally:
             interrupted.kill()  # leaving the block closes its stdout and waits for it
-    assert not (tmp_path / "models").exists()
+    assert not (tmp_path / "models").exists() and not (tmp_path / "run" / "model").exists()
     # Resuming with another recipe change would train a mix of two runs: refused, naming each difference.
     mixed = run_cli(*common, "--epochs", "3", "--resume", "--flip", "alternating", "--seed", "5")
     assert mixed.returncode == 1 and "Traceback" not in mixed.stderr, mixed.stderr[-2000:]

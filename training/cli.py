@@ -7,6 +7,7 @@ that raises :class:`training.errors.TrainingError` for what its user can fix; he
 
 import argparse
 import datetime as dt
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -107,8 +108,8 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    if not 0 < value < math.inf:  # inf would never end a timing loop; nan fails every comparison
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value:g}")
     return value
 
 

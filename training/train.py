@@ -37,6 +37,7 @@ from training.recipes import DEFAULT_DISTILLATION, RECIPES, Recipe, network_widt
 # The options a resumed run must share with the run it continues (those that decide what trains; not --epochs,
 # which may extend it), kept in its run folder.
 RUN_OPTIONS_FILE = "options.json"
+BACKUP_DIR = "backup"  # the last epoch's checkpoint, which --resume continues from
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,10 @@ def train(config: TrainConfig) -> Path:
 def load_splits(config: TrainConfig) -> Splits:
     """The dataset, and its train part split into train and a stratified validation set."""
     dataset = load_dataset(config)
-    if dataset.class_names != CLASS_NAMES and len(dataset.class_names) != NUM_CLASSES:
+    if dataset.class_names != CLASS_NAMES:  # the service and promote refuse any other: refuse before training
         raise DatasetError(f"{dataset.source}: found {len(dataset.class_names)} classes "
-                           f"{list(dataset.class_names)}; the export contract needs {NUM_CLASSES}.")
+                           f"{list(dataset.class_names)}; the export contract needs CIFAR-10's {NUM_CLASSES}, "
+                           f"one train/<class>/ folder each: {', '.join(CLASS_NAMES)}.")
     val_size = config.val_size or default_val_size(len(dataset.train.labels))
     train_split, val_split = stratified_split(dataset.train, val_size, config.validation_seed)
     print(f"data: {dataset.source} ({len(train_split.labels)} train, {len(val_split.labels)} validation"
@@ -158,11 +160,13 @@ def fit(config: TrainConfig, recipe: Recipe, splits: Splits) -> Fitted:
         metrics=["accuracy"],
     )
 
-    backup_dir = config.run_dir / "backup"
+    backup_dir = config.run_dir / BACKUP_DIR
     history_csv = config.run_dir / "history.csv"
     if not config.resume:
         shutil.rmtree(backup_dir, ignore_errors=True)
         history_csv.unlink(missing_ok=True)
+        # An earlier run's export too: were this run interrupted, promote would publish that one as this one.
+        shutil.rmtree(config.run_dir / RUN_EXPORT_DIR, ignore_errors=True)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     epoch_counter, timer = EpochCounter(), EpochTimer(len(splits.train.labels))
     model.fit(
@@ -207,9 +211,13 @@ def changed_recipe(recipe: Recipe, config: TrainConfig) -> Recipe:
     if "label_smoothing" in changes:
         recipe = replace(recipe, label_smoothing=changes["label_smoothing"])
     if not config.teachers:
-        if recipe.distillation is not None or {"distill_weight", "distill_temperature"} & changes.keys():
+        if recipe.distillation is not None:
             raise distill.TeacherError(f"recipe {config.recipe} distills: pass --teacher with a model version "
                                        "folder, e.g. --teacher models/cifar10/4.")
+        if given := [f"--{name.replace('_', '-')}" for name in ("distill_weight", "distill_temperature")
+                     if name in changes]:
+            raise distill.TeacherError(f"{' and '.join(given)} set how a student learns from a teacher: pass "
+                                       "--teacher with a model version folder, e.g. --teacher models/cifar10/4.")
         return recipe
     distillation = recipe.distillation or DEFAULT_DISTILLATION
     return replace(recipe, distillation=replace(
@@ -231,8 +239,15 @@ def check_run_options(config: TrainConfig) -> None:
     """On --resume, refuses options that differ from the interrupted run's, which its checkpoint and epoch log
     would not fit (or, worse, silently would)."""
     options, path = run_options(config), config.run_dir / RUN_OPTIONS_FILE
-    if not (config.resume and path.exists()):
+    if not config.resume:
         return
+    if not path.exists():
+        if (config.run_dir / BACKUP_DIR).is_dir():  # a run from before options.json: nothing to compare
+            return
+        # A mistyped --run-dir would otherwise start over, hours later found to have thrown the run away.
+        raise TrainingError(f"{config.run_dir}: no run to resume there (no {RUN_OPTIONS_FILE}, no {BACKUP_DIR}/ "
+                            "checkpoint). Pass the folder the interrupted run printed, or start a new run "
+                            "without --resume.")
     try:
         before = json.loads(path.read_text())
     except (OSError, ValueError) as error:
