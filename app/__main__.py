@@ -14,7 +14,7 @@ from types import FrameType
 
 import uvicorn
 
-from app.settings import get_settings
+from app.settings import SettingsProblem, get_settings
 
 # Seconds uvicorn waits for in-flight requests after SIGTERM/SIGINT before cutting them off.
 GRACEFUL_SHUTDOWN_S = 30
@@ -81,7 +81,10 @@ def main() -> None:
     if sys.argv[1:2] == ["keys"]:
         keys_command(sys.argv[2:])
         return
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except SettingsProblem as problem:
+        sys.exit(str(problem))  # the one line on stderr, exit status 1
     problem = address_problem(settings.host, settings.port)
     if problem is None and settings.metrics_port is not None:
         problem = address_problem(settings.host, settings.metrics_port, "METRICS_PORT")

@@ -1,11 +1,14 @@
 """Every setting of the service, read from environment variables (names are the fields, upper-cased)."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from app.saliency import Occlusion
 from core.contract import LevelName
 from core.cpus import available_cpus
 from core.level_table import LevelSettings
@@ -129,14 +132,25 @@ class Settings(BaseSettings):
         "deployments without a proxy to hide it; unset = /metrics on PORT.",
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_in_any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value  # LOG_LEVEL=INFO, as Python's own names go
+
     @model_validator(mode="after")
-    def _metrics_port_alone(self) -> "Settings":
+    def _limits_agree(self) -> "Settings":
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError(f"METRICS_PORT must differ from PORT ({self.port}); unset it to serve /metrics on PORT")
         if self.metrics_port is not None and self.workers > 1:
             # Each worker process counts on its own; one port cannot show them all (nor can /metrics on PORT).
             raise ValueError("METRICS_PORT needs WORKERS=1: each worker process keeps its own counters. Run more "
                              "replicas instead of more workers, or unset METRICS_PORT")
+        # A request whose own images exceed the queue could never be queued: 503 "retry in a second", forever.
+        largest = max(self.max_batch_files, Occlusion().batch_size)
+        if self.max_queue_images < largest:
+            raise ValueError(f"MAX_QUEUE_IMAGES ({self.max_queue_images}) must be at least {largest}, the most images "
+                             f"one request queues (MAX_BATCH_FILES {self.max_batch_files}; an explanation "
+                             f"{Occlusion().batch_size})")
         return self
 
     def runtime_options(self) -> RuntimeOptions:
@@ -148,6 +162,30 @@ class Settings(BaseSettings):
         return LevelSettings(self.default_level, self.bfloat16, self.int8)
 
 
+class SettingsProblem(ValueError):
+    """The environment holds a value the service cannot run with: one line naming each variable and the fix."""
+
+
+def read_settings() -> Settings:
+    """The settings from the environment; a bad value raises SettingsProblem rather than pydantic's report,
+    which names fields, not variables, and adds errors for defaults that could not be computed because of it."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = [_problem(item) for item in error.errors() if item["type"] != "default_factory_not_called"]
+        raise SettingsProblem("error: " + "; ".join(problems)) from None
+    except SettingsError as error:  # a list setting that is not JSON: pydantic-settings names the field alone
+        field = match.group(1) if (match := re.search(r'field "(\w+)"', str(error))) else "a setting"
+        raise SettingsProblem(f'error: {field.upper()} must be a JSON list, e.g. {field.upper()}=\'["https://'
+                              f'example.com"]\' ({error.__cause__ or error})') from None
+
+
+def _problem(item: Any) -> str:
+    variable = ".".join(str(part) for part in item["loc"]).upper()
+    message = str(item["msg"]).removeprefix("Value error, ")
+    return f"{variable} {item['input']!r}: {message}" if variable else message
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return read_settings()

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from app.settings import Settings
 from core.contract import METADATA_FILE, version_dirs
 from core.tensorflow_runtime import import_tensorflow
 from tests.servers import REPO, running_server, server_env
@@ -88,6 +90,31 @@ def test_a_port_in_use_is_one_line_naming_port_and_exit_1(trained_model_dir: Pat
         f"Stop it, or set PORT to a free port, e.g. PORT={port + 1} make serve."]
     # Said before the model is loaded: no TensorFlow import, no waiting.
     assert elapsed < 5, f"took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize(("variables", "line"), [
+    ({"PORT": "abc"}, "error: PORT 'abc': Input should be a valid integer"),
+    ({"WORKERS": "0"}, "error: WORKERS '0': Input should be greater than or equal to 1"),
+    ({"CORS_ORIGINS": "https://example.com"}, "error: CORS_ORIGINS must be a JSON list, e.g. CORS_ORIGINS='[\"https://"),
+    ({"METRICS_PORT": "8000", "PORT": "8000"}, "error: METRICS_PORT must differ from PORT (8000)"),
+    # Else /explain (26 images a request) would be 503 "retry in a second" forever, with the queue empty.
+    ({"MAX_QUEUE_IMAGES": "16", "MAX_BATCH_FILES": "8"}, "error: MAX_QUEUE_IMAGES (16) must be at least 26"),
+], ids=["port", "workers", "cors-origins", "metrics-port", "queue-under-a-request"])
+def test_a_bad_setting_is_one_line_naming_the_variable_and_exit_1(trained_model_dir: Path, variables: dict[str, str],
+                                                                  line: str) -> None:
+    # Not pydantic's report: it names fields, and for WORKERS=0 adds two errors about defaults computed from it.
+    env = server_env(trained_model_dir, 8000) | variables
+    result = subprocess.run([sys.executable, "-m", "app"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    [said] = result.stderr.splitlines()
+    assert said.startswith(line), said
+
+
+def test_log_level_takes_any_case() -> None:
+    assert Settings(log_level="INFO").log_level == "info"
+    with pytest.raises(ValidationError, match="log_level"):
+        Settings(log_level="verbose")
 
 
 @pytest.mark.parametrize("host", ["192.0.2.1"])  # TEST-NET-1: never an address of this machine
