@@ -59,7 +59,7 @@ class BatcherFailedError(RuntimeError):
 
 
 class AnswerTimeoutError(TimeoutError):
-    """A request had no answer from the model within the deadline (queue and computation)."""
+    """A request had no answer within the deadline (waiting to be decoded, decoding, queue and computation)."""
 
     def __init__(self, timeout_s: float, queued_images: int) -> None:
         super().__init__(f"no answer from the model within {timeout_s:g} s ({queued_images} images were waiting)")
@@ -185,23 +185,32 @@ class MicroBatcher:
             raise QueueFullError(f"{self._queued_images} images are waiting for the model (limit "
                                  f"{self.max_queue_images})")
 
-    async def predict(self, images: np.ndarray, level: str | None = None) -> Answer:
+    def deadline(self) -> float | None:
+        """The event loop time by which a request that starts now must have its answer (None: no deadline)."""
+        return None if self.answer_timeout_s is None else asyncio.get_running_loop().time() + self.answer_timeout_s
+
+    async def predict(self, images: np.ndarray, level: str | None = None, deadline: float | None = None) -> Answer:
         """Probabilities for ``images`` (uint8 ``(k, 32, 32, 3)``) at ``level`` (None: the default, or the
-        adaptation level under load), computed in some shared batch."""
+        adaptation level under load), computed in some shared batch; by ``deadline`` (a request's, which began
+        before its images were decoded), else within the answer timeout from now."""
+        deadline = self.deadline() if deadline is None else deadline
         count = len(images)
         self.ensure_room(count)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(images, level, future))
         self._queued_images += count
         self._wakeup.set()
-        deadline = asyncio.timeout(self.answer_timeout_s)  # None: no deadline
+        timeout = asyncio.timeout_at(deadline)  # None: no deadline
         try:
-            async with deadline:
+            async with timeout:
                 return await future  # on the deadline the future is cancelled: a batch not yet formed skips it
         except TimeoutError:
-            if not deadline.expired():  # the model's own TimeoutError, not the deadline
+            if not timeout.expired():  # the model's own TimeoutError, not the deadline
                 raise
-            raise AnswerTimeoutError(self.answer_timeout_s or 0.0, self._queued_images) from None
+            raise self.too_late() from None
+
+    def too_late(self) -> AnswerTimeoutError:
+        return AnswerTimeoutError(self.answer_timeout_s or 0.0, self._queued_images)
 
     async def _run(self) -> None:
         while True:

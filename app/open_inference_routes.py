@@ -97,9 +97,10 @@ async def v2_version_infer(request: Request, service: Service, model_name: Model
 async def infer(request: Request, service: Service, model_name: str, model_version: str | None = None) -> Response:
     service.model_named(model_name, model_version)
     body = await request_body(request)
-    call = await service.off_loop(len(body), read_infer_request, body, request.headers.get(HEADER_LENGTH),
+    deadline = service.batcher.deadline()  # INFERENCE_TIMEOUT_S counts from here: parsing and decoding wait too
+    call = await service.off_loop(deadline, len(body), read_infer_request, body, request.headers.get(HEADER_LENGTH),
                                   Limits.from_settings(service.settings))
-    answer = await service.classify_inputs(call.inputs, call.level)
+    answer = await service.classify_inputs(call.inputs, call.level, deadline)
     content, headers, media_type = infer_response(call, answer)
     return Response(content, headers=headers, media_type=media_type)
 

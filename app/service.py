@@ -55,8 +55,9 @@ class ClassifierService:
         """One upload -> its prediction at ``level`` (None: the default). An unusable image raises ImageError,
         an unknown level UnknownLevelError, which app.errors maps."""
         self.check_level(level)  # an unknown level is refused before the upload is decoded
-        image = await self.decode(data)
-        answer = await self.infer(image[np.newaxis], level)
+        deadline = self.batcher.deadline()  # INFERENCE_TIMEOUT_S counts from here: decoding waits too
+        image = await self.decode(data, deadline)
+        answer = await self.infer(image[np.newaxis], level, deadline)
         return self.to_prediction(answer.probabilities[0], answer, image if preview else None)
 
     async def predict_batch(self, uploads: Sequence[UploadedFile], preview: bool = False,
@@ -67,11 +68,12 @@ class ClassifierService:
         if len(uploads) > self.settings.max_batch_files:
             raise TooManyFilesError(len(uploads), self.settings.max_batch_files)
         self.check_level(level)
-        decoded = [await self._decode_or_refuse(upload) for upload in uploads]
+        deadline = self.batcher.deadline()
+        decoded = [await self._decode_or_refuse(upload, deadline) for upload in uploads]
         good = [item for item in decoded if isinstance(item, np.ndarray)]
         if not good:
             return BatchPrediction(results=decoded)
-        answer = await self.infer(np.stack(good), level)  # one request to the batcher: one model answers all
+        answer = await self.infer(np.stack(good), level, deadline)  # one request to the batcher: one model answers all
         probabilities = iter(answer.probabilities)
         results: list[FilePrediction | FileError] = []
         for upload, item in zip(uploads, decoded, strict=True):
@@ -89,11 +91,12 @@ class ClassifierService:
             raise ExplainBusyError(self.settings.max_concurrent_explanations)
         self.explaining += 1
         try:
-            image = await self.decode(data)
+            deadline = self.batcher.deadline()
+            image = await self.decode(data, deadline)
             occlusion = Occlusion()
             levels = self.served.current.level_table
             level = EXPLAIN_LEVEL if EXPLAIN_LEVEL in levels.names else None  # a model without levels: its one
-            answer = await self.classify(occlusion.batch(image), level)
+            answer = await self.classify(occlusion.batch(image), level, deadline)
         finally:
             self.explaining -= 1
         prediction = self.to_prediction(answer.probabilities[0], answer, image if preview else None)
@@ -104,60 +107,61 @@ class ClassifierService:
                                   legend=LEGEND)
         return ExplainedPrediction(**prediction.model_dump(), explanation=explanation)
 
-    async def _decode_or_refuse(self, upload: UploadedFile) -> np.ndarray | FileError:
+    async def _decode_or_refuse(self, upload: UploadedFile, deadline: float | None) -> np.ndarray | FileError:
         """The decoded image, or the entry that reports why this one file was refused."""
         try:
-            return await self.decode(upload.data)
+            return await self.decode(upload.data, deadline)
         except ImageError as error:
             return FileError(filename=upload.filename, status=image_error_status(error), detail=error.message)
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        """Bytes -> uint8 (32, 32, 3): small images inline, larger ones in the decode pool.
+    async def decode(self, data: bytes, deadline: float | None) -> np.ndarray:
+        """Bytes -> uint8 (32, 32, 3): small images inline, larger ones in the decode pool, by the request's
+        ``deadline``.
 
         A full queue refuses the upload before any decoding is spent on it. Every refused image is
         counted here, whichever route it came through."""
         self.batcher.ensure_room(1)
         max_pixels = self.settings.max_image_pixels
-        loop = asyncio.get_running_loop()
         try:
             if len(data) > INLINE_DECODE_MAX_BYTES:  # even reading its header may take a while: all in the pool
-                return await loop.run_in_executor(self.decoder, image_bytes_to_array, data, max_pixels)
+                return await self.in_pool(deadline, image_bytes_to_array, data, max_pixels)
             image = open_image(data, max_pixels)  # opened once: its header decides where it is decoded
             if is_small_image(image):
                 return opened_image_to_array(image, max_pixels)
-            return await loop.run_in_executor(self.decoder, opened_image_to_array, image, max_pixels)
+            return await self.in_pool(deadline, opened_image_to_array, image, max_pixels)
         except ImageError as error:
             self.metrics.rejected.labels(error.kind).inc()
             raise
 
-    async def classify_inputs(self, inputs: ImageInputs, level: str | None = None) -> Answer:
-        """A protocol request's images (pixels, or encoded files decoded here as /predict's are) -> one answer.
+    async def classify_inputs(self, inputs: ImageInputs, level: str | None, deadline: float | None) -> Answer:
+        """A protocol request's images (pixels, or encoded files decoded here as /predict's are) -> one answer,
+        by the request's ``deadline``.
 
         The first file that cannot be used refuses the whole request with its ImageError, naming it."""
         self.check_level(level)
         if inputs.pixels is not None:
-            return await self.infer(inputs.pixels, level)
+            return await self.infer(inputs.pixels, level, deadline)
         images = []
         for index, data in enumerate(inputs.files):
             try:
-                images.append(await self.decode(data))
+                images.append(await self.decode(data, deadline))
             except ImageError as error:
                 if inputs.count == 1:
                     raise
                 raise ImageError(error.kind, f"Image {index + 1} of {inputs.count}: {error.message}") from None
-        return await self.infer(np.stack(images), level)
+        return await self.infer(np.stack(images), level, deadline)
 
-    async def infer(self, images: np.ndarray, level: str | None = None) -> Answer:
+    async def infer(self, images: np.ndarray, level: str | None, deadline: float | None) -> Answer:
         """uint8 ``(n, 32, 32, 3)`` -> the batcher's answer at ``level``; each image's top class is counted."""
-        answer = await self.classify(images, level)
+        answer = await self.classify(images, level, deadline)
         for best in np.argmax(answer.probabilities[:, :NUM_CLASSES], axis=1):
             self.metrics.predicted.labels(CLASS_NAMES[best]).inc()
         return answer
 
-    async def classify(self, images: np.ndarray, level: str | None = None) -> Answer:
+    async def classify(self, images: np.ndarray, level: str | None, deadline: float | None) -> Answer:
         if not self.ready.is_set():
             raise NotReadyError()
-        return await self.batcher.predict(images, level)
+        return await self.batcher.predict(images, level, deadline)
 
     def check_level(self, level: str | None) -> None:
         """UnknownLevelError now if the served model lacks ``level``, before any work is spent on the request."""
@@ -172,12 +176,24 @@ class ClassifierService:
                                       f"version {model.version}.")
         return model
 
-    async def off_loop(self, size: int, function: Callable[..., T], *args: Any) -> T:
+    async def off_loop(self, deadline: float | None, size: int, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` on the event loop for a small body (``size`` bytes), in the decode pool for a
         large one: parsing megabytes of JSON must not hold up every other request."""
         if size <= INLINE_DECODE_MAX_BYTES:
             return function(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.decoder, function, *args)
+        return await self.in_pool(deadline, function, *args)
+
+    async def in_pool(self, deadline: float | None, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in the decode pool, by ``deadline``: a flood of large uploads queues there, and a
+        request must not wait for it longer than for the model. One not yet started is dropped on the deadline."""
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                return await asyncio.get_running_loop().run_in_executor(self.decoder, function, *args)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise self.batcher.too_late() from None
 
     def warm_up(self) -> None:
         """A batch of each warm-up size through the signature (checked), so the first client pays nothing."""

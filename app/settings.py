@@ -100,8 +100,8 @@ class Settings(BaseSettings):
     # Above the longest wait a full queue gives at the slowest level (MAX_QUEUE_IMAGES at ~150 images/s is
     # ~3.5 s on 2 CPUs), and below nginx's proxy_read_timeout (60 s), so the client reads this JSON 504.
     inference_timeout_s: float = Field(
-        30.0, gt=0, description="Longest a request waits for the model's answer (queue and computation) "
-        "before 504; a request never waits longer.",
+        30.0, gt=0, description="Longest a request waits for its answer (the decode pool, decoding, the queue and "
+        "computation) before 504; a request never waits longer.",
     )
     keep_alive_s: int = Field(
         75, ge=1, le=3600,

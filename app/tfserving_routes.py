@@ -73,8 +73,10 @@ async def predict(request: Request, service: Service, model_name: str,
                   model_version: str | None = None) -> JSONResponse:
     service.model_named(model_name, model_version)
     body = await request_body(request)
-    call = await service.off_loop(len(body), read_predict_request, body, Limits.from_settings(service.settings))
-    answer = await service.classify_inputs(call.inputs, call.level)
+    deadline = service.batcher.deadline()  # INFERENCE_TIMEOUT_S counts from here: parsing and decoding wait too
+    call = await service.off_loop(deadline, len(body), read_predict_request, body,
+                                  Limits.from_settings(service.settings))
+    answer = await service.classify_inputs(call.inputs, call.level, deadline)
     return JSONResponse(predict_response(call, answer.probabilities))
 
 

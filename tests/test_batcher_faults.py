@@ -2,6 +2,8 @@
 a batching worker that died answers 503 naming the cause (and serves again), a deadline answers 504."""
 
 import io
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import httpx
 from PIL import Image
 
 from app.settings import Settings
+from tests import hostile_files as files
 from tests.model_versions import write_model
 from tests.servers import running_server, serving_in_thread
 
@@ -64,3 +67,27 @@ def test_a_request_past_inference_timeout_gets_504_with_a_json_message(tmp_path:
         assert response.json()["detail"].startswith("The server is too slow right now: no answer from the model "
                                                     "within 1e-06 s")
         assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200
+
+
+def test_uploads_queued_for_decoding_get_504_at_the_deadline_not_after_the_queue(tmp_path: Path) -> None:
+    """INFERENCE_TIMEOUT_S counts from the request, not from the batcher: with one decode thread, eight uploads
+    of 0.4 s of decoding each would otherwise answer the last after 3 s, past a 0.5 s deadline."""
+    write_model(tmp_path / "models" / "1")
+    settings = Settings(model_dir=tmp_path / "models", inference_threads=1, decode_threads=1, model_poll_seconds=0,
+                        inference_timeout_s=0.5)
+    large = files.flat_png(6000, 6000, color_type=2)  # 36 MP, under the pixel limit: decoded in the pool
+
+    def post(_: int) -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        response = httpx.post(f"{url}/predict", files={"file": ("large.png", large, "image/png")}, timeout=30)
+        return response, time.monotonic() - started
+
+    with serving_in_thread(settings) as (url, _), ThreadPoolExecutor(8) as clients:
+        answers = list(clients.map(post, range(8)))
+        statuses = [response.status_code for response, _ in answers]
+        assert set(statuses) <= {200, 504} and 504 in statuses, statuses
+        for response, _ in answers:
+            if response.status_code == 504:
+                assert response.json()["detail"].startswith("The server is too slow right now: no answer")
+        assert max(elapsed for _, elapsed in answers) < 0.5 + 1.5, [round(elapsed, 2) for _, elapsed in answers]
+        assert httpx.post(f"{url}/predict", files={"file": ("cat.jpg", jpeg(), "image/jpeg")}, timeout=30).is_success
