@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from training.cli import COMMANDS, build_parser, config_from_args, main
 from training.errors import TrainingError
 from training.evaluation import TIMING_SECONDS
 from training.recipes import RECIPES
-from training.train import EpochTimer, TrainConfig, check_run_options, keep_run_options, load_splits
+from training.train import (
+    EpochTimer,
+    TrainConfig,
+    check_run_data,
+    check_run_options,
+    keep_run_options,
+    load_splits,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -239,6 +247,26 @@ def test_split_seed_keeps_the_validation_images_while_seed_changes_the_rest(tmp_
     with pytest.raises(TrainingError, match=r"--split-seed 0 \(this command: 2\)"):
         check_run_options(config("--seed", "1", "--split-seed", "2", "--resume"))
     check_run_options(config("--seed", "1", "--split-seed", "0", "--resume"))
+
+
+def test_resume_refuses_an_archive_other_than_the_runs_own(tmp_path: Path) -> None:
+    archives = []
+    for seed in (0, 1):  # the same classes and counts, other images
+        folder = write_image_folder(tmp_path / f"data-{seed}", train_per_class=3, seed=seed)
+        with tarfile.open(tmp_path / f"data-{seed}.tar.gz", "w:gz") as archive:
+            archive.add(folder / "train", arcname="train")
+        archives.append(tmp_path / f"data-{seed}.tar.gz")
+
+    def config(data: Path, *options: str) -> TrainConfig:
+        return config_from_args(build_parser().parse_args(
+            ["train", "--data", str(data), "--no-cache", "--run-dir", str(tmp_path / "run"), *options]))
+
+    keep_run_options(config(archives[0]), load_splits(config(archives[0])).dataset)
+    check_run_options(config(archives[1], "--resume"))  # the options alone agree
+    with pytest.raises(TrainingError, match=r"options.json: the interrupted run trained on data of sha256 "
+                       rf"\w{{12}}\.\.\., and {re.escape(str(archives[1]))} is \w{{12}}"):
+        check_run_data(config(archives[1], "--resume"), load_splits(config(archives[1], "--resume")).dataset)
+    check_run_data(config(archives[0], "--resume"), load_splits(config(archives[0], "--resume")).dataset)
 
 
 def test_resume_compares_teachers_by_the_folder_they_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

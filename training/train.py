@@ -37,6 +37,7 @@ from training.recipes import DEFAULT_DISTILLATION, RECIPES, Recipe, network_widt
 # The options a resumed run must share with the run it continues (those that decide what trains; not --epochs,
 # which may extend it), kept in its run folder.
 RUN_OPTIONS_FILE = "options.json"
+RUN_DATA_KEY = "data-sha256"  # beside the options: not an option, but as binding on a resumed run
 BACKUP_DIR = "backup"  # the last epoch's checkpoint, which --resume continues from
 
 
@@ -91,8 +92,9 @@ def train(config: TrainConfig) -> Path:
         distill.check_teachers(config.teachers, recipe.distillation.teacher_level)
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
+    check_run_data(config, splits.dataset)
     # Only once the data has loaded: a command refused for its data leaves no run folder behind.
-    keep_run_options(config)
+    keep_run_options(config, splits.dataset)
     fitted = fit(config, recipe, splits)
     trained = export.Trained(float32_copy(recipe, fitted.model), recipe, recipe.default_level, fitted.history,
                              config.seed, describe_training(config, recipe, splits, fitted))
@@ -254,17 +256,39 @@ def check_run_options(config: TrainConfig) -> None:
         raise TrainingError(f"{path}: cannot read it ({error}); start the run again without --resume.") from None
     # A one-off change appears only in the runs that make it: compare over both runs' options, in order.
     changed = [f"--{name} {_shown(before.get(name))} (this command: {_shown(options.get(name))})"
-               for name in dict.fromkeys([*options, *before])
-               if _compared(name, before.get(name)) != _compared(name, options.get(name))]
+               for name in dict.fromkeys([*options, *before]) if name != RUN_DATA_KEY
+               and _compared(name, before.get(name)) != _compared(name, options.get(name))]
     if changed:
         raise TrainingError(f"{path}: the interrupted run trained with {'; '.join(changed)}. Resume it with "
                             "its own options, or start a new run without --resume.")
 
 
-def keep_run_options(config: TrainConfig) -> None:
-    """Writes the run's options into its folder, for check_run_options when it is resumed."""
+def check_run_data(config: TrainConfig, dataset: Dataset) -> None:
+    """On --resume, refuses data other than the interrupted run's (by its sha256, where both are known): the
+    checkpoint would go on learning other images, and metadata.json would vouch for the new ones."""
+    path = config.run_dir / RUN_OPTIONS_FILE
+    if not (config.resume and path.exists()):
+        return
+    before, now = json.loads(path.read_text()).get(RUN_DATA_KEY), data_sha256(dataset)  # read once already
+    if before and now and before != now:
+        raise TrainingError(f"{path}: the interrupted run trained on data of sha256 {before[:12]}..., and "
+                            f"{dataset.source} is {now[:12]}.... Resume it with its own --data, or start a new "
+                            "run without --resume.")
+
+
+def data_sha256(dataset: Dataset) -> str | None:
+    """The sha256 of an archive or of Keras' download; None for a directory, whose fingerprint holds its files'
+    times, which a copy of the same images changes."""
+    return dataset.sha256 if dataset.source == KERAS_SOURCE or Path(dataset.source).is_file() else None
+
+
+def keep_run_options(config: TrainConfig, dataset: Dataset | None = None) -> None:
+    """Writes the run's options (and its data's sha256) into its folder, for check_run_options and
+    check_run_data when it is resumed."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    (config.run_dir / RUN_OPTIONS_FILE).write_text(json.dumps(run_options(config), indent=1) + "\n")
+    sha256 = data_sha256(dataset) if dataset is not None else None
+    data = {RUN_DATA_KEY: sha256} if sha256 else {}
+    (config.run_dir / RUN_OPTIONS_FILE).write_text(json.dumps({**run_options(config), **data}, indent=1) + "\n")
 
 
 def _compared(name: str, value: Any) -> Any:
