@@ -147,6 +147,31 @@ def test_folders_that_are_not_cifar10s_classes_are_refused_before_training(tmp_p
     assert "epoch " not in result.stdout and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command", [["train", "--out"], ["train", "--run-dir"], ["train", "--cache-dir"],
+                                     ["promote", "runs/x", "--to"], ["reexport", "models/cifar10/10", "--out"]])
+def test_a_file_where_a_folder_goes_is_refused_before_any_work(command: list[str], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    for path, words in ((a_file, f"{a_file} is a file, not a folder"),
+                        (a_file / "sub", f"{a_file / 'sub'} cannot be written: {a_file} is not a folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, str(path)])
+        assert exit_info.value.code == 2
+        assert f"argument {command[-1]}: {words}" in capsys.readouterr().err
+
+
+def test_a_failed_download_is_one_line_offering_data(tmp_path: Path) -> None:
+    # A proxy nobody listens on: the download fails here whether or not this machine reaches the internet.
+    result = run_cli("train", "--recipe", "tutorial-rgb", cwd=tmp_path, KERAS_HOME=str(tmp_path / "keras"),
+                     https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: could not download CIFAR-10 through keras.datasets.cifar10 (")
+    assert "pass --data with an ImageFolder" in error
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("bad", ["missing", "not-an-image"])
 def test_bad_data_is_one_line_naming_the_file_and_exit_1(tmp_path: Path, bad: str) -> None:
     data = tmp_path / "nowhere.tar.gz"

@@ -8,6 +8,7 @@ that raises :class:`training.errors.TrainingError` for what its user can fix; he
 import argparse
 import datetime as dt
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a disk full or a folder made read-only while it ran: one line, not a traceback
+        print(f"error: {error.filename or 'a file'}: {error.strerror or error}. Free space or fix the folder's "
+              "permissions, then run the command again (train: with --resume).", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +118,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+def writable_folder(text: str) -> Path:
+    """A folder the command will write into: refused now, before minutes of work, if it is a file or cannot be
+    made or written (the nearest folder that exists decides)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder: name a folder (it may not exist yet)")
+    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{path} cannot be written: {existing} is not a folder this user may "
+                                         "write into; name another")
+    return path
+
+
 def share(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -130,7 +148,7 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
 
 
 def add_cache_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+    parser.add_argument("--cache-dir", type=writable_folder, default=default_cache_dir(),
                         help="where decoded ImageFolder arrays and a teacher's probabilities are cached, keyed by "
                              "their content (--no-cache: a teacher's go in the run folder)")
 
@@ -175,14 +193,14 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-size", type=positive_int, default=None,
                         help="validation images held out from train, stratified (default: 5000, or 10%% of "
                         "a smaller dataset)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=writable_folder, default=None,
                         help="export straight into this model folder as its next integer version, without "
                         "promote's checks (default: into the run folder, RUN_DIR/model)")
     add_threads(parser)
     add_cache_dir(parser)
     parser.add_argument("--no-cache", action="store_true",
                         help="decode the dataset without reading or writing the cache")
-    parser.add_argument("--run-dir", type=Path, default=None,
+    parser.add_argument("--run-dir", type=writable_folder, default=None,
                         help="the run folder: checkpoints, history.csv and (without --out) the export "
                         "(default: a new runs/<recipe>-<UTC time>)")
     parser.add_argument("--resume", action="store_true",
@@ -263,7 +281,7 @@ def add_promote(commands: argparse._SubParsersAction) -> None:
     parser = subcommand(commands, "promote", run_promote)
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="the run folder a training run printed (runs/<recipe>-<time>/), or an export folder")
-    parser.add_argument("--to", type=Path, default=DEFAULT_MODEL_ROOT, dest="model_root",
+    parser.add_argument("--to", type=writable_folder, default=DEFAULT_MODEL_ROOT, dest="model_root",
                         help="the served model folder; the run becomes its next integer version")
     parser.add_argument("--force", action="store_true",
                         help="publish even if its validation accuracy is below the served version's")
@@ -283,7 +301,7 @@ def run_promote(args: argparse.Namespace) -> int:
 def add_reexport(commands: argparse._SubParsersAction) -> None:
     parser = subcommand(commands, "reexport", run_reexport)
     add_exported_version(parser)
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=writable_folder, default=None,
                         help="model folder for the new version (default: VERSION_DIR's parent)")
     add_threads(parser)
     add_cache_dir(parser)

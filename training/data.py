@@ -56,7 +56,13 @@ def load_keras_cifar10() -> Dataset:
     """The standard CIFAR-10 download (train 50,000 and test 10,000), through Keras."""
     import keras
 
-    (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as error:  # Keras raises a bare Exception for a failed download, whatever the cause
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise DatasetError(f"could not download CIFAR-10 through keras.datasets.cifar10 ({reason}). "
+                           "Connect to the internet and run the command again, or pass --data with an ImageFolder "
+                           "directory or .tar.gz/.tar/.zip archive.") from None
     keras_home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
     download = keras_home / "datasets" / "cifar-10-batches-py.tar.gz"
     return Dataset(
