@@ -161,6 +161,22 @@ def test_a_file_where_a_folder_goes_is_refused_before_any_work(command: list[str
         assert f"argument {command[-1]}: {words}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["report", "reexport"])
+def test_the_data_a_version_was_trained_on_follows_its_metadata(command: str, trained_model_dir: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    recorded = json.loads((trained_model_dir / "1" / METADATA_FILE).read_text())
+    version = tmp_path / "models" / "shapes" / "1"
+    version.mkdir(parents=True)
+    out = ["--out", str(tmp_path / "out")] if command == "reexport" else []
+    for source, data, words in (("shapes.tar.gz", [], "the model was trained on shapes.tar.gz; pass that dataset "
+                                 "with --data"),
+                                ("keras.datasets.cifar10", ["--data", "any.tar.gz"], "the model was trained on "
+                                 "keras.datasets.cifar10; omit --data, and its download is used")):
+        (version / METADATA_FILE).write_text(json.dumps({**recorded, "data": {**recorded["data"], "source": source}}))
+        assert main([command, str(version), *data, *out]) == 1
+        assert f"error: {version / METADATA_FILE}: {words}" in capsys.readouterr().err
+
+
 def test_a_failed_download_is_one_line_offering_data(tmp_path: Path) -> None:
     # A proxy nobody listens on: the download fails here whether or not this machine reaches the internet.
     result = run_cli("train", "--recipe", "tutorial-rgb", cwd=tmp_path, KERAS_HOME=str(tmp_path / "keras"),

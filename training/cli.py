@@ -163,8 +163,9 @@ def add_exported_version(parser: argparse.ArgumentParser) -> None:
     """VERSION_DIR and the --data it was trained on: what reexport and report read back."""
     parser.add_argument("version_dir", type=Path, metavar="VERSION_DIR",
                         help="an exported version directory, e.g. models/cifar10/3")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="the ImageFolder dataset it was trained on (its sha256 must match its metadata.json)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the ImageFolder dataset it was trained on (its sha256 must match its metadata.json); "
+                        "omitted for a model trained on keras.datasets.cifar10")
 
 
 def recipe_defaults(recipe: Recipe) -> str:

@@ -91,6 +91,21 @@ def load_image_folder(path: Path, cache_dir: Path | None) -> Dataset:
     return dataset
 
 
+def load_trained_on(data: Path | None, metadata: dict, metadata_path: Path, cache_dir: Path | None) -> Dataset:
+    """The dataset a model was trained on, as its metadata.json records it: Keras' download for a model trained
+    without --data, else the ImageFolder ``data`` (checked against the recorded sha256 by the caller)."""
+    source = (metadata.get("data") or {}).get("source")
+    if source == KERAS_SOURCE:
+        if data is not None:
+            raise DatasetError(f"{metadata_path}: the model was trained on {KERAS_SOURCE}; omit --data, and its "
+                               "download is used.")
+        return load_keras_cifar10()
+    if data is None:
+        raise DatasetError(f"{metadata_path}: the model was trained on {source or 'an ImageFolder dataset'}; pass "
+                           "that dataset with --data.")
+    return load_image_folder(data, cache_dir)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:

@@ -34,7 +34,7 @@ from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import OPENVINO_SECTION
 from core.tensorflow_runtime import set_tensorflow_threads
 from training import export, signatures
-from training.data import load_image_folder, model_split
+from training.data import load_trained_on, model_split
 from training.errors import TrainingError
 from training.openvino_export import PRECISIONS
 from training.promote import served_version
@@ -49,7 +49,7 @@ class ReexportError(TrainingError):
     """The source cannot be re-exported; the message names the file and the fix."""
 
 
-def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, threads: int,
+def reexport(source: Path, data: Path | None, out: Path, cache_dir: Path | None, threads: int,
              timing_seconds: float, default_level: LevelName | None = None, force: bool = False,
              keep_precisions: bool = False) -> Path:
     """Publish the weights of the version ``source`` as the next version of ``out``; returns its folder."""
@@ -64,11 +64,11 @@ def reexport(source: Path, data: Path, out: Path, cache_dir: Path | None, thread
     warning = None if keep_precisions else precision_warning(source, source_metadata, has_bfloat16(cpu_flags()))
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    dataset = load_image_folder(data, cache_dir)
+    dataset = load_trained_on(data, source_metadata, source / METADATA_FILE, cache_dir)
     expected_sha = source_metadata.get("data", {}).get("sha256")
     if expected_sha and dataset.sha256 != expected_sha:
-        raise ReexportError(f"{data}: sha256 {dataset.sha256} is not the data {source} was trained on "
-                            f"({expected_sha}); pass that archive with --data.")
+        raise ReexportError(f"{data or dataset.source}: sha256 {dataset.sha256} is not the data {source} was "
+                            f"trained on ({expected_sha}); pass that archive with --data.")
     seed = int(source_metadata["seed"])
     train, val = model_split(dataset.train, source_metadata)
 
