@@ -37,6 +37,7 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WebP", "BMP", "TIFF"
 ALLOWED_FORMATS: frozenset[str] = frozenset(name.upper() for name in ACCEPTED_FORMATS)
 ALLOWED_MEDIA_TYPES: tuple[str, ...] = tuple(f"image/{name.lower()}" for name in ACCEPTED_FORMATS)
 ACCEPTED_FORMATS_TEXT = ", ".join(ACCEPTED_FORMATS[:-1]) + " or " + ACCEPTED_FORMATS[-1]  # "JPEG, ... or TIFF"
+JPEG_WITH_MORE_IMAGES = "MPO"  # Pillow's name for a JPEG whose MPF segment lists further images
 DEFAULT_MAX_PIXELS = 40_000_000  # the service's MAX_IMAGE_PIXELS default and the training loader's limit
 REDUCE_GAP = 3  # box-average only down to this many times the model size, so Lanczos still does the last step
 STRIP_ROWS = 256  # rows converted at once while reducing a large image
@@ -136,7 +137,9 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     except Image.DecompressionBombError:
         # Pillow's own guard fires first for sizes far beyond any sane limit.
         raise TooManyPixelsError(max_pixels) from None
-    if image.format not in ALLOWED_FORMATS:
+    # Pillow calls a JPEG "MPO" when an MPF segment lists more than one image: phones' HDR photos (iPhone gain
+    # maps, Android Ultra HDR) and many cameras'. Its first frame, the one decoded, is the ordinary photo.
+    if image.format not in ALLOWED_FORMATS and image.format != JPEG_WITH_MORE_IMAGES:
         raise UnsupportedFormatError(image.format)
     width, height = image.size
     if width * height > max_pixels:

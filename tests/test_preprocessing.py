@@ -67,6 +67,15 @@ def test_animated_gif_uses_its_first_frame() -> None:
     assert array[..., 0].mean() > 200 and array[..., 2].mean() < 50
 
 
+def test_a_jpeg_carrying_more_images_is_read_as_its_photo() -> None:
+    # A phone's HDR photo: a JPEG whose MPF segment lists a second image (the gain map). Pillow calls it MPO.
+    photo, gain_map = solid("RGB", (255, 0, 0), (64, 48)), solid("RGB", (0, 0, 255), (16, 12))
+    data = encode(photo, "MPO", save_all=True, append_images=[gain_map], quality=95)
+    assert data[:3] == b"\xff\xd8\xff" and Image.open(io.BytesIO(data)).format == "MPO"
+    array = image_bytes_to_array(data)
+    assert array[..., 0].mean() > 200 and array[..., 2].mean() < 50
+
+
 def test_exif_orientation_is_applied() -> None:
     image = Image.new("RGB", (40, 20), (0, 0, 255))
     image.paste((255, 0, 0), (0, 0, 20, 20))  # left half red, as stored
