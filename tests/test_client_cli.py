@@ -4,6 +4,7 @@ formats, per-file errors, the progress bar, health and metadata, and a server th
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cifar10_client import APIError, Client
-from cifar10_client.cli import main
+from cifar10_client.cli import main, overlay_name
 from core.contract import CLASS_NAMES
 from tests.servers import Server, free_port, running_server
 from tests.synthetic import write_jpegs
@@ -132,6 +133,52 @@ def test_explain_writes_overlay_pngs_and_reports_them(server: Server, photos: Pa
             assert item["label"] == explained.label and item["model"]["level"] == "fast"
             assert item["ood_score"] == pytest.approx(explained.ood_score) and "in_distribution" in item
     assert f"wrote 2 overlay PNG(s) into {folder}" in err
+
+
+def test_an_overlay_that_cannot_be_written_is_that_files_error(server: Server, photos: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = sorted(photos.glob("*.jpg"))[:2]
+    folder = tmp_path / "overlays"
+    (folder / overlay_name(str(first))).mkdir(parents=True)  # a folder where the first overlay would go
+    code, out, err = run(capsys, "predict", str(first), str(second), "--url", server.url, "--explain", str(folder))
+    assert code == 1 and "Traceback" not in err
+    rows = {row[0]: row[1:] for row in table_rows(out)}
+    unwritable = folder / overlay_name(str(first))
+    assert rows[str(first)] == ["ERROR", f"cannot write the overlay {unwritable}: Is a directory"]
+    assert rows[str(second)][0] in CLASS_NAMES and (folder / overlay_name(str(second))).is_file()
+    assert f"wrote 1 overlay PNG(s) into {folder}" in err
+
+
+def test_overlay_names_stay_within_a_file_names_255_bytes_and_apart() -> None:
+    deep = "/".join(f"directory_name_{depth:02d}" for depth in range(20))
+    names = [overlay_name(f"{deep}/{branch}/img.jpg") for branch in ("a", "b")]
+    assert all(len(os.fsencode(name)) <= 255 and name.endswith("img.jpg.explain.png") for name in names)
+    assert names[0] != names[1]
+    assert overlay_name("photos/cat.jpg") == "photos__cat.jpg.explain.png"  # short names as before
+
+
+def test_a_file_name_that_is_not_utf8_is_sent_and_printed(server: Server, photos: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.jpg")  # a name written on a Latin-1 system
+    latin1.write_bytes(sorted(photos.glob("*.jpg"))[0].read_bytes())
+    code, out, err = run(capsys, "predict", str(tmp_path), "--url", server.url)
+    assert code == 0, err
+    [(name, label, _)] = table_rows(out)
+    assert name == str(tmp_path / "caf\\udce9.jpg") and label in CLASS_NAMES
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["health", "--url", "http://localhost:80a"], "argument --url: 'http://localhost:80a' is not a URL"),
+    (["health", "--url", "localhost:8000"], "argument --url: 'localhost:8000' is not an http(s) address"),
+    (["health", "--retries", "-1"], "argument --retries: must be 0 or more, got -1"),
+    (["predict", "a.jpg", "--timeout", "nan"], "argument --timeout: must be a positive number of seconds, got nan"),
+    (["predict", "a.jpg", "--concurrency", "0"], "argument --concurrency: must be 1 or more, got 0"),
+])
+def test_a_bad_command_line_is_a_usage_error(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert said in capsys.readouterr().err
 
 
 def test_progress_bar_for_many_files(server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,15 +7,26 @@ reached at all.
 
 import argparse
 import asyncio
+import hashlib
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from cifar10_client.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL, AsyncClient, Client, FileResult
-from cifar10_client.errors import ClientError, ServiceUnreachable, UnreadableFile
+from cifar10_client.client import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_URL,
+    AsyncClient,
+    Client,
+    FileResult,
+    check_service_url,
+)
+from cifar10_client.errors import ClientError, OverlayNotWritten, ServiceUnreachable, UnreadableFile
 from cifar10_client.models import ExplainedPrediction, Metadata, as_json
 from cifar10_client.output import WRITERS, Progress, Writer
 from cifar10_client.paths import expand
@@ -26,15 +37,42 @@ URL_VARIABLE = "CIFAR10_URL"
 KEY_VARIABLE = "CIFAR10_API_KEY"
 DEFAULT_CONCURRENCY = 8
 PROG = "cifar10-client"
+OVERLAY_SUFFIX = ".explain.png"
+MAX_NAME_BYTES = 255  # a file name's limit on Linux and macOS file systems
+
+
+def service_url(text: str) -> str:
+    try:
+        check_service_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def count(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, got {value}")
+        return value
+    parse.__name__ = "number"  # argparse names the type in its message for text that is no number at all
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--url", default=os.environ.get(URL_VARIABLE, DEFAULT_URL),
+    connection.add_argument("--url", type=service_url, default=os.environ.get(URL_VARIABLE, DEFAULT_URL),
                             help=f"the service's address (default: ${URL_VARIABLE} or {DEFAULT_URL})")
-    connection.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    connection.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                             help="longest wait for one answer (default: %(default)s)")
-    connection.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
+    connection.add_argument("--retries", type=count(0), default=DEFAULT_RETRIES, metavar="N",
                             help="times a 503 (warming up, at capacity) or 429 (over the rate limit) is retried "
                                  "after its Retry-After (default: %(default)s)")
     connection.add_argument("--api-key", default=os.environ.get(KEY_VARIABLE) or None, metavar="KEY",
@@ -49,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Classify images: one line per file (file, label, confidence).")
     predict.add_argument("paths", nargs="+", metavar="PATH",
                          help="an image file, a folder (searched recursively for images) or a glob ('**' recurses)")
-    predict.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+    predict.add_argument("--concurrency", type=count(1), default=DEFAULT_CONCURRENCY, metavar="N",
                          help="requests in flight at once (default: %(default)s)")
     predict.add_argument("--format", choices=sorted(WRITERS), default="table", help="output (default: table)")
     predict.add_argument("--explain", type=Path, default=None, metavar="DIR",
@@ -70,9 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def overlay_name(source: str) -> str:
-    """``photos/cat.jpg`` -> ``photos__cat.jpg.explain.png``: one file per source, even for equal base names."""
+    """``photos/cat.jpg`` -> ``photos__cat.jpg.explain.png``: one file per source, even for equal base names.
+    A name past the file system's 255 bytes keeps its end and a digest of the whole, still one per source."""
     parts = [part for part in Path(source).parts if part not in ("/", "..", ".")]
-    return "__".join(parts) + ".explain.png"
+    name = "__".join(parts) + OVERLAY_SUFFIX
+    if len(os.fsencode(name)) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    tail = os.fsencode(parts[-1] + OVERLAY_SUFFIX)[-(MAX_NAME_BYTES - len(digest) - 2):]
+    return f"{digest}__{os.fsdecode(tail).lstrip(chr(0xFFFD))}"
 
 
 class OverlayWriter:
@@ -81,13 +125,19 @@ class OverlayWriter:
     def __init__(self, folder: Path, then: "InOrder") -> None:
         self.folder, self.then = folder, then
         self.written = 0
+        self.failed: dict[int, FileResult] = {}  # by index: the results that became errors here
 
     def __call__(self, index: int, result: FileResult) -> None:
         if isinstance(result.prediction, ExplainedPrediction) and result.prediction.explanation is not None:
             path = self.folder / overlay_name(result.source)
-            path.write_bytes(result.prediction.explanation.overlay_png())
-            result.prediction.extra["overlay_file"] = str(path)
-            self.written += 1
+            try:  # a failure is this file's, like an upload's: the others go on
+                path.write_bytes(result.prediction.explanation.overlay_png())
+            except (OSError, ValueError) as error:
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                result = self.failed[index] = FileResult(result.source, error=OverlayNotWritten(str(path), reason))
+            else:
+                result.prediction.extra["overlay_file"] = str(path)
+                self.written += 1
         self.then(index, result)
 
 
@@ -111,8 +161,6 @@ class InOrder:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    if args.concurrency < 1:
-        raise SystemExit(f"{PROG}: --concurrency must be 1 or more")
     stdout, stderr = sys.stdout, sys.stderr
     expansion = expand(args.paths)
     unreadable = [FileResult(path, error=UnreadableFile(path, reason)) for path, reason in expansion.problems]
@@ -139,7 +187,10 @@ def run_predict(args: argparse.Namespace) -> int:
     try:
         for result in unreadable:
             writer.row(result)
-        results = unreadable + (asyncio.run(classify()) if expansion.files else [])
+        classified = asyncio.run(classify()) if expansion.files else []
+        if isinstance(on_result, OverlayWriter):
+            classified = [on_result.failed.get(index, result) for index, result in enumerate(classified)]
+        results = unreadable + classified
     finally:  # a run cut short (service unreachable, Ctrl-C) still leaves well-formed output
         progress.clear()
         writer.end()
@@ -196,6 +247,9 @@ def run_metadata(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped, not as a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -97,12 +97,24 @@ def _detail(response: httpx.Response) -> str:
     return response.text.strip()[:300] or response.reason_phrase
 
 
+def check_service_url(url: str) -> None:
+    """ValueError unless ``url`` is an http(s) address with a host: ``localhost:8000`` (no scheme) or a port that
+    is not a number would otherwise fail on every call, as if the service had broken the connection."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise ValueError(f"{url!r} is not a URL ({error}); expected http://host:port, e.g. {DEFAULT_URL}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{url!r} is not an http(s) address; expected http://host:port, e.g. {DEFAULT_URL}")
+
+
 class _Calls:
     """Everything but the I/O, shared by Client and AsyncClient."""
 
     def __init__(self, url: str, retries: int, max_retry_wait_s: float, api_key: str | None) -> None:
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, not {retries}")
+        check_service_url(url)
         self.url = url.rstrip("/")
         self.retries = retries
         self.max_retry_wait_s = max_retry_wait_s

@@ -69,6 +69,14 @@ class UnreadableFile(ClientError):
         self.reason = reason
 
 
+class OverlayNotWritten(ClientError):
+    """An explanation arrived, but its overlay PNG could not be written (a full disk, a bad overlay)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot write the overlay {path}: {reason}")
+        self.path = path
+
+
 def transport_error(error: httpx.TransportError, service_url: str, url: str, timeout_s: float | None) -> ClientError:
     """httpx's transport failures, as the three cases a caller handles differently."""
     if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):

@@ -20,6 +20,12 @@ class Upload:
     media_type: str
 
 
+def sendable_name(name: str) -> str:
+    """A file name as a multipart header can carry it: a name whose bytes are not UTF-8 (os.fsdecode gives
+    surrogates for them) has those bytes replaced, where httpx would raise UnicodeEncodeError."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _media_type(filename: str) -> str:
     # The service sniffs the format from the bytes; the declared type is only a courtesy.
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
@@ -34,7 +40,7 @@ def read_upload(source: Source) -> Upload:
             content = path.read_bytes()
         except OSError as error:
             raise UnreadableFile(str(source), error.strerror or str(error)) from error
-        return Upload(path.name, content, _media_type(path.name))
+        return Upload(sendable_name(path.name), content, _media_type(path.name))
     content = source.read()
     if not isinstance(content, bytes):
         raise TypeError("open the file in binary mode ('rb'): a text-mode file cannot carry an image")
