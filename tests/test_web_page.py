@@ -323,6 +323,61 @@ def test_pasted_and_dropped_images_are_classified(open_page, server: str) -> Non
     assert page.locator("#results .card-title").all_inner_texts() == ["ship.png", "Pasted image 1"]
 
 
+def test_a_file_that_cannot_be_read_is_its_own_refusal_and_the_rest_are_sent(open_page, server: str) -> None:
+    page = open_page(viewport={"width": 1280, "height": 900}).page
+    # As the browser fails a file moved or deleted since it was picked: reading it rejects (NotReadableError).
+    page.evaluate("""() => {
+        const slice = Blob.prototype.slice;
+        Blob.prototype.slice = function (...args) {
+            const part = slice.apply(this, args);
+            if (this.name === "gone.png") {
+                part.arrayBuffer = () => Promise.reject(new DOMException("It is gone", "NotReadableError"));
+            }
+            return part;
+        };
+    }""")
+    good = shape_file(3, seed=6)
+    page.locator("#file-input").set_input_files([
+        {"name": "gone.png", "mimeType": "image/png", "buffer": shape_file(1, seed=7)},
+        {"name": "cat.png", "mimeType": "image/png", "buffer": good}])
+    assert_card_matches_api(page, "cat.png", api_predict(server, "cat.png", good, "image/png").json())
+    gone = card(page, "gone.png")
+    assert gone.locator(".error-title").inner_text() == "Could not be read, not sent"
+    assert "moved or deleted since it was picked" in gone.locator(".error-detail").inner_text()
+
+
+def test_text_pasted_into_the_key_field_is_not_taken_for_a_missing_image(open_page) -> None:
+    page = open_page(viewport={"width": 1280, "height": 900}).page
+    page.locator("#key-box summary").click()
+    before = page.locator("#status").inner_text()
+    page.evaluate("""() => {
+        const transfer = new DataTransfer();
+        transfer.setData("text/plain", "a-key");
+        document.querySelector("#api-key").dispatchEvent(
+            new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true}));
+    }""")
+    assert page.locator("#status").inner_text() == before
+    # Pasted anywhere else, text is still told apart from an image.
+    page.evaluate("""() => {
+        const transfer = new DataTransfer();
+        transfer.setData("text/plain", "https://example.com/cat.jpg");
+        document.body.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true}));
+    }""")
+    page.locator("#status").filter(has_text="The clipboard holds no image to classify").wait_for()
+
+
+def test_a_hidden_overlay_takes_no_room(open_page) -> None:
+    # The overlay of a failed explanation is hidden; the figure rule's display: block must not undo that.
+    page = open_page(viewport={"width": 1280, "height": 900}).page
+    assert page.evaluate("""() => {
+        const overlay = document.createElement("img");
+        overlay.className = "overlay";
+        overlay.hidden = true;
+        document.body.appendChild(overlay);
+        return getComputedStyle(overlay).display;
+    }""") == "none"
+
+
 def test_keyboard_alone_picks_a_file_and_sets_the_true_class(open_page, server: str) -> None:
     page = open_page(viewport={"width": 1280, "height": 900}).page
     assert page.locator("#status").get_attribute("aria-live") == "polite"

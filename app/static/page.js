@@ -142,6 +142,11 @@
     classify(Array.from(event.dataTransfer.files));
   });
 
+  function isEditable(element) {
+    return element instanceof HTMLInputElement || element instanceof HTMLTextAreaElement ||
+      (element instanceof HTMLElement && element.isContentEditable);
+  }
+
   function hasFiles(event) {
     return event.dataTransfer && Array.from(event.dataTransfer.types || []).indexOf("Files") !== -1;
   }
@@ -157,7 +162,10 @@
         .filter(Boolean);
     }
     if (files.length === 0) {
-      setStatus("The clipboard holds no image to classify. Copy an image, not its address.");
+      // Text pasted into a field (the API key) is that field's: only a paste elsewhere meant an image.
+      if (!isEditable(event.target)) {
+        setStatus("The clipboard holds no image to classify. Copy an image, not its address.");
+      }
       return;
     }
     event.preventDefault();
@@ -338,7 +346,15 @@
           formatBytesExactly(largestFile()) + " per image. Scale the image down or save it as JPEG, then " +
           "try again." };
     }
-    const head = new Uint8Array(await file.slice(0, 16).arrayBuffer());
+    let head;
+    try {
+      head = new Uint8Array(await file.slice(0, 16).arrayBuffer());
+    } catch (error) {
+      // Moved or deleted since it was picked, or a folder: this file's refusal, not the whole drop's end.
+      return { title: "Could not be read, not sent",
+        detail: "The browser could not read this file (" + error.message + "). It may have been moved or " +
+          "deleted since it was picked: pick it again." };
+    }
     const format = sniffFormat(head);
     const accepted = metadata.serving.accepted_formats;
     if (format === null || accepted.indexOf(format) === -1) {
@@ -391,7 +407,15 @@
         });
       }
       if (response.ok) {
-        const body = await response.json();
+        let body;
+        try {
+          body = await response.json();
+        } catch (error) {  // cut off, or not the service answering: each card says so rather than spin
+          return chunk.map(function () {
+            return { error: { status: response.status, detail: "The server's answer could not be read (" +
+              error.message + "). Try again." } };
+          });
+        }
         return body.results.map(function (result) {
           return "detail" in result ? { error: result } : { prediction: result };
         });
