@@ -779,6 +779,20 @@ def test_nginx_hides_metrics_which_the_replica_serves(replica: Server, tmp_path:
         assert httpx.get(proxy + "/metadata", timeout=30).json() == httpx.get(replica.url + "/metadata").json()
 
 
+def test_nginx_answers_503_json_with_retry_after_when_no_replica_can(trained_model_dir: Path, tmp_path: Path) -> None:
+    """Every replica down (or out of the rotation): nginx's own 502 would be an HTML page, which no client of
+    this service reads; instead the service's shape of "not now", which the page and the client retry."""
+    image = write_jpegs(tmp_path / "images", 1, seed=3)[0].read_bytes()
+    with running_server(trained_model_dir, tmp_path / "uvicorn.log") as gone, \
+            real_nginx(tmp_path / "nginx", gone) as proxy:
+        gone.stop()
+        for answer in (httpx.post(proxy + "/predict", files={"file": ("a.jpg", image, "image/jpeg")}, timeout=30),
+                       httpx.get(proxy + "/metadata", timeout=30)):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["content-type"] == "application/json" and answer.headers["retry-after"] == "5"
+            assert answer.json()["detail"].startswith("No replica of the service can answer right now")
+
+
 def test_client_and_cli_wait_out_429s_after_retry_after(replica: Server, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """The Python client and cifar10-client retry nginx's 429 after its Retry-After, as they do a 503."""
