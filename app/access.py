@@ -183,6 +183,29 @@ def needs_key(route: Any) -> bool:
     return False
 
 
+# The two ways presented_key reads a key, as OpenAPI names them: /docs then offers "Authorize" for either.
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key as 'Authorization: Bearer <key>'."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "An API key in X-API-Key."},
+}
+
+
+def document_keys(document: dict[str, Any], app: Any) -> None:
+    """When ``app`` runs with API keys, declare in ``document`` (its OpenAPI) the key schemes and, on each
+    operation whose route needs a key, that either is accepted: without this /docs cannot send a key and every
+    "Try it out" there is 401. Without keys nothing needs one, and the document says so by saying nothing."""
+    if app.state.api_keys.path is None:
+        return
+    document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for route in app_routes(app):
+        if not needs_key(route):
+            continue
+        for method in getattr(route, "methods", None) or ():
+            operation = document.get("paths", {}).get(route.path, {}).get(method.lower())
+            if operation is not None:
+                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+
+
 def app_routes(app: Any) -> list[Any]:
     """Every route of ``app`` as the router matches it: FastAPI keeps an included router whole (its routes
     combined with the inclusion's prefix and dependencies on demand), so ``app.routes`` alone would miss them."""

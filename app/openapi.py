@@ -17,6 +17,8 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from app.access import document_keys
+
 COMPONENTS = "#/components/schemas/"
 
 
@@ -53,6 +55,7 @@ def install_openapi(app: FastAPI, request_models: Iterable[type[BaseModel]] = ()
             document = build()  # FastAPI caches what it built in app.openapi_schema
             add_models(document, request_models)
             document["components"]["schemas"].update(request_schemas or {})
+            document_keys(document, app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

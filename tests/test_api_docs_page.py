@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from app.access import hash_line, new_key
 from tests.browser import ARTIFACTS, OffHostRequests, headless_chromium
 from tests.servers import running_server
 from tests.synthetic import shape_image
@@ -83,3 +84,34 @@ def test_try_it_out_on_predict_shows_the_models_answer_offline(server: str) -> N
         context.close()
     assert problems == [], problems
     assert list(off_host) == [], "the docs page asked for files from outside the host"
+
+
+def test_with_api_keys_authorize_then_try_it_out_is_answered(trained_model_dir: Path, tmp_path: Path) -> None:
+    """API_KEYS_FILE set: /docs must offer a way to send a key, or every "Try it out" on a classifying route
+    is 401. The page's Authorize dialog takes the key; the request then carries it."""
+    key = new_key()
+    (tmp_path / "keys").write_text(hash_line("docs-user", key) + "\n")
+    buffer = io.BytesIO()
+    shape_image(5, np.random.default_rng(1), size=48).save(buffer, format="PNG")
+    with running_server(trained_model_dir, tmp_path / "uvicorn.log", API_KEYS_FILE=str(tmp_path / "keys"),
+                        INFERENCE_THREADS="1", DECODE_THREADS="1") as server, headless_chromium() as browser:
+        files = {"file": ("cat.png", buffer.getvalue(), "image/png")}
+        assert httpx.post(f"{server.url}/predict", files=files, timeout=30).status_code == 401  # keys are on
+        page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"{server.url}/docs")
+        page.locator(".opblock").first.wait_for()
+        page.locator("button.authorize").first.click()
+        dialog = page.locator(".dialog-ux")
+        dialog.locator("input[type=text], input[type=password]").first.fill(key)
+        dialog.locator("button.modal-btn.auth.authorize").first.click()  # this scheme's "Authorize"
+        dialog.locator("button.btn-done").first.click()  # "Close"
+        predict = page.locator("#operations-predict-predict")
+        predict.locator(".opblock-summary").click()
+        predict.get_by_role("button", name="Try it out").click()
+        predict.locator("input[type=file]").set_input_files(
+            [{"name": "cat.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
+        predict.get_by_role("button", name="Execute").click()
+        status = predict.locator(".live-responses-table .response .response-col_status").first
+        status.wait_for()
+        assert status.inner_text().strip() == "200"
