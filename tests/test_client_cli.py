@@ -155,6 +155,9 @@ def test_overlay_names_stay_within_a_file_names_255_bytes_and_apart() -> None:
     assert all(len(os.fsencode(name)) <= 255 and name.endswith("img.jpg.explain.png") for name in names)
     assert names[0] != names[1]
     assert overlay_name("photos/cat.jpg") == "photos__cat.jpg.explain.png"  # short names as before
+    long_name = overlay_name(f"{deep}/{'é' * 200}.jpg")  # two bytes a character: cut between characters
+    assert len(os.fsencode(long_name)) <= 255 and long_name.endswith("é.jpg.explain.png")
+    assert long_name.encode("utf-8")  # no half character (a surrogate would not encode)
 
 
 def test_a_file_name_that_is_not_utf8_is_sent_and_printed(server: Server, photos: Path, tmp_path: Path,

@@ -115,8 +115,10 @@ def overlay_name(source: str) -> str:
     if len(os.fsencode(name)) <= MAX_NAME_BYTES:
         return name
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
-    tail = os.fsencode(parts[-1] + OVERLAY_SUFFIX)[-(MAX_NAME_BYTES - len(digest) - 2):]
-    return f"{digest}__{os.fsdecode(tail).lstrip(chr(0xFFFD))}"
+    tail = parts[-1] + OVERLAY_SUFFIX
+    while len(os.fsencode(tail)) > MAX_NAME_BYTES - len(digest) - 2:  # whole characters off its start
+        tail = tail[1:]
+    return f"{digest}__{tail}"
 
 
 class OverlayWriter:
