@@ -34,14 +34,15 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 logger = logging.getLogger("app.batching")
+T = TypeVar("T")
 
 
 class QueueFullError(RuntimeError):
@@ -200,17 +201,19 @@ class MicroBatcher:
         self._queue.append(_Pending(images, level, future))
         self._queued_images += count
         self._wakeup.set()
-        timeout = asyncio.timeout_at(deadline)  # None: no deadline
+        # On the deadline the future is cancelled: a batch not yet formed skips it.
+        return await self.by_deadline(deadline, future)
+
+    async def by_deadline(self, deadline: float | None, awaitable: Awaitable[T]) -> T:
+        """``awaitable``'s result, or AnswerTimeoutError at ``deadline`` (None: no deadline), which cancels it."""
+        timeout = asyncio.timeout_at(deadline)
         try:
             async with timeout:
-                return await future  # on the deadline the future is cancelled: a batch not yet formed skips it
+                return await awaitable
         except TimeoutError:
-            if not timeout.expired():  # the model's own TimeoutError, not the deadline
+            if not timeout.expired():  # the awaited work's own TimeoutError, not the deadline
                 raise
-            raise self.too_late() from None
-
-    def too_late(self) -> AnswerTimeoutError:
-        return AnswerTimeoutError(self.answer_timeout_s or 0.0, self._queued_images)
+            raise AnswerTimeoutError(self.answer_timeout_s or 0.0, self._queued_images) from None
 
     async def _run(self) -> None:
         while True:

@@ -186,14 +186,8 @@ class ClassifierService:
     async def in_pool(self, deadline: float | None, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in the decode pool, by ``deadline``: a flood of large uploads queues there, and a
         request must not wait for it longer than for the model. One not yet started is dropped on the deadline."""
-        timeout = asyncio.timeout_at(deadline)
-        try:
-            async with timeout:
-                return await asyncio.get_running_loop().run_in_executor(self.decoder, function, *args)
-        except TimeoutError:
-            if not timeout.expired():
-                raise
-            raise self.batcher.too_late() from None
+        return await self.batcher.by_deadline(
+            deadline, asyncio.get_running_loop().run_in_executor(self.decoder, function, *args))
 
     def warm_up(self) -> None:
         """A batch of each warm-up size through the signature (checked), so the first client pays nothing."""
