@@ -9,6 +9,8 @@
 #                            first half are served at once, the rest held and let through at the rate
 #   PROXY_RATE_PER_KEY       the same for each API key (requests that carry one)
 #   PROXY_BURST_PER_KEY
+#   MAX_UPLOAD_BYTES         the largest request body, in bytes: the service's own setting, which the
+#                            proxy enforces first (at least 1024, as the service takes)
 set -eu
 
 # Paths are variables so the test suite can run this script on the host against a real nginx.
@@ -37,10 +39,20 @@ burst() {  # NAME: its value if it is a whole number of requests, at least 1 (ng
     echo "$value"
 }
 
+bytes() {  # NAME: its value if it is a whole number of bytes, at least 1024
+    eval "value=\${$1-}"
+    case "$value" in
+        ''|*[!0-9]*|0*) fail "$1 is '$value': a whole number of bytes, at least 1024, e.g. 10485760" ;;
+    esac
+    [ "${#value}" -gt 4 ] || [ "$value" -ge 1024 ] || fail "$1 is '$value': at least 1024 bytes"
+    echo "$value"
+}
+
 rate_per_address=$(rate PROXY_RATE_PER_ADDRESS)
 burst_per_address=$(burst PROXY_BURST_PER_ADDRESS)
 rate_per_key=$(rate PROXY_RATE_PER_KEY)
 burst_per_key=$(burst PROXY_BURST_PER_KEY)
+max_upload_bytes=$(bytes MAX_UPLOAD_BYTES)
 
 delay() {  # BURST: limit_req's parameter that lets the first half of a burst through at once, the rest
     # held to the rate (nginx.conf); nginx refuses delay=0, and holds the whole burst without the parameter.
@@ -56,8 +68,9 @@ sed -e "s|\${PROXY_BURST_PER_ADDRESS_DELAY}|$delay_per_address|g" \
     -e "s|\${PROXY_BURST_PER_ADDRESS}|$burst_per_address|g" \
     -e "s|\${PROXY_RATE_PER_KEY}|$rate_per_key|g" \
     -e "s|\${PROXY_BURST_PER_KEY}|$burst_per_key|g" \
+    -e "s|\${MAX_UPLOAD_BYTES}|$max_upload_bytes|g" \
     "$TEMPLATE" > "$CONF"
-if grep -n '\${PROXY_' "$CONF" | grep -v '^[0-9]*: *#' >&2; then
+if grep -n '\${[A-Z_]*}' "$CONF" | grep -v '^[0-9]*: *#' >&2; then
     fail "$TEMPLATE names a setting this script does not fill in (above)"
 fi
 

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -35,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "deploy" / "docker-entrypoint.sh"
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 ROUTES = {route.path for routes in (router, predict_router, metrics_router) for route in routes.routes}
-NGINX_SETTINGS = {"PROXY_RATE_PER_ADDRESS", "PROXY_BURST_PER_ADDRESS", "PROXY_RATE_PER_KEY", "PROXY_BURST_PER_KEY"}
+NGINX_SETTINGS = {"PROXY_RATE_PER_ADDRESS", "PROXY_BURST_PER_ADDRESS", "PROXY_RATE_PER_KEY", "PROXY_BURST_PER_KEY",
+                  "MAX_UPLOAD_BYTES"}
 # Derived by deploy/nginx-entrypoint.sh from the bursts: limit_req's delay parameter (half a burst at once).
 NGINX_DERIVED = {"PROXY_BURST_PER_ADDRESS_DELAY", "PROXY_BURST_PER_KEY_DELAY"}
 
@@ -159,6 +161,10 @@ def test_one_port_everywhere() -> None:
     assert "TEMPLATE=${NGINX_TEMPLATE:-/etc/nginx/cifar10.conf}" in script
     assert "CONF=${NGINX_CONF:-/tmp/cifar10.conf}" in script
     assert any(mount.startswith("/tmp:") for mount in services["proxy"]["tmpfs"])
+    # Uploads wait for a replica's answer on the proxy's volume, not in its memory-bound tmpfs.
+    body_temp = re.search(r"^\s*client_body_temp_path (/var/lib/cifar10-proxy)/\w+;", nginx, re.MULTILINE)
+    assert body_temp and f"proxy-uploads:{body_temp.group(1)}" in services["proxy"]["volumes"]
+    assert "proxy-uploads" in compose()["volumes"]
 
 
 def test_nginx_template_settings_are_compose_settings_and_all_filled_in() -> None:
@@ -171,6 +177,8 @@ def test_nginx_template_settings_are_compose_settings_and_all_filled_in() -> Non
     assert set(environment) == NGINX_SETTINGS
     for name, value in environment.items():
         assert value.startswith(f"${{{name}:-"), value
+    # The service's own upload limit, the same setting for both.
+    assert environment["MAX_UPLOAD_BYTES"] == compose()["services"]["classifier"]["environment"]["MAX_UPLOAD_BYTES"]
     script = (ROOT / "deploy" / "nginx-entrypoint.sh").read_text()
     for name in NGINX_SETTINGS | NGINX_DERIVED:
         assert f'-e "s|\\${{{name}}}|' in script, name
@@ -205,23 +213,22 @@ def test_nginx_entrypoint_writes_the_settings_and_refuses_bad_ones(tmp_path: Pat
     assert odd.returncode == 0, odd.stderr
     # nginx takes no delay=0: without the parameter it holds every request of the burst.
     assert "zone=per_address burst=1 ;" in (tmp_path / "odd" / "nginx.conf").read_text()
-    assert "$binary_remote_addr" in rendered and "${PROXY_" not in rendered.split("http {", 1)[1]
+    assert f"client_max_body_size {defaults['MAX_UPLOAD_BYTES']};" in rendered
+    assert f"over the limit of {defaults['MAX_UPLOAD_BYTES']} bytes" in rendered
+    assert "$binary_remote_addr" in rendered and "${" not in rendered.split("http {", 1)[1]
     for name, value, says in [("PROXY_RATE_PER_ADDRESS", "20", "a rate ends in r/s"),
                               ("PROXY_RATE_PER_KEY", "0r/s", "at least 1"),
                               ("PROXY_RATE_PER_KEY", "20r/m", "whole requests a second"),
                               ("PROXY_BURST_PER_ADDRESS", "-1", "a whole number of requests"),
                               ("PROXY_BURST_PER_KEY", "4|0", "a whole number of requests"),
                               ("PROXY_BURST_PER_KEY", "0", "at least 1"),
-                              ("PROXY_RATE_PER_ADDRESS", "", "whole requests a second")]:
+                              ("PROXY_RATE_PER_ADDRESS", "", "whole requests a second"),
+                              ("MAX_UPLOAD_BYTES", "10m", "a whole number of bytes"),
+                              ("MAX_UPLOAD_BYTES", "1023", "at least 1024"),
+                              ("MAX_UPLOAD_BYTES", "010485760", "a whole number of bytes")]:
         bad = render_nginx(tmp_path, **{**defaults, name: value})
         assert bad.returncode == 1 and bad.stdout == "", (name, value)
         assert f"nginx-entrypoint: {name} is '{value}': " in bad.stderr and says in bad.stderr
-
-
-def test_nginx_accepts_the_largest_upload_the_service_does() -> None:
-    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
-    size = re.search(r"client_max_body_size (\d+)m;", nginx)
-    assert size and int(size.group(1)) * 1024 * 1024 > Settings.model_fields["max_upload_bytes"].default
 
 
 def test_models_volume_override_mounts_the_host_folder_where_model_dir_points() -> None:
@@ -646,34 +653,46 @@ def replica(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @contextmanager
-def real_nginx(tmp_path: Path, replica: Server, **settings: str) -> Iterator[str]:
-    """deploy/nginx.conf, run by deploy/nginx-entrypoint.sh with ``settings``, on loopback in front of ``replica``.
+def real_nginx(tmp_path: Path, replicas: Server | list[Server], **settings: str) -> Iterator[str]:
+    """deploy/nginx.conf, run by deploy/nginx-entrypoint.sh with ``settings``, on loopback in front of
+    ``replicas``.
 
-    Only what ties it to Docker changes, each edit checked to apply once: the replica's address instead of
-    the compose service name (Docker's DNS and `resolve`, which Debian's nginx 1.22 lacks), a free loopback
-    port for `listen 80`, and this test's folder for /tmp."""
+    Only what ties it to Docker changes, each edit checked to apply as often as expected: each `server` line
+    naming the compose service becomes one line per replica's address with the same parameters, as Docker's
+    DNS would answer the name (`resolve`, which Debian's nginx 1.22 lacks); a free loopback port for
+    `listen 80`; and this test's folder for /tmp and for the uploads' volume."""
     if not NGINX.exists():
         pytest.fail(f"{NGINX} is missing: install Debian's nginx (`apt-get install nginx`, as .ci/run does) "
                     "or set NGINX.")
     tmp_path.mkdir(parents=True, exist_ok=True)
     template = (ROOT / "deploy" / "nginx.conf").read_text()
-    port = free_port()
-    edits = [
-        (r"\n\s*resolver 127\.0\.0\.11 [^;]*;", ""),
-        (r"\n\s*resolver_timeout [^;]*;", ""),
-        (r"server classifier:8000 resolve ", f"server {replica.url.removeprefix('http://')} "),
-        (r"listen 80;", f"listen 127.0.0.1:{port};"),
-    ]
-    for pattern, replacement in edits:
-        template, count = re.subn(pattern, replacement, template)
-        assert count == 1, f"deploy/nginx.conf changed: {pattern!r} matched {count} times"
     template = template.replace("/tmp/", f"{tmp_path}/")
+    port = free_port()
+    addresses = [replica.url.removeprefix("http://") for replica in
+                 (replicas if isinstance(replicas, list) else [replicas])]
+
+    def each_address(server: re.Match[str]) -> str:
+        return "\n".join(f"{server.group(1)}server {address} {server.group(2)};" for address in addresses)
+
+    edits: list[tuple[str, str | Callable[[re.Match[str]], str], int]] = [
+        (r"\n\s*resolver 127\.0\.0\.11 [^;]*;", "", 1),
+        (r"\n\s*resolver_timeout [^;]*;", "", 1),
+        (r"( *)server classifier:8000 resolve ([^;]*);", each_address, 1),
+        (r"listen 80;", f"listen 127.0.0.1:{port};", 1),
+        (r"/var/lib/cifar10-proxy/", f"{tmp_path}/", 1),
+    ]
+    for pattern, replacement, expected in edits:
+        template, count = re.subn(pattern, replacement, template)
+        assert count == expected, f"deploy/nginx.conf changed: {pattern!r} matched {count} times"
     (tmp_path / "nginx.conf.template").write_text(template)
     defaults = {name: str(interpolate(value)) for name, value in compose()["services"]["proxy"]["environment"].items()}
     env = {"PATH": f"{NGINX.parent}:/usr/bin:/bin", "NGINX_TEMPLATE": str(tmp_path / "nginx.conf.template"),
            "NGINX_CONF": str(tmp_path / "nginx.conf"), **defaults, **settings}
     log = (tmp_path / "nginx.log").open("wb")
-    command = ["sh", str(ROOT / "deploy" / "nginx-entrypoint.sh"), "-e", "stderr", "-g", "daemon off;"]
+    # Run as root, nginx's workers would be nobody, who cannot enter pytest's private temporary folder to
+    # write an upload there (in the container they write to the proxy's volume).
+    user = " user root;" if os.geteuid() == 0 else ""
+    command = ["sh", str(ROOT / "deploy" / "nginx-entrypoint.sh"), "-e", "stderr", "-g", f"daemon off;{user}"]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -789,8 +808,70 @@ def test_nginx_answers_503_json_with_retry_after_when_no_replica_can(trained_mod
         for answer in (httpx.post(proxy + "/predict", files={"file": ("a.jpg", image, "image/jpeg")}, timeout=30),
                        httpx.get(proxy + "/metadata", timeout=30)):
             assert answer.status_code == 503, answer.text
-            assert answer.headers["content-type"] == "application/json" and answer.headers["retry-after"] == "5"
+            assert answer.headers["content-type"] == "application/json" and answer.headers["retry-after"] == "1"
             assert answer.json()["detail"].startswith("No replica of the service can answer right now")
+
+
+def test_nginx_refuses_an_upload_over_the_services_limit_as_the_service_does(replica: Server,
+                                                                              tmp_path: Path) -> None:
+    """compose gives the proxy the service's MAX_UPLOAD_BYTES: an upload one byte over is refused by nginx before it
+    is buffered, in the service's JSON and words; one at the limit reaches the replica."""
+    limit = int(interpolate(compose()["services"]["proxy"]["environment"]["MAX_UPLOAD_BYTES"]))
+    assert limit == Settings.model_fields["max_upload_bytes"].default
+    junk = {"content-type": "multipart/form-data; boundary=x"}
+    direct = httpx.post(replica.url + "/predict", content=b"x" * (limit + 1), headers=junk, timeout=30)
+    assert direct.status_code == 413
+    with real_nginx(tmp_path / "default", replica) as proxy:
+        at_limit = httpx.post(proxy + "/predict", content=b"x" * limit, headers=junk, timeout=30)
+        # The replica's answer to a body that is no multipart form, not a refusal of its size.
+        assert at_limit.status_code == 400 and at_limit.json()["detail"].startswith("Invalid multipart data.")
+        over = httpx.post(proxy + "/predict", content=b"x" * (limit + 1), headers=junk, timeout=30)
+        assert over.status_code == 413 and over.headers["content-type"] == "application/json"
+        assert over.json()["detail"].startswith(f"The request body is over the limit of {limit} bytes. ")
+        assert over.json()["detail"].endswith(direct.json()["detail"].split(". ", 1)[1])
+        # Refused from its Content-Length, before a byte of it was read or sent on.
+        assert f"client intended to send too large body: {limit + 1} bytes" in (
+            tmp_path / "default" / "nginx.log").read_text()
+    with real_nginx(tmp_path / "small", replica, MAX_UPLOAD_BYTES="2048") as proxy:
+        assert httpx.post(proxy + "/predict", content=b"x" * 2048, headers=junk, timeout=30).status_code == 400
+        over = httpx.post(proxy + "/predict", content=b"x" * 2049, headers=junk, timeout=30)
+        assert over.status_code == 413 and "over the limit of 2048 bytes" in over.json()["detail"]
+
+
+def test_nginx_takes_replicas_that_all_answered_503_out_of_the_rotation_for_a_second_only(
+        trained_model_dir: Path, tmp_path: Path) -> None:
+    """A 503 takes a replica out of the rotation for fail_timeout: a warming replica's 503 is retried on another,
+    which answers, and it is left alone meanwhile. But 503 also means "at capacity", and every replica can answer
+    it at once: then nginx has none left and answers "no replica" itself until fail_timeout has passed, while the
+    replicas may be idle again. With 5 s that was 5-6 s of refusals after a spike; now it is what Retry-After
+    says. The replicas' 503s are real: after SIGTERM a replica answers /readyz 503 for SHUTDOWN_GRACE_S while it
+    still serves every other route."""
+    def stopping(replica: Server) -> None:
+        replica.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while httpx.get(replica.url + "/readyz", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline, replica.log()
+            time.sleep(0.05)
+
+    with running_server(trained_model_dir, tmp_path / "a.log", SHUTDOWN_GRACE_S="60") as first, \
+            running_server(trained_model_dir, tmp_path / "b.log", SHUTDOWN_GRACE_S="60") as second, \
+            real_nginx(tmp_path / "nginx", [first, second]) as proxy, \
+            httpx.Client(base_url=proxy, timeout=30) as client:
+        stopping(first)
+        # One replica's 503 is retried on the other, which answers.
+        assert [client.get("/readyz").status_code for _ in range(4)] == [200] * 4
+        stopping(second)
+        # Every replica's 503 at once: both out of the rotation, and the answer says to retry in a second.
+        refused = client.get("/readyz")
+        out_since = time.monotonic()
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+        assert "upstream server temporarily disabled" in (tmp_path / "nginx" / "nginx.log").read_text()
+        while (answer := client.get("/metadata")).status_code != 200:
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+            assert answer.json()["detail"].startswith("No replica of the service can answer right now")
+            time.sleep(0.1)
+        # nginx counts fail_timeout in whole seconds: 1 s is at most 2.
+        assert time.monotonic() - out_since < 2.5
 
 
 def test_client_and_cli_wait_out_429s_after_retry_after(replica: Server, tmp_path: Path,
