@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -64,9 +65,15 @@ def keys_command(argv: list[str]) -> None:
     except ValueError as error:
         parser.error(str(error))
     if args.append:
-        descriptor = os.open(args.append, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(descriptor, "a") as file:
-            file.write(line + "\n")
+        try:
+            # The folder too: compose mounts the folder (deploy/compose.api-keys.yml), and a fresh clone has none.
+            Path(args.append).parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(args.append, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(descriptor, "a") as file:
+                file.write(line + "\n")
+        except OSError as error:  # the key is not printed: a key whose line was not stored would not work
+            sys.exit(f"error: cannot append to {args.append}: {error.strerror or error}. Pass a file you can "
+                     "write, or leave out --append to print the line.")
         print(key)
         print(f"(its hash line for '{args.name}' was appended to {args.append}; the key itself is stored nowhere)",
               file=sys.stderr)

@@ -242,6 +242,15 @@ def test_keys_new_prints_a_key_and_its_line(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60, check=True)
     assert file.read_text() == hash_line("erin", appended.stdout.strip()) + "\n"
     assert file.stat().st_mode & 0o777 == 0o600
+    # Its folder is made too (a fresh clone has no keys/); one that cannot be is one line, and no key.
+    nested = tmp_path / "keys" / "api-keys"
+    made = subprocess.run([sys.executable, "-m", "app", "keys", "new", "fay", "--append", str(tmp_path / "new" / "k")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    assert (tmp_path / "new" / "k").read_text() == hash_line("fay", made.stdout.strip()) + "\n"
+    unwritable = subprocess.run([sys.executable, "-m", "app", "keys", "new", "gus", "--append", str(nested)],
+                                cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert unwritable.returncode == 1 and unwritable.stdout == ""
+    assert unwritable.stderr.startswith(f"error: cannot append to {nested}: ") and "Traceback" not in unwritable.stderr
     bad = subprocess.run([sys.executable, "-m", "app", "keys", "new", "two words"], cwd=REPO, capture_output=True,
                          text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "one word without spaces" in bad.stderr
