@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     max_queue_images: int = Field(512, ge=1, description="Images waiting for the model before 503 Retry-After.")
     default_level: LevelName | None = Field(
         None, description="Accuracy level of requests that name none (default: the model's own, metadata.json's "
-        "default_level: accurate for the shipped model).",
+        "default_level: balanced for the shipped model).",
     )
     adapt_queue_images: int = Field(
         ADAPT_QUEUE_IMAGES_DEFAULT, ge=0,

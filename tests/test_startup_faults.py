@@ -19,9 +19,8 @@ from core.contract import METADATA_FILE, SAVED_MODEL_FILE
 from tests import hostile_files as files
 from tests.servers import spawn_server
 
-# The bound for every fault. Faults found from the files alone (saved_model.pb's wire format
-# included) are reported before TensorFlow is imported (~1.3 s); a signature off the contract is read
-# from saved_model.pb right after the import, which skips Keras (~4-6 s).
+# The bound for every fault. Every fault here is found from the files alone (saved_model.pb
+# parsed with protobuf; serving never imports TensorFlow), before OpenVINO loads anything.
 STARTUP_FAULT_S = 10.0
 
 
