@@ -58,7 +58,7 @@ def check(data: bytes) -> None:
 def run_atheris(seconds: int, findings: Path, max_len: int) -> None:
     import atheris
 
-    with atheris.instrument_imports(include=["PIL", "app"]):
+    with atheris.instrument_imports(include=["PIL", "core"]):
         import PIL.Image
 
         import core.preprocessing  # noqa: F401 - instrumented on import
@@ -84,7 +84,7 @@ def run_hypothesis(seconds: int, findings: Path, max_len: int) -> None:
 
     seed_values = list(seeds().values())
     deadline = time.monotonic() + seconds
-    mutated = st.tuples(st.sampled_from(seed_values), st.lists(st.tuples(st.integers(0, max_len), st.binary(1, 8)),
+    mutated = st.tuples(st.sampled_from(seed_values), st.lists(st.tuples(st.integers(0, max_len), st.binary(min_size=1, max_size=8)),
                                                                max_size=8), st.integers(0, max_len))
 
     def splice(item: tuple[bytes, list[tuple[int, bytes]], int]) -> bytes:
@@ -120,13 +120,24 @@ def run_hypothesis(seconds: int, findings: Path, max_len: int) -> None:
     print(f"hypothesis: {runs} inputs, no finding", flush=True)
 
 
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number, at least 1 (libFuzzer reads -max_total_time=0 as "no limit")."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is below 1")
+    return number
+
+
 def main() -> None:
     # Pillow warns about every odd TIFF tag it skips; the property is about exceptions, not warnings.
     warnings.simplefilter("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=300, help="how long to fuzz (default 300)")
+    parser.add_argument("--seconds", type=at_least_one, default=300, help="how long to fuzz (default 300)")
     parser.add_argument("--findings", type=Path, default=REPO / "test-artifacts" / "fuzz-findings")
-    parser.add_argument("--max-len", type=int, default=32 * 1024, help="longest input tried, in bytes")
+    parser.add_argument("--max-len", type=at_least_one, default=32 * 1024, help="longest input tried, in bytes")
     parser.add_argument("--engine", choices=("auto", "atheris", "hypothesis"), default="auto")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

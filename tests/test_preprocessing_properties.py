@@ -1,9 +1,12 @@
 """Properties of the one decode function: any image of any mode, size and allowed format becomes a
 32x32x3 uint8 array; any byte string at all becomes that or a typed ImageError, never anything else."""
 
+import importlib.util
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +160,23 @@ def test_fuzz_findings_keep_their_outcome(name: str) -> None:
         assert not LEAKS.search(error.message), error.message
         return
     assert EXPECTED[name] == "ok" and array.shape == (32, 32, 3) and array.dtype == np.uint8
+
+
+FUZZER = Path(__file__).resolve().parent.parent / "scripts" / "fuzz_decode.py"
+
+
+@pytest.mark.parametrize("engine", ["auto", "hypothesis"])
+def test_the_fuzzer_runs(engine: str, tmp_path: Path) -> None:
+    """scripts/fuzz_decode.py for one second starts, fuzzes and ends without a finding: `auto` with atheris where
+    it is installed (x86-64 Linux, pyproject.toml), else the hypothesis fallback, which is also run on its own
+    (it once crashed before its first input)."""
+    run = subprocess.run([sys.executable, str(FUZZER), "--engine", engine, "--seconds", "1",
+                          "--findings", str(tmp_path / "findings")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert not (tmp_path / "findings").exists() or not any((tmp_path / "findings").iterdir())
+    says = run.stdout + run.stderr
+    with_atheris = engine == "auto" and importlib.util.find_spec("atheris") is not None
+    assert ("stat::number_of_executed_units" if with_atheris else "inputs, no finding") in says, says
+    refused = subprocess.run([sys.executable, str(FUZZER), "--seconds", "0"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2 and "--seconds: 0 is below 1" in refused.stderr
