@@ -13,13 +13,15 @@ set -eu
 CGROUP_CPU_MAX=${CGROUP_CPU_MAX:-/sys/fs/cgroup/cpu.max}
 CGROUP_V1_CPU=${CGROUP_V1_CPU:-/sys/fs/cgroup/cpu}
 
-cpus=$(nproc)  # affinity mask (cpuset)
+# The affinity mask (cpuset). Not OMP_NUM_THREADS or OMP_THREAD_LIMIT, which GNU nproc prints instead
+# when they are set: an operator's OMP_NUM_THREADS=1 would silently leave one inference thread.
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 
 quota=""
 period=""
 if [ -r "$CGROUP_CPU_MAX" ]; then
     # cgroup v2: "<quota> <period>", quota "max" when unlimited
-    read -r quota period < "$CGROUP_CPU_MAX"
+    read -r quota period < "$CGROUP_CPU_MAX" || true  # an empty file: no quota read, not an exit
 elif [ -r "$CGROUP_V1_CPU/cpu.cfs_quota_us" ] && [ -r "$CGROUP_V1_CPU/cpu.cfs_period_us" ]; then
     # cgroup v1: quota -1 when unlimited
     quota=$(cat "$CGROUP_V1_CPU/cpu.cfs_quota_us")
@@ -35,7 +37,17 @@ case "$quota" in
         ;;
 esac
 
-per_worker=$(( cpus / ${WORKERS:-1} ))
+# A WORKERS that is not a whole number of at least 1 is the service's to refuse, in one line naming it;
+# here it counts as 1 rather than failing in shell arithmetic first.
+case "${WORKERS:-}" in
+    ''|*[!0-9]*) workers=1 ;;
+    *) workers=$(echo "$WORKERS" | sed 's/^0*//') ;;  # no leading zero: the shell would read octal
+esac
+if [ -z "$workers" ] || [ "${#workers}" -gt 6 ]; then
+    per_worker=1  # 0 (refused by the service) or more workers than any machine has CPUs
+else
+    per_worker=$(( cpus / workers ))
+fi
 if [ "$per_worker" -lt 1 ]; then per_worker=1; fi
 export INFERENCE_THREADS="${INFERENCE_THREADS:-$per_worker}"
 export DECODE_THREADS="${DECODE_THREADS:-$per_worker}"

@@ -512,6 +512,23 @@ def test_entrypoint_shares_cpus_between_workers_and_respects_explicit_values(tmp
     assert entrypoint_threads(tmp_path, cpu_max="50000 100000", INFERENCE_THREADS="7") == (7, 1)
 
 
+def test_entrypoint_counts_cpus_whatever_the_environment_says(tmp_path: Path) -> None:
+    """GNU nproc prints OMP_NUM_THREADS or OMP_THREAD_LIMIT when set, not the CPUs; a WORKERS the service will
+    refuse (in one line naming it) must not fail the entrypoint first in shell arithmetic; an empty cpu.max is no
+    quota."""
+    assert entrypoint_threads(tmp_path, OMP_NUM_THREADS=str(CPUS * 8)) == (CPUS, CPUS)
+    assert entrypoint_threads(tmp_path, OMP_THREAD_LIMIT="1") == (CPUS, CPUS)
+    for workers in ("0", "abc", "2x", "-1", "99999999999999999999"):
+        inference, decode = entrypoint_threads(tmp_path, WORKERS=workers)
+        assert 1 <= inference == decode <= CPUS, workers
+    assert entrypoint_threads(tmp_path, cpu_max=f"{CPUS * 100000} 100000", WORKERS="02") == (max(1, CPUS // 2),) * 2
+    (tmp_path / "empty").write_text("")
+    result = subprocess.run(["sh", str(ENTRYPOINT), "sh", "-c", 'echo "$INFERENCE_THREADS"'],
+                            env={**os.environ, "CGROUP_CPU_MAX": str(tmp_path / "empty")},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.split() == [os.environ.get("INFERENCE_THREADS", str(CPUS))]
+
+
 def test_entrypoint_execs_the_command(tmp_path: Path) -> None:
     # exec, not a child: the command's pid is the entrypoint's, so it receives SIGTERM itself.
     result = subprocess.run(["sh", "-c", f'echo $$; exec sh {ENTRYPOINT} sh -c "echo \\$\\$; exit 3"'],
