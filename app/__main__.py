@@ -84,10 +84,42 @@ def keys_command(argv: list[str]) -> None:
           file=sys.stderr)
 
 
+def settings_in_words() -> str:
+    """Every setting as its environment variable, default and description: the --help epilog."""
+    from app.settings import Settings
+
+    lines = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "computed"
+        elif field.default is None:
+            default = "unset"
+        else:
+            default = str(field.default).lower() if isinstance(field.default, bool) else str(field.default)
+        lines.append(f"  {name.upper()} (default {default}): {field.description or ''}")
+    return "\n".join(lines)
+
+
+def serve_command(argv: list[str]) -> None:
+    """Takes no arguments: every setting is an environment variable. --help lists them; anything else is a
+    usage error, rather than starting a server that ignores it."""
+    prog = "python -m app" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve the CIFAR-10 classifier (uvicorn). Settings come from environment variables, e.g. "
+                    f"PORT=8080 {prog}; '{prog} keys new NAME' makes an API key.",
+        epilog="settings (environment variables):\n" + settings_in_words())
+    _, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}. Settings are environment variables, e.g. "
+                     f"PORT=8080 {prog}; --help lists them.")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["keys"]:
         keys_command(sys.argv[2:])
         return
+    serve_command(sys.argv[1:])
     try:
         settings = get_settings()
     except SettingsProblem as problem:

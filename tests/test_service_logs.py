@@ -111,6 +111,21 @@ def test_a_bad_setting_is_one_line_naming_the_variable_and_exit_1(trained_model_
     assert said.startswith(line), said
 
 
+def test_help_lists_every_setting_and_an_argument_is_a_usage_error(tmp_path: Path) -> None:
+    """Settings are environment variables: --help names each, and an argument (--port 9) is refused rather than
+    ignored by a server that then starts on its defaults."""
+    env = server_env(tmp_path / "no-model", 8000)  # neither call may get as far as loading a model
+    helped = subprocess.run([sys.executable, "-m", "app", "--help"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m app"), helped.stderr
+    for name, field in Settings.model_fields.items():
+        assert f"  {name.upper()} (default " in helped.stdout and field.description in helped.stdout, name
+    refused = subprocess.run([sys.executable, "-m", "app", "--port", "9"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "unrecognized arguments: --port 9. Settings are environment variables, e.g. PORT=8080" in refused.stderr
+
+
 def test_log_level_takes_any_case() -> None:
     assert Settings(log_level="INFO").log_level == "info"
     with pytest.raises(ValidationError, match="log_level"):
