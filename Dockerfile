@@ -50,7 +50,9 @@ FROM deps AS project
 # The project without dependencies: the lock is the whole dependency set, and the setuptools that
 # builds it comes from the lock too (no build isolation, no download). pip comes back from the
 # interpreter's own ensurepip for this one install; --root collects just the project's files
-# (packages, console scripts) under /opt/project, laid out as they go into /opt/venv.
+# (packages, console scripts) under /opt/project, laid out as they go into /opt/venv. The image serves
+# and holds no client (client/ is not copied, httpx is not in the serving lock): pyproject.toml's
+# cifar10-client script would only fail with "No module named 'cifar10_client'", so it goes.
 COPY pyproject.toml /src/
 COPY app /src/app
 COPY core /src/core
@@ -58,7 +60,8 @@ COPY training /src/training
 RUN set -eu; \
     /opt/venv/bin/python -m ensurepip --default-pip >/dev/null; \
     /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
-        --no-build-isolation --root /opt/project /src
+        --no-build-isolation --root /opt/project /src; \
+    rm /opt/project/opt/venv/bin/cifar10-client
 
 # The shipped model: the newest version only, the one the service serves (older ones stay in the
 # repository, for a rollback through a models volume: docs/deployment.md). Its version folder comes out of

@@ -160,6 +160,11 @@ echo "largest layers: $layers"
 docker run --rm --entrypoint /bin/sh "$IMAGE_TAG" -c \
     'test ! -e /tmp/extra-ca && test ! -e /tmp/ca-bundle.pem && ! grep -rqs smoke-extra-ca /opt/venv' \
     || die "build-time CA material is in the runtime image"
+# Every command the project installs in the image runs (the client is not in the image: no command).
+docker run --rm --entrypoint /bin/sh "$IMAGE_TAG" -c \
+    'cd /opt/venv/bin && for command in cifar10-*; do "./$command" --help >/dev/null || exit 1; done
+     test ! -e cifar10-client' \
+    || die "a command the project installs in the image does not run"
 user=$(docker image inspect -f '{{.Config.User}}' "$IMAGE_TAG")
 case "$user" in ''|0|0:*|root|root:*) die "image runs as root (USER '$user')" ;; esac
 
@@ -246,6 +251,26 @@ answering=$(compose logs proxy | grep -o 'POST /predict[^"]*" 200 .*upstream=[0-
     | sed 's/.*upstream=//' | sort -u | wc -l)
 [ "$answering" = "$REPLICAS" ] || die "$answering of $REPLICAS replicas answered through the proxy"
 echo "$answering of $REPLICAS replicas answered through the proxy"
+
+# An upload larger than nginx keeps in memory waits on the proxy's uploads volume, written by its worker
+# user; one byte over MAX_UPLOAD_BYTES is refused by the proxy itself, in the service's JSON.
+docker run --rm --entrypoint python "$IMAGE_TAG" -c '
+import io, os, sys
+from PIL import Image
+image = Image.frombytes("RGB", (700, 700), os.urandom(700 * 700 * 3))  # noise: about 1.5 MB as PNG
+buffer = io.BytesIO()
+image.save(buffer, "PNG")
+sys.stdout.buffer.write(buffer.getvalue())' >"$WORK/large.png"
+large_kb=$(( $(stat -c %s "$WORK/large.png") / 1000 ))
+curl -fsS -o /dev/null -F "file=@$WORK/large.png;type=image/png" "http://127.0.0.1:$PORT/predict" \
+    || die "a $large_kb KB upload failed through the proxy (its uploads volume)"
+limit=${MAX_UPLOAD_BYTES:-10485760}
+head -c $(( limit + 1 )) /dev/zero >"$WORK/over-limit.bin"
+status=$(curl -sS -o "$WORK/over-limit.json" -w '%{http_code}' -H 'Content-Type: multipart/form-data; boundary=x' \
+    --data-binary "@$WORK/over-limit.bin" "http://127.0.0.1:$PORT/predict" || true)
+[ "$status" = 413 ] && grep -q "over the limit of $limit bytes" "$WORK/over-limit.json" \
+    || die "a body of $(( limit + 1 )) bytes got $status through the proxy: $(cat "$WORK/over-limit.json")"
+echo "uploads through the proxy: $large_kb KB answered 200 (on its volume); $(( limit + 1 )) bytes refused 413 JSON"
 
 # /metrics is not for the public: nginx answers 404 (JSON, as the service does); each replica serves it.
 metrics_status=$(curl -s -o "$WORK/metrics-proxy.json" -w '%{http_code}' "http://127.0.0.1:$PORT/metrics")
