@@ -84,8 +84,8 @@ def run_hypothesis(seconds: int, findings: Path, max_len: int) -> None:
 
     seed_values = list(seeds().values())
     deadline = time.monotonic() + seconds
-    mutated = st.tuples(st.sampled_from(seed_values), st.lists(st.tuples(st.integers(0, max_len), st.binary(min_size=1, max_size=8)),
-                                                               max_size=8), st.integers(0, max_len))
+    patches = st.lists(st.tuples(st.integers(0, max_len), st.binary(min_size=1, max_size=8)), max_size=8)
+    mutated = st.tuples(st.sampled_from(seed_values), patches, st.integers(0, max_len))
 
     def splice(item: tuple[bytes, list[tuple[int, bytes]], int]) -> bytes:
         data, edits, cut = bytearray(item[0]), item[1], item[2]
