@@ -49,8 +49,10 @@ $(NGINX):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
 
-test: $(STAMP) $(CHROMIUM) $(NGINX)  ## lint and run the test suite
+lint: $(STAMP)  ## ruff over every Python folder
 	$(BIN)/ruff check app core training tests bench client scripts
+
+test: lint $(CHROMIUM) $(NGINX)  ## lint and run the test suite
 	$(BIN)/python -m pytest
 
 # The run folder of `make train`: named here so the promotion that follows can find it.
@@ -76,7 +78,7 @@ bench-train: $(STAMP)  ## training and inference images/s of a recipe's network 
 	$(BIN)/python bench/train_speed.py --recipe $(or $(RECIPE),airbench)
 
 bench-serve: $(STAMP)  ## the service under load beside today's, in-process ceilings, 2 workers x 2 threads (~13 min; wrk)
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/serve.py --model-dir $(or $(MODEL_DIR),models/cifar10) --alt-workers 2 --alt-env INFERENCE_THREADS=2 --json docs/bench-serve.json
 
 clean:  ## environments, caches and run folders; a run folder git tracks (docs/training.md) stays
