@@ -21,9 +21,12 @@ import json
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+RETRY_PAUSE_S = 0.05  # after a request that got no answer, before the next on that connection
 
 
 @dataclass
@@ -40,8 +43,9 @@ class Load:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.request_head = (
-            f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
+            f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         self.body = body
@@ -107,6 +111,9 @@ class Load:
                 if streams is not None:
                     streams[1].close()
                 streams = None
+                # A refused connection fails at once: without a pause each connection would spin on it,
+                # taking the CPU a restarting replica needs, with thousands of failures a second.
+                await self.sleep_unless_stopping(RETRY_PAUSE_S)
         if streams is not None:
             streams[1].close()
 
@@ -165,7 +172,7 @@ def summarize(load: Load, began: float, ended: float) -> dict:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    body, content_type = multipart(args.image.read_bytes())
+    body, content_type = multipart(args.image_bytes)
     interval_s = args.connections / args.rate if args.rate else 0.0
     load = Load(args.url, body, content_type, args.timeout, interval_s, args.honour_retry_after)
     loop = asyncio.get_running_loop()
@@ -179,19 +186,51 @@ async def run(args: argparse.Namespace) -> dict:
     return summarize(load, began, time.monotonic())
 
 
+def http_url(text: str) -> str:
+    """argparse type: an http:// URL with a host (the client speaks plain HTTP/1.1, no TLS)."""
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is no number
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} has a port that is no number") from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// URL with a host (no TLS here)")
+    return text
+
+
+def number_at_least(lowest: float, kind: type = float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not value >= lowest:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} is below {lowest:g}")
+        return value
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", required=True, help="where to POST, e.g. http://127.0.0.1:18000/predict")
+    parser.add_argument("--url", type=http_url, required=True,
+                        help="where to POST, e.g. http://127.0.0.1:18000/predict (a query string is kept)")
     parser.add_argument("--image", type=Path, required=True, help="the image to upload in the field `file`")
-    parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
-    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: on SIGTERM)")
-    parser.add_argument("--rate", type=float, default=0.0,
+    parser.add_argument("--connections", type=number_at_least(1, int), default=16,
+                        help="concurrent keep-alive connections")
+    parser.add_argument("--timeout", type=number_at_least(0.001), default=30.0,
+                        help="seconds before a request counts as failed")
+    parser.add_argument("--duration", type=number_at_least(0), default=0.0,
+                        help="stop after this many seconds (0: on SIGTERM)")
+    parser.add_argument("--rate", type=number_at_least(0), default=0.0,
                         help="requests a second across all connections at most (0: each sends as fast as answered)")
     parser.add_argument("--honour-retry-after", action="store_true",
                         help="after a 429, wait its Retry-After on that connection before the next request")
     parser.add_argument("--summary", type=Path, help="write the JSON summary here (default: stdout)")
     args = parser.parse_args()
+    try:
+        args.image_bytes = args.image.read_bytes()
+    except OSError as error:
+        parser.error(f"--image {args.image}: {error.strerror or error}")
     summary = json.dumps(asyncio.run(run(args)))
     if args.summary:
         args.summary.write_text(summary + "\n")

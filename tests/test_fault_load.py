@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -25,12 +26,14 @@ class Replica(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive, as nginx answers
     requests = 0
+    paths: ClassVar[set[str]] = set()
     lock = threading.Lock()
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         with Replica.lock:
             Replica.requests += 1
+            Replica.paths.add(self.path)
             number = Replica.requests
         if self.path == "/drop":
             self.close_connection = True
@@ -53,6 +56,7 @@ class Replica(BaseHTTPRequestHandler):
 @pytest.fixture
 def replica() -> Iterator[str]:
     Replica.requests = 0
+    Replica.paths = set()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Replica)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -95,6 +99,23 @@ def test_error_answers_hang_ups_and_refused_connections_are_failures(replica: st
     assert dropped["failed"] == dropped["requests"] > 0 and set(dropped["failures"]) == {"ConnectionError"}
     refused = run_load(f"http://127.0.0.1:{free_port()}/predict", tmp_path, duration_s=0.5)
     assert refused["failed"] == refused["requests"] > 0 and set(refused["failures"]) == {"ConnectionRefusedError"}
+    # Each connection pauses after a request that got no answer, instead of spinning on the refusal (which
+    # made thousands a second, on the CPU a restarting replica needs): 4 connections, 0.5 s, 50 ms pauses.
+    assert refused["requests"] <= 4 * (0.5 / 0.05 + 2), refused["requests"]
+
+
+def test_the_query_string_is_sent_and_bad_options_are_usage_errors(replica: str, tmp_path: Path) -> None:
+    summary = run_load(f"{replica}/ok?level=fast", tmp_path, 0.3, 1)
+    assert summary["ok"] > 0 and Replica.paths == {"/ok?level=fast"}
+    for options, says in [(["--url", "https://example.org/predict"], "is not an http:// URL"),
+                          (["--url", "http://127.0.0.1:80a/predict"], "has a port that is no number"),
+                          (["--image", str(tmp_path / "missing.jpg")], "No such file or directory"),
+                          (["--connections", "0"], "0 is below 1"),
+                          (["--timeout", "nan"], "nan is below")]:
+        arguments = {"--url": f"{replica}/ok", "--image": str(LOAD)} | dict([options])
+        result = subprocess.run([sys.executable, str(LOAD), *(item for pair in arguments.items() for item in pair)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, options
 
 
 def test_sigusr1_marks_the_fault_and_sigterm_stops_the_load(replica: str, tmp_path: Path) -> None:
