@@ -27,6 +27,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.paths import json_output  # noqa: E402
 from bench.serve import event_loop_cpu_seconds, service_setting  # noqa: E402
 
 BOUNDARY = "lone-request-boundary"
@@ -206,7 +208,7 @@ def parse_args() -> argparse.Namespace:
                              "lone request finds the inference threads (back-to-back calls keep them awake)")
     parser.add_argument("--port", type=int, default=8790)
     parser.add_argument("--log", default="bench/results/lone-request-service.log", help="the service's output")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
+    parser.add_argument("--json", type=json_output, default=None, help="also write the figures here as JSON")
     return parser.parse_args()
 
 

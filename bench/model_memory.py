@@ -22,6 +22,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.paths import json_output  # noqa: E402
 from core.contract import version_dirs  # noqa: E402
 
 BATCH_SIZES = (1, 8, 64)  # one upload; a few connections' worth; MAX_BATCH_SIZE's default
@@ -95,7 +97,7 @@ def parse_args() -> argparse.Namespace:
                         "versions in models/cifar10)")
     parser.add_argument("--batch", type=int, nargs="+", default=list(BATCH_SIZES), help="batch sizes, in order")
     parser.add_argument("--rounds", type=int, default=2, help="times each model is measured, in turns")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
+    parser.add_argument("--json", type=json_output, default=None, help="also write the figures here as JSON")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is None and not args.model:

@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.paths import recorded_path  # noqa: E402
+from bench.paths import json_output, recorded_path  # noqa: E402
 from core.contract import version_dirs  # noqa: E402
 from tests import hostile_files as files  # noqa: E402 - the same generated uploads as the tests
 from tests.servers import Server, rss_bytes, spawn_server  # noqa: E402
@@ -209,7 +209,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warm-up", type=float, default=8.0,
                         help="seconds of load before the first swap, so that what grows with the load alone (batch "
                              "sizes met, caches filled) has grown before the first RSS reading")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=json_output, default=None, help="also write the figures here")
     parser.add_argument("--server-log", type=Path, default=None, help="keep the server's log here")
     parser.add_argument("--no-swap", action="store_true",
                         help="control for the RSS figure: the same load and timing with no version dropped in")

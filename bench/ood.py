@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from bench.ood_sets import FAR_SETS, add_size_arguments, make_sets, shifted_sets  # noqa: E402
+from bench.paths import json_output  # noqa: E402
 from core import ood  # noqa: E402
 from core.contract import (  # noqa: E402
     INPUT_NAME,
@@ -286,7 +287,7 @@ def main() -> None:
                         help="training images that fit the Mahalanobis score's class means and covariance")
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=json_output, default=None, help="also write the figures here")
     args = parser.parse_args()
     set_tensorflow_threads(args.threads)
     try:

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from bench.ood_sets import add_size_arguments, make_sets, shifted_sets  # noqa: E402
+from bench.paths import json_output  # noqa: E402
 from core import ood  # noqa: E402
 from core.contract import NUM_CLASSES  # noqa: E402
 from core.cpus import available_cpus  # noqa: E402
@@ -123,7 +124,7 @@ def main() -> None:
     add_size_arguments(parser)
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=json_output, default=None, help="also write the figures here")
     args = parser.parse_args()
     try:
         results = benchmark(version_folder(args.model), args.data, args.levels.split(","), args.scale,

@@ -27,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench.ood import rebuilt_model, separation  # noqa: E402
 from bench.ood_sets import add_size_arguments, make_sets, shifted_sets  # noqa: E402
+from bench.paths import json_output  # noqa: E402
 from core import ood  # noqa: E402
 from core.contract import FLOAT32  # noqa: E402
 from core.cpus import available_cpus  # noqa: E402
@@ -175,7 +176,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-train-jpeg.tar.gz"))
     add_size_arguments(parser)
     parser.add_argument("--threads", type=int, default=available_cpus())
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=json_output, default=None, help="also write the figures here")
     args = parser.parse_args()
     set_tensorflow_threads(args.threads)
     try:

@@ -18,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.paths import json_output  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -29,7 +32,7 @@ def main() -> int:
     parser.add_argument("--archive", type=Path, default=None, help="ImageFolder archive (default: the shared one)")
     parser.add_argument("--tolerance", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=json_output, default=None)
     args = parser.parse_args()
     from bench.version_split import VersionSplitError, version_folder
 

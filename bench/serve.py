@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.settings import ADAPT_QUEUE_IMAGES_DEFAULT  # noqa: E402
-from bench.paths import recorded_path  # noqa: E402
+from bench.paths import json_output, recorded_path  # noqa: E402
 from core.contract import CLASS_NAMES  # noqa: E402
 
 BOUNDARY = "cifar10-bench-boundary-7d1f"
@@ -959,7 +959,8 @@ def parse_args() -> argparse.Namespace:
                         help="service setting for every service run, e.g. --env MAX_BATCH_SIZE=128 (repeatable)")
     parser.add_argument("--port", type=int, default=8765, help="service port; the naive app uses the next one")
     parser.add_argument("--ready-timeout", type=float, default=120)
-    parser.add_argument("--json", type=Path, default=None, help="also write the JSON here (e.g. docs/bench-serve.json)")
+    parser.add_argument("--json", type=json_output, default=None,
+                        help="also write the JSON here (e.g. docs/bench-serve.json)")
     return parser.parse_args()
 
 

@@ -14,16 +14,19 @@ parameter count, and the FLOPs per image counted from the layer shapes.
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from bench.paths import json_output
 from core.contract import INPUT_NAME, LEVELS, level_named
 from core.cpus import available_cpus
 from core.tensorflow_runtime import set_tensorflow_threads
@@ -101,7 +104,7 @@ def main() -> None:
                         "on this CPU)")
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--train-only", action="store_true", help="time the training step only, no inference")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=json_output, default=None, help="also write the figures here")
     args = parser.parse_args()
     set_tensorflow_threads(args.threads)
 
