@@ -43,7 +43,7 @@ def main() -> int:
 
     import numpy as np
 
-    from bench.serve import load_jpegs
+    from bench.serve import ArchiveError, load_jpegs
     from core.contract import NUM_CLASSES
     from core.level_table import FLOAT32_LEVELS
     from core.preprocessing import image_bytes_to_array
@@ -51,7 +51,10 @@ def main() -> int:
     from core.tensorflow_runtime import import_tensorflow
     from core.versions import load_version
 
-    jpegs, source = load_jpegs(args.archive, args.images)
+    try:
+        jpegs, source = load_jpegs(args.archive, args.images)
+    except ArchiveError as error:
+        parser.error(f"--archive {error}")
     images = np.stack([image_bytes_to_array(data) for data in jpegs])
     started = time.perf_counter()
     model = load_version(model_dir, int(model_dir.name), RuntimeOptions(threads=args.threads),

@@ -64,22 +64,37 @@ CPUS = len(os.sched_getaffinity(0))
 
 # ---------------------------------------------------------------- inputs
 
+class ArchiveError(ValueError):
+    """An archive named on the command line that holds no CIFAR-10 JPEGs to load."""
+
+
 def load_jpegs(archive: Path | None, count: int) -> tuple[list[bytes], str]:
-    """``count`` real CIFAR-10 JPEGs, one per class in turn, read from the start of the shared archive."""
+    """``count`` real CIFAR-10 JPEGs, one per class in turn, read from the start of ``archive`` or, without one,
+    the shared archive; random pictures only when no archive was named and the shared one is not here. A named
+    archive that is missing or holds none raises ArchiveError: measuring noise instead would pass unnoticed."""
+    if archive is not None and not archive.is_file():
+        raise ArchiveError(f"{archive}: no such file. Pass the CIFAR-10 JPEG archive "
+                           "(cifar10-train-jpeg.tar.gz), or leave the option out.")
     for path in [archive] if archive else DEFAULT_DATA:
         if path and path.is_file():
             per_class = -(-count // len(CLASS_NAMES))
             found: dict[str, list[bytes]] = {name: [] for name in CLASS_NAMES}
-            with tarfile.open(path, "r:*") as tar:
-                for member in tar:
-                    parts = Path(member.name).parts
-                    if member.isfile() and len(parts) >= 2 and parts[-2] in found and len(found[parts[-2]]) < per_class:
-                        found[parts[-2]].append(tar.extractfile(member).read())  # type: ignore[union-attr]
-                        if all(len(v) >= per_class for v in found.values()):
-                            break
+            try:
+                with tarfile.open(path, "r:*") as tar:
+                    for member in tar:
+                        parts = Path(member.name).parts
+                        if (member.isfile() and len(parts) >= 2 and parts[-2] in found
+                                and len(found[parts[-2]]) < per_class):
+                            found[parts[-2]].append(tar.extractfile(member).read())  # type: ignore[union-attr]
+                            if all(len(v) >= per_class for v in found.values()):
+                                break
+            except tarfile.TarError:
+                raise ArchiveError(f"{path}: not a tar archive (.tar, .tar.gz) that can be read.") from None
             images = [img for group in zip(*found.values(), strict=False) for img in group][:count]
             if images:
                 return images, recorded_path(path)
+            if archive is not None:
+                raise ArchiveError(f"{archive}: no JPEGs in CIFAR-10 class folders (train/<class>/NNNN.jpg).")
     # No archive here: random 32x32 pictures saved the way the archive is (JPEG q75, 4:2:0).
     import numpy as np
     from PIL import Image
@@ -930,8 +945,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per service level")
     parser.add_argument("--warmup", type=float, default=3, help="unrecorded seconds before each level")
     parser.add_argument("--levels", type=_levels, default=[1, 64, 256], help="service concurrencies")
-    parser.add_argument("--today", type=Path, default=Path("models/cifar10/4"),
-                        help="the model today's service (TensorFlow) serves, measured alongside as the baseline")
+    parser.add_argument("--today", type=lambda text: Path(text) if text else None, default=Path("models/cifar10/4"),
+                        help="the model today's service (TensorFlow) serves, measured alongside as the baseline "
+                             "('' for none)")
     parser.add_argument("--runtime", default="openvino", choices=["openvino", "tensorflow"], help=argparse.SUPPRESS)
     parser.add_argument("--adapt-queue", type=int, default=ADAPT_QUEUE_IMAGES_DEFAULT,
                         help="ADAPT_QUEUE_IMAGES for the load-adaptation run at the highest concurrency; 0: skip")
@@ -978,7 +994,10 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = ROOT / "bench/results" / f"serve-{stamp}"
     body_dir = work / "bodies"
-    jpegs, source = load_jpegs(args.images, args.image_count)
+    try:
+        jpegs, source = load_jpegs(args.images, args.image_count)
+    except ArchiveError as error:
+        raise SystemExit(f"error: --images {error}") from None
     bodies = write_bodies(body_dir, jpegs)
     results: dict[str, Any] = {
         "machine": machine_info(),

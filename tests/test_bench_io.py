@@ -1,14 +1,19 @@
-"""bench/paths.py: where every benchmark's --json goes, checked before minutes of measuring, and how a
-file is named in what they write."""
+"""What the benchmarks read and write: every --json checked before minutes of measuring (bench/paths.py),
+how a file is named in what they write, and the JPEGs they load (bench/serve.py), never noise in place of
+an archive that was named."""
 
 import argparse
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from bench.paths import REPO, json_output, recorded_path
+from bench.serve import ArchiveError, load_jpegs
+from core.contract import CLASS_NAMES
+from tests.synthetic import write_jpegs
 
 
 def test_json_output_makes_its_folder_and_refuses_what_it_cannot_write(tmp_path: Path) -> None:
@@ -32,3 +37,19 @@ def test_a_benchmark_refuses_an_unwritable_json_before_it_measures(tmp_path: Pat
 def test_recorded_path_is_relative_to_the_repository_or_a_bare_name(tmp_path: Path) -> None:
     assert recorded_path(REPO / "models" / "cifar10" / "4") == "models/cifar10/4"
     assert recorded_path(tmp_path / "elsewhere" / "model") == "model"
+
+
+def test_load_jpegs_reads_a_named_archive_and_refuses_one_it_cannot(tmp_path: Path) -> None:
+    for index, name in enumerate(CLASS_NAMES):
+        write_jpegs(tmp_path / "train" / name, 1, seed=index)
+    with tarfile.open(tmp_path / "set.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "train", arcname="train")
+    images, source = load_jpegs(tmp_path / "set.tar.gz", 10)
+    assert len(images) == 10 and all(image.startswith(b"\xff\xd8") for image in images) and source == "set.tar.gz"
+    (tmp_path / "notes.txt").write_text("no archive")
+    with tarfile.open(tmp_path / "empty.tar", "w") as tar:
+        tar.add(tmp_path / "notes.txt", arcname="notes.txt")
+    for archive, says in [(tmp_path / "missing.tar.gz", "no such file"), (tmp_path / "notes.txt", "not a tar archive"),
+                          (tmp_path / "empty.tar", "no JPEGs in CIFAR-10 class folders")]:
+        with pytest.raises(ArchiveError, match=says):
+            load_jpegs(archive, 4)
