@@ -353,6 +353,18 @@ def test_the_serving_install_has_no_tensorflow_and_training_keeps_it() -> None:
     assert "-r requirements-serve.lock" in makefile and "serve: $(SERVE_STAMP)" in makefile
 
 
+def test_the_locks_keep_pyprojects_platform_markers() -> None:
+    """Both locks are resolved for every platform (uv's --universal), so a package pyproject.toml asks for on one
+    platform only keeps its marker: atheris, which builds only on x86-64 Linux, made `make test` fail on aarch64
+    when the lock pinned it everywhere."""
+    for lock in ("requirements.lock", "requirements-serve.lock"):
+        header = (ROOT / lock).read_text().splitlines()[1]
+        assert header.startswith("#    uv pip compile ") and "--universal" in header.split(), (lock, header)
+    lines = (ROOT / "requirements.lock").read_text().splitlines()
+    (atheris,) = [line for line in lines if line.startswith("atheris==")]
+    assert "platform_machine == 'x86_64'" in atheris and "sys_platform == 'linux'" in atheris, atheris
+
+
 def test_the_serving_lock_pins_the_setuptools_that_builds_the_project() -> None:
     """The Makefile and the Dockerfile build the project with --no-build-isolation, so the serving lock must
     bring the build backend: the setuptools a new venv has (65 on Python 3.11) has no bdist_wheel and fails."""
