@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from cifar10_client import Client  # noqa: E402
+from bench.arguments import at_least_one  # noqa: E402
+from cifar10_client import Client, ClientError  # noqa: E402
 from tests.synthetic import shape_image  # noqa: E402
 
 CLIENT = Path(sys.executable).parent / "cifar10-client"
@@ -45,16 +46,19 @@ def run_once(folder: Path, url: str, concurrency: int, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels (default: 32, CIFAR's)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=at_least_one, default=100)
+    parser.add_argument("--size", type=at_least_one, default=32, help="image side in pixels (default: 32, CIFAR's)")
+    parser.add_argument("--concurrency", type=at_least_one, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--repeats", type=at_least_one, default=3)
     args = parser.parse_args()
 
-    with Client(args.url) as client:
-        if not client.health().ready:
-            raise SystemExit(f"{args.url} is not ready")
-        model = client.metadata().model
+    try:
+        with Client(args.url) as client:
+            if not client.health().ready:
+                raise SystemExit(f"error: {args.url} is not ready (warming up); try again in a few seconds")
+            model = client.metadata().model
+    except (ValueError, ClientError) as error:  # a bad URL; no service there, or an error answer
+        raise SystemExit(f"error: {error}") from None
     with tempfile.TemporaryDirectory(prefix="client-bench-") as tmp:
         folder = Path(tmp)
         write_folder(folder, args.images, args.size)

@@ -28,6 +28,7 @@ from PIL import Image  # noqa: E402
 
 from app.overlay import overlay, png_bytes  # noqa: E402
 from app.saliency import Occlusion  # noqa: E402
+from bench.arguments import at_least_one  # noqa: E402
 from core.contract import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 
 
@@ -98,7 +99,7 @@ def main() -> None:
                         help="a version folder, or a model folder for its highest version (default: the shipped model)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-train-jpeg.tar.gz"))
     parser.add_argument("--url", default=None, help="time POST /explain on this server instead of in process")
-    parser.add_argument("--count", type=int, default=50, help="validation images to explain")
+    parser.add_argument("--count", type=at_least_one, default=50, help="validation images to explain")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads (default: all CPUs)")
     parser.add_argument("--examples", type=Path, default=None, help="write example overlays into this folder")
     parser.add_argument("--indices", default="0,1,2,3", help="validation images for --examples")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import Split, default_val_size, load_image_folder, stratified_split
+from training.data import DatasetError, Split, default_val_size, load_image_folder, stratified_split
 
 DEFAULT_OUT = Path("/tmp/cifar10-split.npz")
 
@@ -30,7 +30,10 @@ def main() -> None:
     parser.add_argument("--indices", type=Path, help="write only the validation images' positions and labels here")
     args = parser.parse_args()
 
-    dataset = load_image_folder(args.data, cache_dir=None)
+    try:
+        dataset = load_image_folder(args.data, cache_dir=None)
+    except DatasetError as error:
+        parser.error(str(error))
     if args.indices:
         positions = Split(np.arange(len(dataset.train.labels)), dataset.train.labels)
         _, val = stratified_split(positions, default_val_size(len(dataset.train.labels)), args.seed)

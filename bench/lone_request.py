@@ -28,8 +28,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.arguments import at_least_one  # noqa: E402
 from bench.paths import json_output  # noqa: E402
 from bench.serve import event_loop_cpu_seconds, service_setting  # noqa: E402
+from core.contract import version_dirs  # noqa: E402
 
 BOUNDARY = "lone-request-boundary"
 TARGET_MS = 2.0
@@ -199,8 +201,8 @@ def parse_args() -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("command", nargs="?", default="run", choices=["run", "model"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, default=Path("models/cifar10"))
-    parser.add_argument("--rounds", type=int, default=6, help="alternating turns per level")
-    parser.add_argument("--calls", type=int, default=40, help="calls per turn and side")
+    parser.add_argument("--rounds", type=at_least_one, default=6, help="alternating turns per level")
+    parser.add_argument("--calls", type=at_least_one, default=40, help="calls per turn and side")
     parser.add_argument("--env", action="append", default=[], type=service_setting, metavar="KEY=VALUE",
                         help="a service setting, e.g. --env BATCH_CONCURRENCY=1 (repeatable)")
     parser.add_argument("--idle-ms", type=float, default=5.0,
@@ -217,6 +219,9 @@ def main() -> None:
     if args.command == "model":
         model_process(args.model_dir)
         return
+    if not version_dirs(args.model_dir):
+        sys.exit(f"error: --model-dir {args.model_dir} holds no version folder (<version>/saved_model.pb). Pass a "
+                 "model folder such as models/cifar10.")
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     result = measure(args)
     print(table(result))

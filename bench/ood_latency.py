@@ -27,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.arguments import at_least_one  # noqa: E402
 from bench.lone_request import BOUNDARY, jpeg_upload, proc_stat, service_times, wait_ready  # noqa: E402
 from bench.paths import json_output  # noqa: E402
 from core.contract import LEVEL_NAMES  # noqa: E402
@@ -122,7 +123,7 @@ def parse_args() -> argparse.Namespace:
                         help="a version folder exported with an OOD output (version 5: feature_norm)")
     parser.add_argument("--without", dest="without_dir", type=Path, default=Path("models/cifar10/4"),
                         help="the same weights exported without it, or with another (version 9 against 10)")
-    parser.add_argument("--pairs", type=int, default=500, help="calls per level and side, taken in turns")
+    parser.add_argument("--pairs", type=at_least_one, default=500, help="calls per level and side, taken in turns")
     parser.add_argument("--level", action="append", choices=LEVEL_NAMES, help="measure only this level (repeatable)")
     parser.add_argument("--port", type=int, default=8792, help="the first service's port; the second gets the next")
     parser.add_argument("--json", type=json_output, default=None, help="also write the figures here as JSON")

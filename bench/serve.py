@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.settings import ADAPT_QUEUE_IMAGES_DEFAULT  # noqa: E402
+from bench.arguments import at_least_one  # noqa: E402
 from bench.paths import json_output, recorded_path  # noqa: E402
 from core.contract import CLASS_NAMES  # noqa: E402
 
@@ -931,7 +932,11 @@ def service_setting(text: str) -> tuple[str, str]:
 
 
 def _levels(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+    """argparse type: a comma-separated list of whole numbers of at least 1, e.g. 1,64,256."""
+    numbers = [at_least_one(part.strip()) for part in text.split(",") if part.strip()]
+    if not numbers:
+        raise argparse.ArgumentTypeError("no number given: a comma-separated list, e.g. 1,64,256")
+    return numbers
 
 
 def parse_args() -> argparse.Namespace:

@@ -18,6 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.arguments import at_least_one  # noqa: E402 - --seconds 0 would be libFuzzer's "no time limit"
+
 # Small enough that every execution is fast; the header checks under test do not depend on the value.
 FUZZ_MAX_PIXELS = 4_000_000
 
@@ -118,17 +120,6 @@ def run_hypothesis(seconds: int, findings: Path, max_len: int) -> None:
         print(f"FINDING: {type(error).__name__}: {error}", flush=True)
         sys.exit(1)
     print(f"hypothesis: {runs} inputs, no finding", flush=True)
-
-
-def at_least_one(text: str) -> int:
-    """argparse type: a whole number, at least 1 (libFuzzer reads -max_total_time=0 as "no limit")."""
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{number} is below 1")
-    return number
 
 
 def main() -> None:

@@ -53,3 +53,25 @@ def test_load_jpegs_reads_a_named_archive_and_refuses_one_it_cannot(tmp_path: Pa
                           (tmp_path / "empty.tar", "no JPEGs in CIFAR-10 class folders")]:
         with pytest.raises(ArchiveError, match=says):
             load_jpegs(archive, 4)
+
+
+@pytest.mark.parametrize("command", [
+    ["client_cli.py", "--repeats", "0"], ["lone_request.py", "--rounds", "0"], ["explain.py", "--count", "0"],
+    ["ood_latency.py", "--pairs", "0"], ["serve.py", "--levels", ""], ["serve.py", "--levels", "1,x"],
+], ids=lambda command: " ".join(command) or "''")
+def test_a_count_of_nothing_is_a_usage_error_before_anything_runs(command: list[str]) -> None:
+    """A median of no runs was a StatisticsError after the service had been started; now argparse says so."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / command[0]), *command[1:]], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and f"argument {command[1]}: " in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_model_or_service_is_one_line(tmp_path: Path) -> None:
+    lone = subprocess.run([sys.executable, str(REPO / "bench" / "lone_request.py"), "--model-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert lone.returncode == 1 and lone.stderr.startswith(f"error: --model-dir {tmp_path} holds no version folder")
+    unreachable = subprocess.run([sys.executable, str(REPO / "bench" / "client_cli.py"), "--url",
+                                  "http://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 1 and unreachable.stderr.startswith("error: cannot reach the service")
+    assert "Traceback" not in lone.stderr + unreachable.stderr
