@@ -12,6 +12,7 @@ logged once with the reason, counted, and skipped until its files change; the se
 import asyncio
 import gc
 import logging
+import os
 import time
 import weakref
 from collections.abc import Iterable
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from app.metrics import Metrics
-from core.contract import missing_files, version_dirs
+from core.contract import METADATA_FILE, missing_files, version_dirs
 from core.level_table import MODEL_LEVELS, LevelSettings
 from core.runtime import DEFAULT_OPTIONS, RuntimeOptions
 from core.versions import (
@@ -66,9 +67,18 @@ def fingerprint(version_dir: Path) -> Fingerprint | None:
     try:
         paths = sorted([version_dir, *version_dir.rglob("*")])
         return tuple((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-                     for path, stat in ((path, path.stat()) for path in paths))
+                     for path, stat in ((path, entry_stat(path)) for path in paths))
     except OSError:
         return None
+
+
+def entry_stat(path: Path) -> os.stat_result:
+    """What a path points to, or a link's own entry when it points nowhere: a dangling link left the version
+    unfingerprinted, and so never loaded and never reported."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return path.lstat()  # still raises for a file removed since it was listed (the version is changing)
 
 
 def seconds_since_last_change(files: Fingerprint) -> float:
@@ -105,6 +115,9 @@ class ModelWatcher:
                 model = load_version(path, version, self.options, self.level_settings)
             except ModelLoadError as error:
                 failed.append((version, path, error))
+                continue
+            except Exception as error:  # anything else a broken version raises: fall back past it all the same
+                failed.append((version, path, ModelLoadError(f"{path} could not be loaded ({first_line(error)})")))
                 continue
             self.served = ServedModel(model)
             self.metrics.model_version.set(version)
@@ -160,7 +173,13 @@ class ModelWatcher:
             unchanged_for = seconds_since_last_change(files)
             if unchanged_for < SETTLE_S:  # still being written: look again as soon as it may be done
                 return min(self.poll_s, SETTLE_S - unchanged_for + 0.05)
-            missing = missing_files(path)
+            try:
+                missing = missing_files(path)
+            except OSError as error:  # a version the service may not read: skip it, look at the ones below
+                self.skip(version, path, files, ModelLoadError(
+                    f"{path} cannot be read ({error.strerror or error}). Make it readable by the service, e.g. "
+                    f"chmod -R a+rX {path}."))
+                continue
             if missing:
                 self.skip(version, path, files, ModelLoadError(
                     f"{path} is incomplete: no {', '.join(missing)}", reason="incomplete"))
@@ -192,6 +211,11 @@ class ModelWatcher:
 
     def _load_checked(self, version: int, path: Path) -> LoadedModel:
         model = load_version(path, version, self.options, self.level_settings)
+        served = self.served.current.name
+        if model.name != served:  # the protocol routes and their readiness probes address the model by name
+            raise ModelLoadError(f"{path / METADATA_FILE} names the model {model.name!r}, but this server serves "
+                                 f"{served!r}, the name /v1 and /v2 clients and probes use. Keep the name, or serve "
+                                 "the new model from a MODEL_DIR of its own.", reason="contract")
         check_answers(model, self.warm_up_sizes)
         return model
 

@@ -28,6 +28,48 @@ from core.contract import (
 OPENVINO_SECTION = "openvino"
 
 
+class LevelTableError(ValueError):
+    """metadata.json describes levels the service cannot serve (wrong types, no known level, a default level it
+    does not offer): the message says which key."""
+
+
+# Figures a level may carry, with the types /metadata shows them as (app.schemas.LevelFigures).
+FIGURE_TYPES: dict[str, tuple[type, ...]] = {"views": (int,), "description": (str,), "val_accuracy": (int, float),
+                                             "val_ece": (int, float), "images_per_second": (dict,)}
+
+
+def check_levels(metadata: dict[str, Any]) -> None:
+    """LevelTableError unless metadata.json's ``levels``, ``default_level`` and ``openvino`` sections have the
+    shapes level_table reads: else a bad value surfaced as a TypeError at start-up, or as a 500 from /metadata
+    after a swap, or a default level the model lacks answered every request without ``?level=`` with 422."""
+    levels = metadata["levels"]
+    known = [name for name in LEVEL_NAMES if name in levels]
+    if not known:
+        raise LevelTableError(f"'levels' names none of {', '.join(LEVEL_NAMES)} (it has {', '.join(levels)})")
+    for name in known:
+        figures = levels[name]
+        if not isinstance(figures, dict):
+            raise LevelTableError(f"'levels.{name}' must be an object of figures, not {figures!r}")
+        for key, kinds in FIGURE_TYPES.items():
+            value = figures.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise LevelTableError(f"'levels.{name}.{key}' is {value!r}, not a {kinds[0].__name__}")
+    default = metadata.get("default_level")
+    if default is not None and default not in known:
+        raise LevelTableError(f"'default_level' is {default!r}, but the levels are {', '.join(known)}")
+    openvino = metadata.get(OPENVINO_SECTION)
+    if openvino is None:
+        return
+    if not isinstance(openvino, dict):
+        raise LevelTableError(f"'{OPENVINO_SECTION}' must be an object, not {openvino!r}")
+    for key in ("precision", "levels"):
+        if not isinstance(openvino.get(key) or {}, dict):
+            raise LevelTableError(f"'{OPENVINO_SECTION}.{key}' must be an object, not {openvino[key]!r}")
+    for name, measured in (openvino.get("levels") or {}).items():
+        if not isinstance(measured, dict) or not all(isinstance(entry, dict) for entry in measured.values()):
+            raise LevelTableError(f"'{OPENVINO_SECTION}.levels.{name}' must map each precision to its figures")
+
+
 class UnknownLevelError(ValueError):
     """A request named a level this model does not offer."""
 
@@ -102,6 +144,7 @@ def level_table(metadata: dict[str, Any], bfloat16: bool, int8: bool = True, def
                           "precision": FLOAT32}}
         table = LevelTable(default=only, figures=figures, legacy=True)
     else:
+        check_levels(metadata)
         openvino = metadata.get(OPENVINO_SECTION) or {}
         usable = {BFLOAT16: bfloat16, INT8: int8}
         reduced = {name: precision for name, precision in (openvino.get("precision") or {}).items()
@@ -109,8 +152,9 @@ def level_table(metadata: dict[str, Any], bfloat16: bool, int8: bool = True, def
         figures = {name: served_figures(levels[name], (openvino.get("levels") or {}).get(name) or {},
                                         reduced.get(name, FLOAT32))
                    for name in LEVEL_NAMES if name in levels}
-        table = LevelTable(default=str(metadata.get("default_level") or DEFAULT_LEVEL), figures=figures,
-                           reduced_precision=reduced)
+        default_level = metadata.get("default_level") or (DEFAULT_LEVEL if DEFAULT_LEVEL in figures else next(
+            iter(figures)))
+        table = LevelTable(default=default_level, figures=figures, reduced_precision=reduced)
     if default is not None:
         table = replace(table, default=table.resolve(default))
     return table

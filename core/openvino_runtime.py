@@ -26,6 +26,7 @@ it alone.
 
 import logging
 import queue
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -109,7 +110,11 @@ def read_level(version_dir: Path, level: str, signature: str, precision: str = F
     has no SavedModel signature to convert: its IR must be there."""
     path = ir_path(version_dir, level, precision)
     if path.is_file():
-        return openvino_core().read_model(str(path)), f"{IR_DIR}/{path.name}"
+        try:
+            return openvino_core().read_model(str(path)), f"{IR_DIR}/{path.name}"
+        except Exception as error:  # a truncated, half-copied or unreadable IR: name the file, not OpenVINO's source
+            raise RuntimeLoadError(f"level {level}: {IR_DIR}/{path.name} (or its .bin) cannot be read: "
+                                   f"{first_line(error)}") from None
     if precision == INT8:
         raise RuntimeLoadError(f"level {level}: metadata.json chose int8, but {IR_DIR}/{path.name} is missing")
     return convert_signature(version_dir, signature), f"converted from signature {signature!r}"
@@ -277,6 +282,13 @@ def load_openvino(version_dir: Path, levels: LevelTable, options: RuntimeOptions
     return OpenVinoModel(compiled, options.threads, options.concurrency)
 
 
+# Lines of OpenVINO's errors that say where in its own sources it failed, not what failed.
+OPENVINO_SOURCE_LINE = re.compile(r"^(Exception from src/|Check '.*' failed at )")
+
+
 def first_line(error: Exception) -> str:
-    """OpenVINO's and TensorFlow's errors run to pages: their first line, shortened, fits a log line."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    """OpenVINO's and TensorFlow's errors run to pages: their first line that says what failed, shortened, fits
+    a log line (OpenVINO's own first line is always where in its sources it was raised)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    telling = [line for line in lines if not OPENVINO_SOURCE_LINE.match(line)]
+    return (telling or lines or [type(error).__name__])[0][:200]

@@ -7,6 +7,7 @@ runtime is OpenVINO (core.openvino_runtime): neither TensorFlow nor anything fro
 
 import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,14 @@ from core.contract import (
     version_dirs,
 )
 from core.cpus import cpu_flags, has_bfloat16
-from core.level_table import MODEL_LEVELS, LevelSettings, LevelTable, UnknownLevelError, level_table
+from core.level_table import (
+    MODEL_LEVELS,
+    LevelSettings,
+    LevelTable,
+    LevelTableError,
+    UnknownLevelError,
+    level_table,
+)
 from core.openvino_runtime import RuntimeLoadError, first_line, load_openvino
 from core.runtime import DEFAULT_OPTIONS, ModelRuntime, RuntimeLoader, RuntimeOptions
 from core.saved_model_proto import DT_FLOAT, DT_UINT8, parse_saved_model, signature_defs
@@ -111,7 +119,17 @@ def load_version(path: Path, version: int, options: RuntimeOptions = DEFAULT_OPT
     at once); ``level_settings`` picks the default level and allows bfloat16 and int8.
 
     Converting and compiling takes seconds, so the file checks come first: a missing, incomplete or
-    off-contract model directory fails at once."""
+    off-contract model directory fails at once. A file the process may not read is a ModelLoadError too, so
+    that start-up falls back to an older version and the watcher skips it."""
+    try:
+        return _load_version(path, version, options, level_settings)
+    except OSError as error:
+        where = error.filename or path
+        raise ModelLoadError(f"{where} cannot be read ({error.strerror or error}). Make the version readable by "
+                             f"the service (uid {os.getuid()}), e.g. chmod -R a+rX {path}.") from None
+
+
+def _load_version(path: Path, version: int, options: RuntimeOptions, level_settings: LevelSettings) -> LoadedModel:
     if not (path / SAVED_MODEL_FILE).is_file():
         raise ModelLoadError(f"{path} has no {SAVED_MODEL_FILE}. {HOW_TO_MAKE_ONE}", reason="incomplete")
     metadata_path = path / METADATA_FILE
@@ -120,7 +138,7 @@ def load_version(path: Path, version: int, options: RuntimeOptions = DEFAULT_OPT
     except FileNotFoundError:
         raise ModelLoadError(f"{metadata_path} is missing; the export writes it beside "
                              f"{SAVED_MODEL_FILE}. {HOW_TO_MAKE_ONE}", reason="incomplete") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # other OSErrors: load_version's message
         raise ModelLoadError(f"{metadata_path} is not valid JSON ({error}). Re-export the model.",
                              reason="contract") from None
     if not isinstance(metadata, dict) or metadata.get("class_names") != list(CLASS_NAMES):
@@ -134,7 +152,8 @@ def load_version(path: Path, version: int, options: RuntimeOptions = DEFAULT_OPT
     try:
         runtime = runtime_loader(path, table, options)
     except RuntimeLoadError as error:
-        raise ModelLoadError(f"{path} is not a loadable model ({error}). Re-export it with "
+        raise ModelLoadError(f"{path} is not a loadable model ({error}). If it was copied, copy it again (into "
+                             "a temporary name, then rename it into place); else re-export it with "
                              "`python -m training reexport`.",
                              reason="contract" if "does not match the contract" in str(error) else "unloadable",
                              ) from None
@@ -150,6 +169,8 @@ def served_levels(path: Path, metadata: dict[str, Any], settings: LevelSettings)
     try:
         return level_table(metadata, settings.allow_bfloat16 and has_bfloat16(flags), settings.allow_int8,
                            settings.default_level)
+    except LevelTableError as error:
+        raise ModelLoadError(f"{path / METADATA_FILE}: {error}. Re-export the model.", reason="contract") from None
     except UnknownLevelError as error:
         raise ModelLoadError(f"DEFAULT_LEVEL={settings.default_level}: {path} offers {', '.join(error.offered)}. "
                              "Set DEFAULT_LEVEL to one of them, or unset it for the model's own default.",
@@ -218,6 +239,10 @@ def check_batch(model: LoadedModel, level: str, size: int, rng: np.random.Genera
         raise ModelLoadError(f"{model.path} failed on a batch of {size} ({first_line(error)}). "
                              "Re-export the model.", reason="bad_output") from None
     probabilities = rows[:, :NUM_CLASSES] if rows.ndim == 2 else rows  # an OOD score may follow them
+    if rows.ndim == 2 and rows.shape[1] > NUM_CLASSES and not np.all(np.isfinite(rows[:, NUM_CLASSES:])):
+        raise ModelLoadError(f"{model.path} answers an out-of-distribution score that is not a number at level "
+                             f"{level}: every answer's in_distribution would be wrong. Re-export the model.",
+                             reason="bad_output")
     if (probabilities.shape != (size, NUM_CLASSES) or not np.all(np.isfinite(probabilities))
             or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)):
         raise ModelLoadError(f"{model.path} does not answer probabilities: on a batch of {size} it gave shape "

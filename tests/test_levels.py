@@ -8,8 +8,8 @@ import pytest
 
 from core.contract import LEVEL_NAMES, SIGNATURE_NAME, version_dirs
 from core.cpus import cpu_flags, has_bfloat16
-from core.level_table import LevelSettings, UnknownLevelError, level_table
-from core.versions import ModelLoadError, load_model
+from core.level_table import LevelSettings, LevelTableError, UnknownLevelError, level_table
+from core.versions import ModelLoadError, load_model, served_levels
 from training.evaluation import bfloat16_batch_sizes
 from training.openvino_export import choose_precision, kept_precision
 
@@ -123,6 +123,30 @@ def test_levels_resolve_and_refuse_unknown_names() -> None:
     with pytest.raises(UnknownLevelError, match="'fast', 'balanced', 'accurate'"):
         table.resolve("turbo")
     assert level_table(METADATA, bfloat16=True, default="balanced").resolve(None) == "balanced"
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"default_level": "turbo"}, "'default_level' is 'turbo', but the levels are fast, balanced, accurate"),
+    ({"levels": {"Fast": {"views": 1}}}, "'levels' names none of fast, balanced, accurate (it has Fast)"),
+    ({"levels": {"fast": "x"}, "default_level": "fast"}, "'levels.fast' must be an object of figures, not 'x'"),
+    ({"levels": {"fast": {"views": "one"}}, "default_level": "fast"}, "'levels.fast.views' is 'one', not a int"),
+    ({"levels": {"fast": {"val_accuracy": True}}, "default_level": "fast"}, "'levels.fast.val_accuracy' is True"),
+    ({"openvino": ["fast"]}, "'openvino' must be an object, not ['fast']"),
+    ({"openvino": {"precision": ["int8"]}}, "'openvino.precision' must be an object"),
+    ({"openvino": {"levels": {"fast": [1]}}}, "'openvino.levels.fast' must map each precision to its figures"),
+], ids=["default-not-offered", "no-known-level", "level-not-object", "views-text", "accuracy-bool",
+        "openvino-list", "precision-list", "measured-list"])
+def test_levels_of_the_wrong_shape_are_refused_naming_the_key(change: dict, says: str, tmp_path: Path) -> None:
+    """Each was a TypeError at start-up (no fallback to an older version), a 500 from /metadata after a swap, or
+    (the default level) a model swapped in that answered every request without ?level= with 422."""
+    metadata = {**METADATA, **change}
+    with pytest.raises(LevelTableError) as raised:
+        level_table(metadata, bfloat16=True)
+    assert str(raised.value).startswith(says), raised.value
+    with pytest.raises(ModelLoadError) as refused:
+        served_levels(tmp_path, metadata, LevelSettings())
+    assert refused.value.reason == "contract"
+    assert str(refused.value) == f"{tmp_path / 'metadata.json'}: {raised.value}. Re-export the model."
 
 
 def test_a_model_exported_before_levels_offers_its_serving_default() -> None:

@@ -5,7 +5,9 @@ first new one; broken versions are skipped (logged once, counted) while the old 
 MODEL_VERSION pins; ten swaps leave the process's memory where the first left it.
 """
 
+import json
 import re
+import shutil
 import statistics
 import threading
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.contract import METADATA_FILE
 from tests import hostile_files as files
 from tests.model_versions import (
     NotProbabilities,
@@ -209,6 +212,36 @@ def test_a_broken_highest_version_at_start_falls_back_to_the_next(exports: dict[
         log = server.log()
         assert metric(server, 'cifar10_model_versions_rejected_total{reason="unloadable"}') == 1
     assert log.count("skipped model version 2 (unloadable)") == 1, log[-3000:]
+
+
+def test_a_renamed_model_is_refused_and_a_dangling_link_does_not_hide_a_version(exports: dict[str, Path],
+                                                                                tmp_path: Path) -> None:
+    """A version whose metadata.json names another model turned /v1/models/cifar10 and /v2/.../ready into 404s
+    (readiness probes included) once swapped in: it is refused, and the old one keeps serving. A version holding
+    a symbolic link to nothing could not be fingerprinted, so it was never loaded and never reported."""
+    root = model_root_with(tmp_path, exports["a"])
+    renamed = tmp_path / "renamed"
+    shutil.copytree(exports["b"], renamed)
+    metadata = json.loads((renamed / METADATA_FILE).read_text())
+    (renamed / METADATA_FILE).write_text(json.dumps({**metadata, "name": "cifar10-wide"}))
+    with running_server(root, tmp_path / "server.log", MODEL_POLL_SECONDS=POLL_S) as server:
+        publish_copy(renamed, root, 2)
+        deadline = time.monotonic() + SWAP_DEADLINE_S
+        while "skipped model version 2 " not in server.log():
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.1)
+        assert predict_version(server.url) == 1
+        assert httpx.get(f"{server.url}/v2/models/cifar10/ready", timeout=30).status_code == 200
+        staging = root / ".copying-3"
+        shutil.copytree(exports["b"], staging)
+        (staging / "notes.txt").symlink_to(tmp_path / "nowhere")
+        staging.rename(root / "3")
+        wait_for_version(server, 3)
+        assert predict_version(server.url) == 3
+        log = server.log()
+    [skipped] = [line for line in log.splitlines() if "skipped model version 2 " in line]
+    assert "(contract)" in skipped and "names the model 'cifar10-wide', but this server serves 'cifar10'" in skipped
+    assert "Traceback" not in log
 
 
 def test_ten_swaps_leave_memory_where_the_first_left_it(tmp_path: Path) -> None:

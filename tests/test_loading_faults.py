@@ -1,0 +1,73 @@
+"""A version folder damaged the way a copy or a hand edit damages it: each is a ModelLoadError that names the
+file and the fix (so start-up falls back to an older version and the model watcher skips it), never a traceback,
+and never a model taken into service that answers wrong."""
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.metrics import Metrics
+from app.model_watcher import ModelWatcher
+from core.contract import METADATA_FILE, version_dirs
+from core.openvino_runtime import first_line
+from core.versions import ModelLoadError, check_answers, load_version
+
+
+def copy_of(trained_model_dir: Path, root: Path, version: int) -> Path:
+    """The trained test model as ``root/<version>``, to damage."""
+    target = root / str(version)
+    shutil.copytree(version_dirs(trained_model_dir)[-1][1], target)
+    return target
+
+
+def test_a_truncated_ir_names_its_file_and_openvinos_reason(trained_model_dir: Path, tmp_path: Path) -> None:
+    version = copy_of(trained_model_dir, tmp_path, 2)
+    for weights in (version / "openvino").glob("*.bin"):
+        weights.write_bytes(weights.read_bytes()[:1000])  # as a copy cut short leaves it
+    with pytest.raises(ModelLoadError) as raised:
+        load_version(version, 2)
+    message = str(raised.value)
+    # OpenVINO's own first line only said where in its sources it failed ("Exception from src/...").
+    assert "(or its .bin) cannot be read: Incorrect weights in bin file" in message, message
+    assert "Exception from src/" not in message and "copy it again" in message
+
+
+def test_first_line_skips_the_lines_that_only_say_where_openvino_failed() -> None:
+    error = RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\nException from src/frontends/ir/x.cpp:1:"
+                         "\nCheck 'a' failed at src/core/y.cpp:5:\nIncorrect weights in bin file!\n")
+    assert first_line(error) == "Incorrect weights in bin file!"
+    assert first_line(RuntimeError("Exception from src/only.cpp:1:")) == "Exception from src/only.cpp:1:"
+    assert first_line(ValueError()) == "ValueError"
+
+
+def test_a_nan_ood_score_is_refused_as_bad_output(trained_model_dir: Path, tmp_path: Path) -> None:
+    """The OOD column was not checked: such a version was swapped in, and every answer said in_distribution
+    false, with /readyz 200."""
+    version = copy_of(trained_model_dir, tmp_path, 2)
+    for graph in (version / "openvino").glob("*.xml"):  # the OOD head's sigmoid: acos is NaN past 1
+        text = graph.read_text()
+        assert text.count('type="Sigmoid"') == 1, graph
+        graph.write_text(re.sub(r'type="Sigmoid" version="opset\d+"', 'type="Acos" version="opset1"', text))
+    model = load_version(version, 2)
+    rows = model.predict(np.full((4, 32, 32, 3), 128, np.uint8))
+    assert rows.shape[1] == 11 and np.isnan(rows[:, 10]).any(), rows[:, 10]  # the damage took
+    with pytest.raises(ModelLoadError, match="out-of-distribution score that is not a number") as raised:
+        check_answers(model, [4])
+    assert raised.value.reason == "bad_output"
+
+
+def test_a_file_that_cannot_be_read_is_one_line_and_start_up_falls_back(trained_model_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    good = copy_of(trained_model_dir, tmp_path, 1)
+    broken = copy_of(trained_model_dir, tmp_path, 2)
+    (broken / METADATA_FILE).unlink()
+    (broken / METADATA_FILE).mkdir()  # any OSError but a missing file: was "not valid JSON", or a traceback
+    with pytest.raises(ModelLoadError) as raised:
+        load_version(broken, 2)
+    assert str(raised.value).startswith(f"{broken / METADATA_FILE} cannot be read (Is a directory). Make the version "
+                                        "readable by the service")
+    watcher = ModelWatcher(tmp_path, poll_s=0, warm_up_sizes=[1], metrics=Metrics())
+    assert watcher.load_first().current.path == good
