@@ -105,7 +105,7 @@ class ModelWatcher:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
 
     def load_first(self) -> ServedModel:
-        """At start-up: the highest version that loads, skipping (and reporting) broken ones above it.
+        """At start-up: the highest version that loads and answers, skipping (and reporting) broken ones above it.
 
         When none loads, the highest version's error is raised alone, so a broken model still stops the
         process with one line naming it."""
@@ -113,6 +113,9 @@ class ModelWatcher:
         for version, path in reversed(version_dirs(self.model_root)):
             try:
                 model = load_version(path, version, self.options, self.level_settings)
+                # One image per level (milliseconds): a version that loads but answers nonsense is passed over
+                # too, rather than served and never ready. The full warm-up runs once the server is up.
+                check_answers(model, [1])
             except ModelLoadError as error:
                 failed.append((version, path, error))
                 continue

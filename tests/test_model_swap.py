@@ -204,14 +204,17 @@ def test_a_pinned_version_that_is_absent_stops_the_start_with_one_line(exports: 
     assert len(errors) == 1 and f"{root / '7'} does not exist (versions there: 1)" in errors[0]
 
 
-def test_a_broken_highest_version_at_start_falls_back_to_the_next(exports: dict[str, Path], tmp_path: Path) -> None:
-    root = model_root_with(tmp_path, exports["a"], exports["corrupt"])
+@pytest.mark.parametrize(("export", "reason"), [("corrupt", "unloadable"), ("nan", "bad_output")])
+def test_a_broken_highest_version_at_start_falls_back_to_the_next(exports: dict[str, Path], tmp_path: Path,
+                                                                  export: str, reason: str) -> None:
+    """A version that loads but answers NaN was served, and the service never became ready."""
+    root = model_root_with(tmp_path, exports["a"], exports[export])
     with running_server(root, tmp_path / "server.log", MODEL_POLL_SECONDS=POLL_S) as server:
         assert predict_version(server.url) == 1
         time.sleep(10 * float(POLL_S))
         log = server.log()
-        assert metric(server, 'cifar10_model_versions_rejected_total{reason="unloadable"}') == 1
-    assert log.count("skipped model version 2 (unloadable)") == 1, log[-3000:]
+        assert metric(server, f'cifar10_model_versions_rejected_total{{reason="{reason}"}}') == 1
+    assert log.count(f"skipped model version 2 ({reason})") == 1, log[-3000:]
 
 
 def test_a_renamed_model_is_refused_and_a_dangling_link_does_not_hide_a_version(exports: dict[str, Path],
