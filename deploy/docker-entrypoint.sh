@@ -37,14 +37,15 @@ case "$quota" in
         ;;
 esac
 
-# A WORKERS that is not a whole number of at least 1 is the service's to refuse, in one line naming it;
-# here it counts as 1 rather than failing in shell arithmetic first.
-case "${WORKERS:-}" in
+# WORKERS as the service reads it: blanks, a leading + and _ between digits allowed; no leading zero, which the
+# shell would read as octal. One that is not a whole number of at least 1 is the service's to refuse, in one
+# line naming it: here it counts as 1 rather than failing in shell arithmetic first.
+workers=$(printf '%s' "${WORKERS:-}" | tr -d ' \t_' | sed 's/^+//; s/^0*//')
+case "$workers" in
     ''|*[!0-9]*) workers=1 ;;
-    *) workers=$(echo "$WORKERS" | sed 's/^0*//') ;;  # no leading zero: the shell would read octal
 esac
-if [ -z "$workers" ] || [ "${#workers}" -gt 6 ]; then
-    per_worker=1  # 0 (refused by the service) or more workers than any machine has CPUs
+if [ "${#workers}" -gt 6 ]; then
+    per_worker=1  # more workers than any machine has CPUs
 else
     per_worker=$(( cpus / workers ))
 fi

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The proxy's entrypoint (docker-compose.yml, service `proxy`): write the PROXY_* settings into the
+# The proxy's entrypoint (docker-compose.yml, service `proxy`): write the settings below into the
 # nginx.conf template, check each first, then exec nginx on the result with this script's arguments.
 # A plain sh script with sed: it runs the same in the official nginx image and in a bare Debian one,
 # and on a read-only root filesystem (the result goes to /tmp).
@@ -39,13 +39,27 @@ burst() {  # NAME: its value if it is a whole number of requests, at least 1 (ng
     echo "$value"
 }
 
-bytes() {  # NAME: its value if it is a whole number of bytes, at least 1024
+bytes() {  # NAME: its value as plain digits if it is a whole number of bytes, at least 1024, as the service
+    # reads it (blanks, a leading + and _ between digits allowed): the proxy must not refuse what the service takes.
     eval "value=\${$1-}"
-    case "$value" in
-        ''|*[!0-9]*|0*) fail "$1 is '$value': a whole number of bytes, at least 1024, e.g. 10485760" ;;
+    digits=$(printf '%s' "$value" | tr -d ' \t_' | sed 's/^+//; s/^0*//')
+    case "$digits" in
+        ''|*[!0-9]*) fail "$1 is '$value': a whole number of bytes, at least 1024, e.g. 10485760" ;;
     esac
-    [ "${#value}" -gt 4 ] || [ "$value" -ge 1024 ] || fail "$1 is '$value': at least 1024 bytes"
-    echo "$value"
+    [ "${#digits}" -le 15 ] || fail "$1 is '$value': at most 15 digits (nginx's largest body size)"
+    [ "${#digits}" -gt 4 ] || [ "$digits" -ge 1024 ] || fail "$1 is '$value': at least 1024 bytes"
+    echo "$digits"
+}
+in_words() {  # BYTES: "10 MB (10,485,760 bytes)", as the service words a size (app/errors.py, size_in_words)
+    awk -v n="$1" 'BEGIN {
+        s = n ""; grouped = ""
+        while (length(s) > 3) { grouped = "," substr(s, length(s) - 2) grouped; s = substr(s, 1, length(s) - 3) }
+        grouped = s grouped
+        if (n < 1024) { print grouped " bytes"; exit }
+        unit = n >= 1048576 ? "MB" : "KB"; rounded = sprintf("%.1f", n / (unit == "MB" ? 1048576 : 1024))
+        sub(/\.0$/, "", rounded)
+        print rounded " " unit " (" grouped " bytes)"
+    }'
 }
 
 rate_per_address=$(rate PROXY_RATE_PER_ADDRESS)
@@ -53,6 +67,7 @@ burst_per_address=$(burst PROXY_BURST_PER_ADDRESS)
 rate_per_key=$(rate PROXY_RATE_PER_KEY)
 burst_per_key=$(burst PROXY_BURST_PER_KEY)
 max_upload_bytes=$(bytes MAX_UPLOAD_BYTES)
+max_upload_in_words=$(in_words "$max_upload_bytes")
 
 delay() {  # BURST: limit_req's parameter that lets the first half of a burst through at once, the rest
     # held to the rate (nginx.conf); nginx refuses delay=0, and holds the whole burst without the parameter.
@@ -69,6 +84,7 @@ sed -e "s|\${PROXY_BURST_PER_ADDRESS_DELAY}|$delay_per_address|g" \
     -e "s|\${PROXY_RATE_PER_KEY}|$rate_per_key|g" \
     -e "s|\${PROXY_BURST_PER_KEY}|$burst_per_key|g" \
     -e "s|\${MAX_UPLOAD_BYTES}|$max_upload_bytes|g" \
+    -e "s|\${MAX_UPLOAD_BYTES_IN_WORDS}|$max_upload_in_words|g" \
     "$TEMPLATE" > "$CONF"
 if grep -n '\${[A-Z_]*}' "$CONF" | grep -v '^[0-9]*: *#' >&2; then
     fail "$TEMPLATE names a setting this script does not fill in (above)"

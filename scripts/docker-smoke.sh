@@ -268,7 +268,7 @@ limit=${MAX_UPLOAD_BYTES:-10485760}
 head -c $(( limit + 1 )) /dev/zero >"$WORK/over-limit.bin"
 status=$(curl -sS -o "$WORK/over-limit.json" -w '%{http_code}' -H 'Content-Type: multipart/form-data; boundary=x' \
     --data-binary "@$WORK/over-limit.bin" "http://127.0.0.1:$PORT/predict" || true)
-[ "$status" = 413 ] && grep -q "over the limit of $limit bytes" "$WORK/over-limit.json" \
+[ "$status" = 413 ] && grep -q '"detail": "The request body is over the limit of ' "$WORK/over-limit.json" \
     || die "a body of $(( limit + 1 )) bytes got $status through the proxy: $(cat "$WORK/over-limit.json")"
 echo "uploads through the proxy: $large_kb KB answered 200 (on its volume); $(( limit + 1 )) bytes refused 413 JSON"
 

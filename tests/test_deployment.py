@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from app.__main__ import GRACEFUL_SHUTDOWN_S
+from app.errors import size_in_words
 from app.routes import metrics_router, predict_router, router
 from app.settings import Settings
 from tests.servers import Server, free_port, running_server
@@ -39,7 +40,7 @@ ROUTES = {route.path for routes in (router, predict_router, metrics_router) for 
 NGINX_SETTINGS = {"PROXY_RATE_PER_ADDRESS", "PROXY_BURST_PER_ADDRESS", "PROXY_RATE_PER_KEY", "PROXY_BURST_PER_KEY",
                   "MAX_UPLOAD_BYTES"}
 # Derived by deploy/nginx-entrypoint.sh from the bursts: limit_req's delay parameter (half a burst at once).
-NGINX_DERIVED = {"PROXY_BURST_PER_ADDRESS_DELAY", "PROXY_BURST_PER_KEY_DELAY"}
+NGINX_DERIVED = {"PROXY_BURST_PER_ADDRESS_DELAY", "PROXY_BURST_PER_KEY_DELAY", "MAX_UPLOAD_BYTES_IN_WORDS"}
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -214,7 +215,14 @@ def test_nginx_entrypoint_writes_the_settings_and_refuses_bad_ones(tmp_path: Pat
     # nginx takes no delay=0: without the parameter it holds every request of the burst.
     assert "zone=per_address burst=1 ;" in (tmp_path / "odd" / "nginx.conf").read_text()
     assert f"client_max_body_size {defaults['MAX_UPLOAD_BYTES']};" in rendered
-    assert f"over the limit of {defaults['MAX_UPLOAD_BYTES']} bytes" in rendered
+    # The service's own words for the size, from its own function.
+    assert f"over the limit of {size_in_words(int(defaults['MAX_UPLOAD_BYTES']))}. " in rendered
+    # Every value the service takes, the proxy takes (it must not be the one container that fails to start).
+    for value in ("010485760", " 10485760 ", "10_485_760", "+10485760"):
+        (tmp_path / "lenient").mkdir(exist_ok=True)
+        taken = render_nginx(tmp_path / "lenient", **{**defaults, "MAX_UPLOAD_BYTES": value})
+        assert taken.returncode == 0 and Settings(max_upload_bytes=value).max_upload_bytes == 10485760, value
+        assert "client_max_body_size 10485760;" in (tmp_path / "lenient" / "nginx.conf").read_text(), value
     assert "$binary_remote_addr" in rendered and "${" not in rendered.split("http {", 1)[1]
     for name, value, says in [("PROXY_RATE_PER_ADDRESS", "20", "a rate ends in r/s"),
                               ("PROXY_RATE_PER_KEY", "0r/s", "at least 1"),
@@ -225,7 +233,7 @@ def test_nginx_entrypoint_writes_the_settings_and_refuses_bad_ones(tmp_path: Pat
                               ("PROXY_RATE_PER_ADDRESS", "", "whole requests a second"),
                               ("MAX_UPLOAD_BYTES", "10m", "a whole number of bytes"),
                               ("MAX_UPLOAD_BYTES", "1023", "at least 1024"),
-                              ("MAX_UPLOAD_BYTES", "010485760", "a whole number of bytes")]:
+                              ("MAX_UPLOAD_BYTES", "1" * 16, "at most 15 digits")]:
         bad = render_nginx(tmp_path, **{**defaults, name: value})
         assert bad.returncode == 1 and bad.stdout == "", (name, value)
         assert f"nginx-entrypoint: {name} is '{value}': " in bad.stderr and says in bad.stderr
@@ -533,7 +541,10 @@ def test_entrypoint_counts_cpus_whatever_the_environment_says(tmp_path: Path) ->
     for workers in ("0", "abc", "2x", "-1", "99999999999999999999"):
         inference, decode = entrypoint_threads(tmp_path, WORKERS=workers)
         assert 1 <= inference == decode <= CPUS, workers
-    assert entrypoint_threads(tmp_path, cpu_max=f"{CPUS * 100000} 100000", WORKERS="02") == (max(1, CPUS // 2),) * 2
+    for workers in ("02", " 2", "+2", "2 "):  # as the service reads WORKERS (pydantic): 2 workers
+        assert Settings(workers=workers).workers == 2
+        assert entrypoint_threads(tmp_path, cpu_max=f"{CPUS * 100000} 100000", WORKERS=workers) == (
+            max(1, CPUS // 2),) * 2, workers
     (tmp_path / "empty").write_text("")
     result = subprocess.run(["sh", str(ENTRYPOINT), "sh", "-c", 'echo "$INFERENCE_THREADS"'],
                             env={**os.environ, "CGROUP_CPU_MAX": str(tmp_path / "empty")},
@@ -856,15 +867,14 @@ def test_nginx_refuses_an_upload_over_the_services_limit_as_the_service_does(rep
         assert at_limit.status_code == 400 and at_limit.json()["detail"].startswith("Invalid multipart data.")
         over = httpx.post(proxy + "/predict", content=b"x" * (limit + 1), headers=junk, timeout=30)
         assert over.status_code == 413 and over.headers["content-type"] == "application/json"
-        assert over.json()["detail"].startswith(f"The request body is over the limit of {limit} bytes. ")
-        assert over.json()["detail"].endswith(direct.json()["detail"].split(". ", 1)[1])
+        assert over.json()["detail"] == direct.json()["detail"]  # the service's words, size included
         # Refused from its Content-Length, before a byte of it was read or sent on.
         assert f"client intended to send too large body: {limit + 1} bytes" in (
             tmp_path / "default" / "nginx.log").read_text()
     with real_nginx(tmp_path / "small", replica, MAX_UPLOAD_BYTES="2048") as proxy:
         assert httpx.post(proxy + "/predict", content=b"x" * 2048, headers=junk, timeout=30).status_code == 400
         over = httpx.post(proxy + "/predict", content=b"x" * 2049, headers=junk, timeout=30)
-        assert over.status_code == 413 and "over the limit of 2048 bytes" in over.json()["detail"]
+        assert over.status_code == 413 and "over the limit of 2 KB (2,048 bytes)" in over.json()["detail"]
 
 
 def test_nginx_takes_replicas_that_all_answered_503_out_of_the_rotation_for_a_second_only(
@@ -893,7 +903,7 @@ def test_nginx_takes_replicas_that_all_answered_503_out_of_the_rotation_for_a_se
         # Every replica's 503 at once: both out of the rotation, and the answer says to retry in a second.
         refused = client.get("/readyz")
         out_since = time.monotonic()
-        assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+        assert refused.status_code == 503 and refused.headers.get("retry-after", "1") == "1", refused.text
         assert "upstream server temporarily disabled" in (tmp_path / "nginx" / "nginx.log").read_text()
         while (answer := client.get("/metadata")).status_code != 200:
             assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
