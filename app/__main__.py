@@ -72,8 +72,10 @@ def keys_command(argv: list[str]) -> None:
             with os.fdopen(descriptor, "a") as file:
                 file.write(line + "\n")
         except OSError as error:  # the key is not printed: a key whose line was not stored would not work
-            sys.exit(f"error: cannot append to {args.append}: {error.strerror or error}. Pass a file you can "
-                     "write, or leave out --append to print the line.")
+            why = (f"a file is in the way of its folder {error.filename}"
+                   if error.errno in (errno.EEXIST, errno.ENOTDIR) else error.strerror or str(error))
+            sys.exit(f"error: cannot append to {args.append}: {why}. Pass a file you can write, or leave out --append "
+                     "to print the line.")
         print(key)
         print(f"(its hash line for '{args.name}' was appended to {args.append}; the key itself is stored nowhere)",
               file=sys.stderr)

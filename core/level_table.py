@@ -33,9 +33,14 @@ class LevelTableError(ValueError):
     does not offer): the message says which key."""
 
 
-# Figures a level may carry, with the types /metadata shows them as (app.schemas.LevelFigures).
-FIGURE_TYPES: dict[str, tuple[type, ...]] = {"views": (int,), "description": (str,), "val_accuracy": (int, float),
-                                             "val_ece": (int, float), "images_per_second": (dict,)}
+# Figures a level may carry, with the types /metadata shows them as (app.schemas.LevelFigures), and in words.
+FIGURE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "views": ((int,), "a whole number"), "description": ((str,), "text"), "val_accuracy": ((int, float), "a number"),
+    "val_ece": ((int, float), "a number"), "images_per_second": ((dict,), "an object of numbers")}
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_levels(metadata: dict[str, Any]) -> None:
@@ -50,10 +55,11 @@ def check_levels(metadata: dict[str, Any]) -> None:
         figures = levels[name]
         if not isinstance(figures, dict):
             raise LevelTableError(f"'levels.{name}' must be an object of figures, not {figures!r}")
-        for key, kinds in FIGURE_TYPES.items():
+        for key, (kinds, in_words) in FIGURE_TYPES.items():
             value = figures.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-                raise LevelTableError(f"'levels.{name}.{key}' is {value!r}, not a {kinds[0].__name__}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or (
+                    isinstance(value, dict) and not all(map(is_number, value.values())))):
+                raise LevelTableError(f"'levels.{name}.{key}' is {value!r}: it must be {in_words}")
     default = metadata.get("default_level")
     if default is not None and default not in known:
         raise LevelTableError(f"'default_level' is {default!r}, but the levels are {', '.join(known)}")
@@ -65,6 +71,10 @@ def check_levels(metadata: dict[str, Any]) -> None:
     for key in ("precision", "levels"):
         if not isinstance(openvino.get(key) or {}, dict):
             raise LevelTableError(f"'{OPENVINO_SECTION}.{key}' must be an object, not {openvino[key]!r}")
+    for name, precision in (openvino.get("precision") or {}).items():
+        if not isinstance(precision, str):
+            raise LevelTableError(f"'{OPENVINO_SECTION}.precision.{name}' must be a precision's name, not "
+                                  f"{precision!r}")
     for name, measured in (openvino.get("levels") or {}).items():
         if not isinstance(measured, dict) or not all(isinstance(entry, dict) for entry in measured.values()):
             raise LevelTableError(f"'{OPENVINO_SECTION}.levels.{name}' must map each precision to its figures")

@@ -5,6 +5,7 @@ core.saved_model_proto) and fail in milliseconds; only then does the runtime loa
 runtime is OpenVINO (core.openvino_runtime): neither TensorFlow nor anything from ``training`` is imported.
 """
 
+import errno
 import json
 import logging
 import os
@@ -125,8 +126,10 @@ def load_version(path: Path, version: int, options: RuntimeOptions = DEFAULT_OPT
         return _load_version(path, version, options, level_settings)
     except OSError as error:
         where = error.filename or path
-        raise ModelLoadError(f"{where} cannot be read ({error.strerror or error}). Make the version readable by "
-                             f"the service (uid {os.getuid()}), e.g. chmod -R a+rX {path}.") from None
+        fix = (f"Make the version readable by the service (uid {os.getuid()}), e.g. chmod -R a+rX {path}."
+               if error.errno in (errno.EACCES, errno.EPERM) else
+               "Copy the version again (into a temporary name, then rename it into place), or re-export it.")
+        raise ModelLoadError(f"{where} cannot be read ({error.strerror or error}). {fix}") from None
 
 
 def _load_version(path: Path, version: int, options: RuntimeOptions, level_settings: LevelSettings) -> LoadedModel:

@@ -250,7 +250,8 @@ def test_keys_new_prints_a_key_and_its_line(tmp_path: Path) -> None:
     unwritable = subprocess.run([sys.executable, "-m", "app", "keys", "new", "gus", "--append", str(nested)],
                                 cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert unwritable.returncode == 1 and unwritable.stdout == ""
-    assert unwritable.stderr.startswith(f"error: cannot append to {nested}: ") and "Traceback" not in unwritable.stderr
+    assert unwritable.stderr.startswith(f"error: cannot append to {nested}: a file is in the way of its folder "
+                                        f"{nested.parent}") and "Traceback" not in unwritable.stderr
     bad = subprocess.run([sys.executable, "-m", "app", "keys", "new", "two words"], cwd=REPO, capture_output=True,
                          text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "one word without spaces" in bad.stderr

@@ -129,13 +129,17 @@ def test_levels_resolve_and_refuse_unknown_names() -> None:
     ({"default_level": "turbo"}, "'default_level' is 'turbo', but the levels are fast, balanced, accurate"),
     ({"levels": {"Fast": {"views": 1}}}, "'levels' names none of fast, balanced, accurate (it has Fast)"),
     ({"levels": {"fast": "x"}, "default_level": "fast"}, "'levels.fast' must be an object of figures, not 'x'"),
-    ({"levels": {"fast": {"views": "one"}}, "default_level": "fast"}, "'levels.fast.views' is 'one', not a int"),
+    ({"levels": {"fast": {"views": "one"}}, "default_level": "fast"},
+     "'levels.fast.views' is 'one': it must be a whole number"),
     ({"levels": {"fast": {"val_accuracy": True}}, "default_level": "fast"}, "'levels.fast.val_accuracy' is True"),
+    ({"levels": {"fast": {"images_per_second": {"batch_1": "fast"}}}, "default_level": "fast"},
+     "'levels.fast.images_per_second' is {'batch_1': 'fast'}: it must be an object of numbers"),
+    ({"openvino": {"precision": {"fast": ["int8"]}}}, "'openvino.precision.fast' must be a precision's name"),
     ({"openvino": ["fast"]}, "'openvino' must be an object, not ['fast']"),
     ({"openvino": {"precision": ["int8"]}}, "'openvino.precision' must be an object"),
     ({"openvino": {"levels": {"fast": [1]}}}, "'openvino.levels.fast' must map each precision to its figures"),
 ], ids=["default-not-offered", "no-known-level", "level-not-object", "views-text", "accuracy-bool",
-        "openvino-list", "precision-list", "measured-list"])
+        "images-per-second-text", "precision-value-list", "openvino-list", "precision-list", "measured-list"])
 def test_levels_of_the_wrong_shape_are_refused_naming_the_key(change: dict, says: str, tmp_path: Path) -> None:
     """Each was a TypeError at start-up (no fallback to an older version), a 500 from /metadata after a swap, or
     (the default level) a model swapped in that answered every request without ?level= with 422."""

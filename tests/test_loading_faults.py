@@ -67,7 +67,7 @@ def test_a_file_that_cannot_be_read_is_one_line_and_start_up_falls_back(trained_
     (broken / METADATA_FILE).mkdir()  # any OSError but a missing file: was "not valid JSON", or a traceback
     with pytest.raises(ModelLoadError) as raised:
         load_version(broken, 2)
-    assert str(raised.value).startswith(f"{broken / METADATA_FILE} cannot be read (Is a directory). Make the version "
-                                        "readable by the service")
+    assert str(raised.value) == (f"{broken / METADATA_FILE} cannot be read (Is a directory). Copy the version again "
+                                 "(into a temporary name, then rename it into place), or re-export it.")
     watcher = ModelWatcher(tmp_path, poll_s=0, warm_up_sizes=[1], metrics=Metrics())
     assert watcher.load_first().current.path == good
