@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.arguments import at_least_one  # noqa: E402
 from bench.paths import json_output  # noqa: E402
 from bench.serve import event_loop_cpu_seconds, service_setting  # noqa: E402
-from core.contract import version_dirs  # noqa: E402
+from core.versions import ModelLoadError, resolve_version_dir  # noqa: E402
 
 BOUNDARY = "lone-request-boundary"
 TARGET_MS = 2.0
@@ -219,9 +219,10 @@ def main() -> None:
     if args.command == "model":
         model_process(args.model_dir)
         return
-    if not version_dirs(args.model_dir):
-        sys.exit(f"error: --model-dir {args.model_dir} holds no version folder (<version>/saved_model.pb). Pass a "
-                 "model folder such as models/cifar10.")
+    try:  # a model folder (its highest version) or a version folder, as the service and the model child take
+        resolve_version_dir(args.model_dir)
+    except ModelLoadError as error:
+        sys.exit(f"error: --model-dir: {error}")
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     result = measure(args)
     print(table(result))

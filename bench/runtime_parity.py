@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.arguments import at_least_one  # noqa: E402
 from bench.paths import json_output  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/cifar10"),
                         help="a version folder, or a model folder for its highest version (default: the shipped model)")
-    parser.add_argument("--images", type=int, default=200, help="how many JPEGs of the shared archive")
+    parser.add_argument("--images", type=at_least_one, default=200, help="how many JPEGs of the shared archive")
     parser.add_argument("--archive", type=Path, default=None, help="ImageFolder archive (default: the shared one)")
     parser.add_argument("--tolerance", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -54,7 +55,7 @@ def main() -> int:
     try:
         jpegs, source = load_jpegs(args.archive, args.images)
     except ArchiveError as error:
-        parser.error(f"--archive {error}")
+        parser.error(f"{'--archive ' if args.archive else ''}{error}")
     images = np.stack([image_bytes_to_array(data) for data in jpegs])
     started = time.perf_counter()
     model = load_version(model_dir, int(model_dir.name), RuntimeOptions(threads=args.threads),

@@ -43,6 +43,7 @@ import sys
 import tarfile
 import threading
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,8 @@ def load_jpegs(archive: Path | None, count: int) -> tuple[list[bytes], str]:
                             found[parts[-2]].append(tar.extractfile(member).read())  # type: ignore[union-attr]
                             if all(len(v) >= per_class for v in found.values()):
                                 break
-            except tarfile.TarError:
-                raise ArchiveError(f"{path}: not a tar archive (.tar, .tar.gz) that can be read.") from None
+            except (tarfile.TarError, EOFError, OSError, zlib.error):  # not a tar, cut short, or unreadable
+                raise ArchiveError(f"{path}: not a tar archive (.tar, .tar.gz) that can be read whole.") from None
             images = [img for group in zip(*found.values(), strict=False) for img in group][:count]
             if images:
                 return images, recorded_path(path)
@@ -946,7 +947,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, default=Path("models/cifar10"), help="model to serve")
     parser.add_argument("--images", type=Path, default=None,
                         help="ImageFolder archive to take JPEGs from (default: the shared CIFAR-10 archive)")
-    parser.add_argument("--image-count", type=int, default=200, help="distinct JPEGs the load cycles through")
+    parser.add_argument("--image-count", type=at_least_one, default=200, help="distinct JPEGs the load cycles through")
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per service level")
     parser.add_argument("--warmup", type=float, default=3, help="unrecorded seconds before each level")
     parser.add_argument("--levels", type=_levels, default=[1, 64, 256], help="service concurrencies")
@@ -1002,7 +1003,7 @@ def main() -> None:
     try:
         jpegs, source = load_jpegs(args.images, args.image_count)
     except ArchiveError as error:
-        raise SystemExit(f"error: --images {error}") from None
+        raise SystemExit(f"error: {'--images ' if args.images else ''}{error}") from None
     bodies = write_bodies(body_dir, jpegs)
     results: dict[str, Any] = {
         "machine": machine_info(),

@@ -16,7 +16,8 @@ if [ "$#" -gt 0 ]; then locks=("$@"); else locks=("$root/requirements.lock" "$ro
 for lock in "${locks[@]}"; do
   [ -f "$lock" ] || { echo "audit.sh: $lock: no such file; $usage" >&2; exit 2; }
 done
-[ -x "$pip_audit" ] || { echo "audit.sh: $pip_audit is missing: run 'make install' (or set PIP_AUDIT)" >&2; exit 2; }
+command -v "$pip_audit" >/dev/null || {
+  echo "audit.sh: $pip_audit is missing: run 'make install' (or set PIP_AUDIT)" >&2; exit 2; }
 status=0
 for lock in "${locks[@]}"; do
   echo "== pip-audit $lock ($service)"

@@ -192,7 +192,7 @@ def http_url(text: str) -> str:
     try:
         parts.port  # noqa: B018 - raises on a port that is no number
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} has a port that is no number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} has a port that is not a number from 0 to 65535") from None
     if parts.scheme != "http" or not parts.hostname:
         raise argparse.ArgumentTypeError(f"{text!r} is not an http:// URL with a host (no TLS here)")
     return text

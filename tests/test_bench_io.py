@@ -49,8 +49,11 @@ def test_load_jpegs_reads_a_named_archive_and_refuses_one_it_cannot(tmp_path: Pa
     (tmp_path / "notes.txt").write_text("no archive")
     with tarfile.open(tmp_path / "empty.tar", "w") as tar:
         tar.add(tmp_path / "notes.txt", arcname="notes.txt")
+    whole = (tmp_path / "set.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(whole[:len(whole) // 2])  # a download or copy cut short
     for archive, says in [(tmp_path / "missing.tar.gz", "no such file"), (tmp_path / "notes.txt", "not a tar archive"),
-                          (tmp_path / "empty.tar", "no JPEGs in CIFAR-10 class folders")]:
+                          (tmp_path / "empty.tar", "no JPEGs in CIFAR-10 class folders"),
+                          (tmp_path / "cut.tar.gz", "that can be read whole")]:
         with pytest.raises(ArchiveError, match=says):
             load_jpegs(archive, 4)
 
@@ -70,7 +73,8 @@ def test_a_count_of_nothing_is_a_usage_error_before_anything_runs(command: list[
 def test_a_missing_model_or_service_is_one_line(tmp_path: Path) -> None:
     lone = subprocess.run([sys.executable, str(REPO / "bench" / "lone_request.py"), "--model-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
-    assert lone.returncode == 1 and lone.stderr.startswith(f"error: --model-dir {tmp_path} holds no version folder")
+    assert lone.returncode == 1
+    assert lone.stderr.startswith(f"error: --model-dir: model directory {tmp_path} has no version folders")
     unreachable = subprocess.run([sys.executable, str(REPO / "bench" / "client_cli.py"), "--url",
                                   "http://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert unreachable.returncode == 1 and unreachable.stderr.startswith("error: cannot reach the service")

@@ -108,7 +108,7 @@ def test_the_query_string_is_sent_and_bad_options_are_usage_errors(replica: str,
     summary = run_load(f"{replica}/ok?level=fast", tmp_path, 0.3, 1)
     assert summary["ok"] > 0 and Replica.paths == {"/ok?level=fast"}
     for options, says in [(["--url", "https://example.org/predict"], "is not an http:// URL"),
-                          (["--url", "http://127.0.0.1:80a/predict"], "has a port that is no number"),
+                          (["--url", "http://127.0.0.1:80a/predict"], "has a port that is not a number from 0"),
                           (["--image", str(tmp_path / "missing.jpg")], "No such file or directory"),
                           (["--connections", "0"], "0 is below 1"),
                           (["--timeout", "nan"], "nan is below")]:
