@@ -155,11 +155,12 @@ def _load_version(path: Path, version: int, options: RuntimeOptions, level_setti
     try:
         runtime = runtime_loader(path, table, options)
     except RuntimeLoadError as error:
-        raise ModelLoadError(f"{path} is not a loadable model ({error}). If it was copied, copy it again (into "
-                             "a temporary name, then rename it into place); else re-export it with "
-                             "`python -m training reexport`.",
-                             reason="contract" if "does not match the contract" in str(error) else "unloadable",
-                             ) from None
+        off_contract = "does not match the contract" in str(error)  # copying it again would not help
+        fix = ("Re-export it with `python -m training reexport`." if off_contract else
+               "If it was copied, copy it again (into a temporary name, then rename it into place); else re-export "
+               "it with `python -m training reexport`.")
+        raise ModelLoadError(f"{path} is not a loadable model ({error}). {fix}",
+                             reason="contract" if off_contract else "unloadable") from None
     except Exception as error:  # a runtime raises many types for a corrupt file
         raise ModelLoadError(f"{path} is not a loadable SavedModel ({first_line(error)}). {HOW_TO_MAKE_ONE}") from None
     name = str(metadata.get("name") or path.parent.name)
