@@ -100,6 +100,10 @@ def resolve_version_dir(model_dir: Path) -> tuple[int, Path]:
 def pinned_version_dir(model_dir: Path, version: int) -> tuple[int, Path]:
     """``model_dir/<version>``, which MODEL_VERSION names: it must exist."""
     path = model_dir / str(version)
+    if not path.is_dir() and (model_dir / SAVED_MODEL_FILE).is_file():
+        raise ModelLoadError(f"MODEL_VERSION={version}, but MODEL_DIR {model_dir} is itself a version folder. Set "
+                             f"MODEL_DIR to the folder that holds the versions ({model_dir.parent}), or unset "
+                             "MODEL_VERSION.", reason="missing")
     if not path.is_dir():
         present = ", ".join(str(number) for number, _ in version_dirs(model_dir)) or "none"
         raise ModelLoadError(f"MODEL_VERSION={version}, but {path} does not exist (versions there: {present}). "

@@ -13,7 +13,7 @@ from app.metrics import Metrics
 from app.model_watcher import ModelWatcher
 from core.contract import METADATA_FILE, version_dirs
 from core.openvino_runtime import first_line
-from core.versions import ModelLoadError, check_answers, load_version
+from core.versions import ModelLoadError, check_answers, load_model, load_version
 
 
 def copy_of(trained_model_dir: Path, root: Path, version: int) -> Path:
@@ -71,3 +71,13 @@ def test_a_file_that_cannot_be_read_is_one_line_and_start_up_falls_back(trained_
                                  "(into a temporary name, then rename it into place), or re-export it.")
     watcher = ModelWatcher(tmp_path, poll_s=0, warm_up_sizes=[1], metrics=Metrics())
     assert watcher.load_first().current.path == good
+
+
+def test_model_dir_naming_a_version_with_model_version_says_so(trained_model_dir: Path, tmp_path: Path) -> None:
+    """It said '.../11/11 does not exist (versions there: none)', which hides that MODEL_DIR went one too deep."""
+    version = copy_of(trained_model_dir, tmp_path, 11)
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(version, 11)
+    assert str(raised.value) == (f"MODEL_VERSION=11, but MODEL_DIR {version} is itself a version folder. Set MODEL_DIR "
+                                 f"to the folder that holds the versions ({tmp_path}), or unset MODEL_VERSION.")
+    assert raised.value.reason == "missing"
