@@ -26,11 +26,12 @@ from core.runtime import DEFAULT_OPTIONS, RuntimeOptions
 from core.versions import (
     LoadedModel,
     ModelLoadError,
+    as_load_error,
     check_answers,
-    first_line,
     load_model,
     load_version,
     resolve_version_dir,
+    unreadable,
 )
 
 logger = logging.getLogger("app.model_watcher")
@@ -116,11 +117,8 @@ class ModelWatcher:
                 # One image per level (milliseconds): a version that loads but answers nonsense is passed over
                 # too, rather than served and never ready. The full warm-up runs once the server is up.
                 check_answers(model, [1])
-            except ModelLoadError as error:
-                failed.append((version, path, error))
-                continue
-            except Exception as error:  # anything else a broken version raises: fall back past it all the same
-                failed.append((version, path, ModelLoadError(f"{path} could not be loaded ({first_line(error)})")))
+            except Exception as error:  # whatever a broken version raises: fall back past it
+                failed.append((version, path, as_load_error(path, error)))
                 continue
             self.served = ServedModel(model)
             self.metrics.model_version.set(version)
@@ -179,9 +177,7 @@ class ModelWatcher:
             try:
                 missing = missing_files(path)
             except OSError as error:  # a version the service may not read: skip it, look at the ones below
-                self.skip(version, path, files, ModelLoadError(
-                    f"{path} cannot be read ({error.strerror or error}). Make it readable by the service, e.g. "
-                    f"chmod -R a+rX {path}."))
+                self.skip(version, path, files, unreadable(path, error))
                 continue
             if missing:
                 self.skip(version, path, files, ModelLoadError(
@@ -196,11 +192,8 @@ class ModelWatcher:
         loop = asyncio.get_running_loop()
         try:
             model = await loop.run_in_executor(self._loader, self._load_checked, version, path)
-        except ModelLoadError as error:
-            self.skip(version, path, files, error)
-            return False
-        except Exception as error:  # anything else a broken model can raise: skip it the same way
-            self.skip(version, path, files, ModelLoadError(f"{path} could not be loaded ({first_line(error)})"))
+        except Exception as error:  # whatever a broken model raises: skip it
+            self.skip(version, path, files, as_load_error(path, error))
             return False
         old = self.served.swap(model)
         self.metrics.model_swaps.inc()

@@ -129,11 +129,23 @@ def load_version(path: Path, version: int, options: RuntimeOptions = DEFAULT_OPT
     try:
         return _load_version(path, version, options, level_settings)
     except OSError as error:
-        where = error.filename or path
-        fix = (f"Make the version readable by the service (uid {os.getuid()}), e.g. chmod -R a+rX {path}."
-               if error.errno in (errno.EACCES, errno.EPERM) else
-               "Copy the version again (into a temporary name, then rename it into place), or re-export it.")
-        raise ModelLoadError(f"{where} cannot be read ({error.strerror or error}). {fix}") from None
+        raise unreadable(path, error) from None
+
+
+def unreadable(path: Path, error: OSError) -> ModelLoadError:
+    """The error for a version whose files the process cannot read, naming the file and the fix: chmod when it
+    may not, else a new copy (a folder where a file goes, an I/O error)."""
+    fix = (f"Make the version readable by the service (uid {os.getuid()}), e.g. chmod -R a+rX {path}."
+           if error.errno in (errno.EACCES, errno.EPERM) else
+           "Copy the version again (into a temporary name, then rename it into place), or re-export it.")
+    return ModelLoadError(f"{error.filename or path} cannot be read ({error.strerror or error}). {fix}")
+
+
+def as_load_error(path: Path, error: Exception) -> ModelLoadError:
+    """``error`` from loading or checking the version at ``path``, as the ModelLoadError it is or stands for: a
+    broken model can raise anything, and is skipped all the same."""
+    return error if isinstance(error, ModelLoadError) else ModelLoadError(
+        f"{path} could not be loaded ({first_line(error)})")
 
 
 def _load_version(path: Path, version: int, options: RuntimeOptions, level_settings: LevelSettings) -> LoadedModel:
