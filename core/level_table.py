@@ -9,6 +9,7 @@ any x86 CPU) when the settings allow it; every other level runs in float32.
 A model exported before levels offers one level, its ``serving_default``.
 """
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,6 +27,9 @@ from core.contract import (
 
 # metadata.json's section written by training/openvino_export.py: IR files, precision and figures per level.
 OPENVINO_SECTION = "openvino"
+# In it: IR file -> its sha256 (written by core.openvino_runtime.ir_digests, checked by core.versions.check_ir_files).
+IR_SHA256_KEY = "sha256"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class LevelTableError(ValueError):
@@ -78,6 +82,11 @@ def check_levels(metadata: dict[str, Any]) -> None:
     for name, measured in (openvino.get("levels") or {}).items():
         if not isinstance(measured, dict) or not all(isinstance(entry, dict) for entry in measured.values()):
             raise LevelTableError(f"'{OPENVINO_SECTION}.levels.{name}' must map each precision to its figures")
+    digests = openvino.get(IR_SHA256_KEY)
+    if digests is not None and not (isinstance(digests, dict) and all(
+            isinstance(value, str) and SHA256_HEX.fullmatch(value) for value in digests.values())):
+        raise LevelTableError(f"'{OPENVINO_SECTION}.{IR_SHA256_KEY}' must map each IR file to its sha256 "
+                              "(64 hexadecimal digits)")
 
 
 class UnknownLevelError(ValueError):

@@ -24,6 +24,7 @@ are as fast as 64; docs/runtime.md). The padding's rows are computed and dropped
 it alone.
 """
 
+import hashlib
 import logging
 import queue
 import re
@@ -78,6 +79,19 @@ class RuntimeLoadError(RuntimeError):
 def ir_path(version_dir: Path, level: str, precision: str = FLOAT32) -> Path:
     """The level's IR: the float32 graph (computed in float32 or bfloat16), or its int8 quantized copy."""
     return version_dir / IR_DIR / (f"{level}.{INT8}.xml" if precision == INT8 else f"{level}.xml")
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def ir_digests(version_dir: Path) -> dict[str, str]:
+    """metadata.json's ``openvino.sha256``: every file in ``version_dir/openvino``, by its path in the version
+    (``openvino/fast.xml``). Recorded since 7 December 2026; versions before it load unchecked
+    (core.versions.check_ir_files)."""
+    return {f"{IR_DIR}/{file.name}": file_sha256(file) for file in sorted((version_dir / IR_DIR).iterdir())
+            if file.is_file()}
 
 
 @cache

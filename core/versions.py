@@ -30,14 +30,16 @@ from core.contract import (
 )
 from core.cpus import cpu_flags, has_bfloat16
 from core.level_table import (
+    IR_SHA256_KEY,
     MODEL_LEVELS,
+    OPENVINO_SECTION,
     LevelSettings,
     LevelTable,
     LevelTableError,
     UnknownLevelError,
     level_table,
 )
-from core.openvino_runtime import RuntimeLoadError, first_line, load_openvino
+from core.openvino_runtime import RuntimeLoadError, file_sha256, first_line, ir_path, load_openvino
 from core.runtime import DEFAULT_OPTIONS, ModelRuntime, RuntimeLoader, RuntimeOptions
 from core.saved_model_proto import DT_FLOAT, DT_UINT8, parse_saved_model, signature_defs
 
@@ -168,6 +170,7 @@ def _load_version(path: Path, version: int, options: RuntimeOptions, level_setti
     # The signatures are read from saved_model.pb itself: a model off the contract fails in
     # milliseconds instead of after converting and compiling it.
     check_signature_def(path, [SIGNATURE_NAME, *sorted(table.signatures() - {SIGNATURE_NAME})])
+    check_ir_files(path, metadata, table)
     try:
         runtime = runtime_loader(path, table, options)
     except RuntimeLoadError as error:
@@ -195,6 +198,27 @@ def served_levels(path: Path, metadata: dict[str, Any], settings: LevelSettings)
         raise ModelLoadError(f"DEFAULT_LEVEL={settings.default_level}: {path} offers {', '.join(error.offered)}. "
                              "Set DEFAULT_LEVEL to one of them, or unset it for the model's own default.",
                              reason="contract") from None
+
+
+def check_ir_files(path: Path, metadata: dict[str, Any], table: LevelTable) -> None:
+    """Each IR file the levels will read is the one the export wrote beside this metadata.json, where it recorded
+    their sha256s: the thresholds and figures there were measured on those files, and another export's IR (a
+    version's ``openvino/`` copied over another's) loads, and answers with scores they do not fit. A file that
+    is absent is left to the runtime: a float32 level is then converted from the SavedModel, and a missing int8
+    IR is named there."""
+    recorded = (metadata.get(OPENVINO_SECTION) or {}).get(IR_SHA256_KEY)
+    if recorded is None:  # exported before the sha256s were recorded
+        return
+    for level in table.names:
+        graph = ir_path(path, level, table.precision(level))
+        for file in (graph, graph.with_suffix(".bin")):
+            name = file.relative_to(path).as_posix()
+            if file.is_file() and recorded.get(name) != file_sha256(file):
+                raise ModelLoadError(
+                    f"{file} is not the file {METADATA_FILE} records for level {level} (sha256 "
+                    f"{recorded.get(name) or 'none'}): a copy cut short or changed, or another export's IR. Copy the "
+                    "version again, whole (into a temporary name, then rename it into place), or re-export it with "
+                    "`python -m training reexport`.")
 
 
 def check_wire_format(path: Path) -> None:

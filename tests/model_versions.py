@@ -78,6 +78,15 @@ def corrupt_saved_model(directory: Path) -> None:
     (directory / SAVED_MODEL_FILE).write_bytes(b"\x08\x01\x12\xff" + bytes(range(256)) * 8)
 
 
+def forget_ir_sha256(directory: Path) -> None:
+    """Drops metadata.json's record of the IR files' sha256s, as exports before 7 December 2026 wrote it: the
+    service then reads whatever IR is there, and the tests that damage an IR reach OpenVINO's own checks."""
+    path = directory / METADATA_FILE
+    metadata = json.loads(path.read_text())
+    del metadata["openvino"]["sha256"]
+    path.write_text(json.dumps(metadata))
+
+
 def drop_metadata(directory: Path) -> None:
     (directory / METADATA_FILE).unlink()
 

@@ -138,8 +138,11 @@ def test_levels_resolve_and_refuse_unknown_names() -> None:
     ({"openvino": ["fast"]}, "'openvino' must be an object, not ['fast']"),
     ({"openvino": {"precision": ["int8"]}}, "'openvino.precision' must be an object"),
     ({"openvino": {"levels": {"fast": [1]}}}, "'openvino.levels.fast' must map each precision to its figures"),
+    ({"openvino": {"sha256": {"openvino/fast.xml": "ABC"}}}, "'openvino.sha256' must map each IR file to its sha256"),
+    ({"openvino": {"sha256": ["openvino/fast.xml"]}}, "'openvino.sha256' must map each IR file to its sha256"),
 ], ids=["default-not-offered", "no-known-level", "level-not-object", "views-text", "accuracy-bool",
-        "images-per-second-text", "precision-value-list", "openvino-list", "precision-list", "measured-list"])
+        "images-per-second-text", "precision-value-list", "openvino-list", "precision-list", "measured-list",
+        "sha256-not-hex", "sha256-list"])
 def test_levels_of_the_wrong_shape_are_refused_naming_the_key(change: dict, says: str, tmp_path: Path) -> None:
     """Each was a TypeError at start-up (no fallback to an older version), a 500 from /metadata after a swap, or
     (the default level) a model swapped in that answered every request without ?level= with 422."""

@@ -2,6 +2,7 @@
 file and the fix (so start-up falls back to an older version and the model watcher skips it), never a traceback,
 and never a model taken into service that answers wrong."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from app.model_watcher import ModelWatcher
 from core.contract import METADATA_FILE, version_dirs
 from core.openvino_runtime import first_line
 from core.versions import ModelLoadError, check_answers, load_model, load_version
+from tests.model_versions import forget_ir_sha256
 
 
 def copy_of(trained_model_dir: Path, root: Path, version: int) -> Path:
@@ -23,8 +25,29 @@ def copy_of(trained_model_dir: Path, root: Path, version: int) -> Path:
     return target
 
 
+def test_an_ir_other_than_the_exports_is_refused_before_it_is_read(trained_model_dir: Path, tmp_path: Path) -> None:
+    """Another graph's IR in a level's place (here: balanced's two-view float32 IR copied over fast's served one)
+    loaded, and answered with scores the version's thresholds and figures were not measured on. The sha256s the
+    export recorded refuse it; a version exported before they were recorded serves it."""
+    version = copy_of(trained_model_dir, tmp_path, 2)
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    before = load_version(version, 2).predict(images, "fast")
+    served = version / json.loads((version / METADATA_FILE).read_text())["openvino"]["ir"]["fast"]
+    for suffix in (".xml", ".bin"):
+        shutil.copyfile((version / "openvino" / "balanced").with_suffix(suffix), served.with_suffix(suffix))
+    with pytest.raises(ModelLoadError) as raised:
+        load_version(version, 2)
+    message = str(raised.value)
+    assert f"{served} is not the file metadata.json records for level fast" in message, message
+    assert "another export's IR" in message and "Copy the version again, whole" in message
+    assert raised.value.reason == "unloadable"
+    forget_ir_sha256(version)
+    assert not np.allclose(load_version(version, 2).predict(images, "fast"), before)
+
+
 def test_a_truncated_ir_names_its_file_and_openvinos_reason(trained_model_dir: Path, tmp_path: Path) -> None:
     version = copy_of(trained_model_dir, tmp_path, 2)
+    forget_ir_sha256(version)  # else the recorded sha256 refuses it before OpenVINO reads it (above)
     for weights in (version / "openvino").glob("*.bin"):
         weights.write_bytes(weights.read_bytes()[:1000])  # as a copy cut short leaves it
     with pytest.raises(ModelLoadError) as raised:
@@ -47,6 +70,7 @@ def test_a_nan_ood_score_is_refused_as_bad_output(trained_model_dir: Path, tmp_p
     """The OOD column was not checked: such a version was swapped in, and every answer said in_distribution
     false, with /readyz 200."""
     version = copy_of(trained_model_dir, tmp_path, 2)
+    forget_ir_sha256(version)
     for graph in (version / "openvino").glob("*.xml"):  # the OOD head's sigmoid: acos is NaN past 1
         text = graph.read_text()
         assert text.count('type="Sigmoid"') == 1, graph

@@ -1,6 +1,7 @@
 """The OpenVINO runtime against TensorFlow on the same SavedModel: every level, from the export's IR and from the
 fallback conversion, within 1e-5; two batches at once; and serving that never imports TensorFlow."""
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -38,7 +39,7 @@ from core.openvino_runtime import (
 )
 from core.runtime import RuntimeOptions
 from core.versions import ModelLoadError, check_answers, load_model
-from tests.model_versions import write_model
+from tests.model_versions import forget_ir_sha256, write_model
 from tests.servers import REPO
 from tests.synthetic import shape_arrays
 from training.calibration import softmax
@@ -97,6 +98,10 @@ def test_the_export_writes_an_ir_per_level_and_chooses_its_precision(trained_mod
         assert "int8" in section["levels"][level]
         assert ir_path(version, level, "int8").is_file() == (precision == "int8")
         assert section["ir"][level] == f"{IR_DIR}/{ir_path(version, level, precision).name}"
+    # Every file kept in openvino/, with the sha256 the service checks it against.
+    assert section["sha256"] == {f"{IR_DIR}/{file.name}": hashlib.sha256(file.read_bytes()).hexdigest()
+                                 for file in (version / IR_DIR).iterdir()}
+    assert len(section["sha256"]) == 2 * (len(LEVEL_NAMES) + list(section["precision"].values()).count("int8"))
     if not has_bfloat16(cpu_flags()):  # bfloat16 not even tried
         assert all(set(figures) == {"float32", "int8"} for figures in section["levels"].values())
 
@@ -139,6 +144,7 @@ def test_an_int8_level_runs_its_quantized_ir(trained_model_dir: Path, tmp_path: 
     assert not [op.get_friendly_name() for op in quantized.get_ordered_ops() if op.get_friendly_name() in kept
                 and any(value.get_node().get_type_name() == "FakeQuantize" for value in op.input_values())]
     openvino.save_model(quantized, str(ir_path(version, "fast", "int8")), compress_to_fp16=False)
+    forget_ir_sha256(version)  # an IR made here, not by the export
     metadata = json.loads((version / METADATA_FILE).read_text())
     metadata["openvino"]["precision"]["fast"] = "int8"
     (version / METADATA_FILE).write_text(json.dumps(metadata))
@@ -242,6 +248,7 @@ def test_an_ir_off_the_contract_is_refused_with_the_fix(trained_model_dir: Path,
     """An IR off the contract (here: the fast level's graph answering "scores", not probabilities) fails the load,
     naming the level and its file."""
     version = copy_version(trained_model_dir, tmp_path)
+    forget_ir_sha256(version)  # as exported before 7 December 2026: else refused as not the export's own file
     served = json.loads((version / METADATA_FILE).read_text())["openvino"]["ir"]["fast"]  # float32 or int8
     xml = version / served
     xml.write_text(xml.read_text().replace('names="probabilities"', 'names="scores"'))
@@ -252,6 +259,7 @@ def test_an_ir_off_the_contract_is_refused_with_the_fix(trained_model_dir: Path,
 
 def test_a_truncated_ir_is_unloadable_not_a_crash(trained_model_dir: Path, tmp_path: Path) -> None:
     version = copy_version(trained_model_dir, tmp_path)
+    forget_ir_sha256(version)  # OpenVINO's own check (the recorded sha256: test_loading_faults)
     served = json.loads((version / METADATA_FILE).read_text())["openvino"]["ir"]["accurate"]  # float32 or int8
     weights = (version / served).with_suffix(".bin")
     weights.write_bytes(weights.read_bytes()[:1000])

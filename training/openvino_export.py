@@ -19,7 +19,8 @@ A level keeps the fastest of them that was faster than float32 at both batch siz
 ECE no more than 0.1 points worse than float32's; else float32 (better is no reason to refuse a form: on 5,000
 images int8 lands a few tenths of a point either side of float32). A re-export may keep the precisions its
 source chose by timing on another CPU instead (``kept``: :func:`kept_precision`). An int8 IR that was not chosen
-is deleted. The result is metadata.json's ``openvino`` section, which the service reads (core.level_table), and
+is deleted. The result is metadata.json's ``openvino`` section, which the service reads (core.level_table), with
+the sha256 of every IR file kept, which the service checks before it reads them (core.versions.check_ir_files), and
 each level's "none of these" scores on the validation split as its chosen precision computes them, on which
 the export fits that precision's threshold (training.ood_export.fit_ood).
 """
@@ -44,12 +45,14 @@ from core.contract import (
     level_signature,
 )
 from core.cpus import cpu_flags, has_bfloat16
+from core.level_table import IR_SHA256_KEY
 from core.openvino_runtime import (
     DEVICE,
     IR_DIR,
     check_io,
     compile_config,
     convert_signature,
+    ir_digests,
     ir_path,
     openvino_core,
     own_ood_output,
@@ -140,6 +143,7 @@ def export_openvino(version_dir: Path, images: np.ndarray, labels: np.ndarray, t
         "ir": {level.name: f"{IR_DIR}/{ir_path(version_dir, level.name, chosen[level.name]).name}"
                for level in LEVELS},
         "precision": chosen,
+        IR_SHA256_KEY: ir_digests(version_dir),  # the files as written: the service loads no other export's
         "cpu_has_bfloat16": try_bfloat16,
         "int8": {"calibration_images": len(calibration_images), "calibration": "training split",
                  "kept_float32": "the convolutions reading the image's channels, the products writing the "
