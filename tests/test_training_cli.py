@@ -303,11 +303,14 @@ def test_resume_refuses_an_archive_other_than_the_runs_own(tmp_path: Path) -> No
             ["train", "--data", str(data), "--no-cache", "--run-dir", str(tmp_path / "run"), *options]))
 
     keep_run_options(config(archives[0]), load_splits(config(archives[0])).dataset)
-    check_run_options(config(archives[1], "--resume"))  # the options alone agree
+    interrupted = check_run_options(config(archives[1], "--resume"))  # the options alone agree
+    assert interrupted is not None and len(interrupted["data-sha256"]) == 64
     with pytest.raises(TrainingError, match=r"options.json: the interrupted run trained on data of sha256 "
                        rf"\w{{12}}\.\.\., and {re.escape(str(archives[1]))} is \w{{12}}"):
-        check_run_data(config(archives[1], "--resume"), load_splits(config(archives[1], "--resume")).dataset)
-    check_run_data(config(archives[0], "--resume"), load_splits(config(archives[0], "--resume")).dataset)
+        check_run_data(config(archives[1], "--resume"), interrupted,
+                       load_splits(config(archives[1], "--resume")).dataset)
+    check_run_data(config(archives[0], "--resume"), interrupted, load_splits(config(archives[0], "--resume")).dataset)
+    assert check_run_options(config(archives[0])) is None  # not resuming: nothing read
 
 
 def test_resume_compares_teachers_by_the_folder_they_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

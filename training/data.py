@@ -93,17 +93,25 @@ def load_image_folder(path: Path, cache_dir: Path | None) -> Dataset:
 
 def load_trained_on(data: Path | None, metadata: dict, metadata_path: Path, cache_dir: Path | None) -> Dataset:
     """The dataset a model was trained on, as its metadata.json records it: Keras' download for a model trained
-    without --data, else the ImageFolder ``data`` (checked against the recorded sha256 by the caller)."""
-    source = (metadata.get("data") or {}).get("source")
+    without --data, else the ImageFolder ``data``; either must have the sha256 recorded there, if any (else its
+    validation split would be other images, and re-measured figures would vouch for them)."""
+    recorded = metadata.get("data") or {}
+    source = recorded.get("source")
     if source == KERAS_SOURCE:
         if data is not None:
             raise DatasetError(f"{metadata_path}: the model was trained on {KERAS_SOURCE}; omit --data, and its "
                                "download is used.")
-        return load_keras_cifar10()
-    if data is None:
+        dataset = load_keras_cifar10()
+    elif data is None:
         raise DatasetError(f"{metadata_path}: the model was trained on {source or 'an ImageFolder dataset'}; pass "
                            "that dataset with --data.")
-    return load_image_folder(data, cache_dir)
+    else:
+        dataset = load_image_folder(data, cache_dir)
+    if recorded.get("sha256") and dataset.sha256 != recorded["sha256"]:
+        raise DatasetError(f"{data or dataset.source}: sha256 {dataset.sha256} is not the {recorded['sha256']} that "
+                           f"{metadata_path} records for the data the model was trained on; pass that archive with "
+                           "--data.")
+    return dataset
 
 
 def file_sha256(path: Path) -> str:

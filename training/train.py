@@ -87,12 +87,12 @@ def train(config: TrainConfig) -> Path:
     new version in ``out``)."""
     set_tensorflow_threads(config.threads)
     recipe = changed_recipe(RECIPES[config.recipe], config)
-    check_run_options(config)
+    interrupted = check_run_options(config)
     if recipe.distillation is not None:
         distill.check_teachers(config.teachers, recipe.distillation.teacher_level)
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
-    check_run_data(config, splits.dataset)
+    check_run_data(config, interrupted, splits.dataset)
     # Only once the data has loaded: a command refused for its data leaves no run folder behind.
     keep_run_options(config, splits.dataset)
     fitted = fit(config, recipe, splits)
@@ -237,15 +237,16 @@ def run_options(config: TrainConfig) -> dict[str, Any]:
                for key, value in config.recipe_changes.items()}}
 
 
-def check_run_options(config: TrainConfig) -> None:
+def check_run_options(config: TrainConfig) -> dict[str, Any] | None:
     """On --resume, refuses options that differ from the interrupted run's, which its checkpoint and epoch log
-    would not fit (or, worse, silently would)."""
+    would not fit (or, worse, silently would); returns the interrupted run's options (None: nothing to resume,
+    or a run from before they were kept)."""
     options, path = run_options(config), config.run_dir / RUN_OPTIONS_FILE
     if not config.resume:
-        return
+        return None
     if not path.exists():
         if (config.run_dir / BACKUP_DIR).is_dir():  # a run from before options.json: nothing to compare
-            return
+            return None
         # A mistyped --run-dir would otherwise start over, hours later found to have thrown the run away.
         raise TrainingError(f"{config.run_dir}: no run to resume there (no {RUN_OPTIONS_FILE}, no {BACKUP_DIR}/ "
                             "checkpoint). Pass the folder the interrupted run printed, or start a new run "
@@ -261,19 +262,18 @@ def check_run_options(config: TrainConfig) -> None:
     if changed:
         raise TrainingError(f"{path}: the interrupted run trained with {'; '.join(changed)}. Resume it with "
                             "its own options, or start a new run without --resume.")
+    return before
 
 
-def check_run_data(config: TrainConfig, dataset: Dataset) -> None:
-    """On --resume, refuses data other than the interrupted run's (by its sha256, where both are known): the
-    checkpoint would go on learning other images, and metadata.json would vouch for the new ones."""
-    path = config.run_dir / RUN_OPTIONS_FILE
-    if not (config.resume and path.exists()):
-        return
-    before, now = json.loads(path.read_text()).get(RUN_DATA_KEY), data_sha256(dataset)  # read once already
+def check_run_data(config: TrainConfig, interrupted: dict[str, Any] | None, dataset: Dataset) -> None:
+    """On --resume, refuses data other than the interrupted run's (by its sha256 in ``interrupted``, its options
+    as check_run_options read them, where both are known): the checkpoint would go on learning other images,
+    and metadata.json would vouch for the new ones."""
+    before, now = (interrupted or {}).get(RUN_DATA_KEY), data_sha256(dataset)
     if before and now and before != now:
-        raise TrainingError(f"{path}: the interrupted run trained on data of sha256 {before[:12]}..., and "
-                            f"{dataset.source} is {now[:12]}.... Resume it with its own --data, or start a new "
-                            "run without --resume.")
+        raise TrainingError(f"{config.run_dir / RUN_OPTIONS_FILE}: the interrupted run trained on data of sha256 "
+                            f"{before[:12]}..., and {dataset.source} is {now[:12]}.... Resume it with its own --data, "
+                            "or start a new run without --resume.")
 
 
 def data_sha256(dataset: Dataset) -> str | None:
