@@ -51,8 +51,7 @@ FROM deps AS project
 # builds it comes from the lock too (no build isolation, no download). pip comes back from the
 # interpreter's own ensurepip for this one install; --root collects just the project's files
 # (packages, console scripts) under /opt/project, laid out as they go into /opt/venv. The image serves
-# and holds no client (client/ is not copied, httpx is not in the serving lock): pyproject.toml's
-# cifar10-client script would only fail with "No module named 'cifar10_client'", so it goes.
+# and holds no client (a distribution of its own, in client/).
 COPY pyproject.toml /src/
 COPY app /src/app
 COPY core /src/core
@@ -60,8 +59,7 @@ COPY training /src/training
 RUN set -eu; \
     /opt/venv/bin/python -m ensurepip --default-pip >/dev/null; \
     /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
-        --no-build-isolation --root /opt/project /src; \
-    rm /opt/project/opt/venv/bin/cifar10-client
+        --no-build-isolation --root /opt/project /src
 
 # The shipped model: the newest version only, the one the service serves (older ones stay in the
 # repository, for a rollback through a models volume: docs/deployment.md). Its version folder comes out of

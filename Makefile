@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml client/pyproject.toml | cksum | cut -d' ' -f1)
 SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed-$(shell cat requirements-serve.lock pyproject.toml | cksum | cut -d' ' -f1)
 DATA ?= ../shared/data/cifar10-train-jpeg.tar.gz
@@ -13,12 +13,13 @@ DATA ?= ../shared/data/cifar10-train-jpeg.tar.gz
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+# The client is a distribution of its own (client/pyproject.toml): the tests and benchmarks use it.
+$(STAMP): requirements.lock pyproject.toml client/pyproject.toml
 	$(PYTHON) scripts/check_python.py $(PYTHON) --venv $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e ./client
 	rm -f $(VENV)/.installed-* && touch $@
 
 install-serve: $(SERVE_STAMP)
