@@ -67,6 +67,12 @@ def check_levels(metadata: dict[str, Any]) -> None:
     default = metadata.get("default_level")
     if default is not None and default not in known:
         raise LevelTableError(f"'default_level' is {default!r}, but the levels are {', '.join(known)}")
+    check_openvino_section(metadata)
+
+
+def check_openvino_section(metadata: dict[str, Any]) -> None:
+    """LevelTableError unless the ``openvino`` section, where there is one, has the shape level_table and
+    core.versions.check_ir_files read (a model exported before levels is checked too: its IR is read)."""
     openvino = metadata.get(OPENVINO_SECTION)
     if openvino is None:
         return
@@ -161,6 +167,7 @@ def level_table(metadata: dict[str, Any], bfloat16: bool, int8: bool = True, def
         only = level_for_tta(metadata["tta"]) if metadata.get("tta") in TTA_NAMES else DEFAULT_LEVEL
         figures = {only: {**{key: metadata[key] for key in ("val_accuracy", "val_ece") if key in metadata},
                           "precision": FLOAT32}}
+        check_openvino_section(metadata)
         table = LevelTable(default=only, figures=figures, legacy=True)
     else:
         check_levels(metadata)

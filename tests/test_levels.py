@@ -156,6 +156,13 @@ def test_levels_of_the_wrong_shape_are_refused_naming_the_key(change: dict, says
     assert str(refused.value) == f"{tmp_path / 'metadata.json'}: {raised.value}. Re-export the model."
 
 
+@pytest.mark.parametrize("openvino", [["x"], {"sha256": ["openvino/accurate.xml"]}], ids=["list", "sha256-list"])
+def test_a_model_exported_before_levels_has_its_openvino_section_checked_too(openvino: object) -> None:
+    """Its IR is read (and hashed) all the same: a malformed section was an AttributeError, not the key."""
+    with pytest.raises(LevelTableError, match="'openvino"):
+        level_table({"tta": "flip-translate", "openvino": openvino}, bfloat16=True)
+
+
 def test_a_model_exported_before_levels_offers_its_serving_default() -> None:
     table = level_table({"tta": "flip-translate", "val_accuracy": 0.9174}, bfloat16=True)
     assert table.names == ("accurate",) and table.default == "accurate"

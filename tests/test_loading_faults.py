@@ -45,6 +45,16 @@ def test_an_ir_other_than_the_exports_is_refused_before_it_is_read(trained_model
     assert not np.allclose(load_version(version, 2).predict(images, "fast"), before)
 
 
+def test_an_ir_cut_short_is_refused_by_its_recorded_sha256(trained_model_dir: Path, tmp_path: Path) -> None:
+    version = copy_of(trained_model_dir, tmp_path, 2)
+    served = version / json.loads((version / METADATA_FILE).read_text())["openvino"]["ir"]["accurate"]
+    weights = served.with_suffix(".bin")
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=rf"{re.escape(str(weights))} is not the file metadata.json records "
+                       r"for level accurate \(sha256 [0-9a-f]{64}\): a copy cut short"):
+        load_version(version, 2)
+
+
 def test_a_truncated_ir_names_its_file_and_openvinos_reason(trained_model_dir: Path, tmp_path: Path) -> None:
     version = copy_of(trained_model_dir, tmp_path, 2)
     forget_ir_sha256(version)  # else the recorded sha256 refuses it before OpenVINO reads it (above)

@@ -15,6 +15,7 @@ from training.data import (
     Split,
     default_val_size,
     load_image_folder,
+    load_trained_on,
     model_split,
     stratified_split,
 )
@@ -53,6 +54,24 @@ def test_directory_tar_and_zip_give_the_same_arrays(folder: Path, tmp_path: Path
         np.testing.assert_array_equal(other.train.labels, from_dir.train.labels)
         np.testing.assert_array_equal(other.test.images, from_dir.test.images)
     assert np.bincount(from_dir.train.labels).tolist() == [6] * 10
+
+
+def test_the_data_a_model_was_trained_on_must_have_its_recorded_sha256(folder: Path, tmp_path: Path) -> None:
+    """reexport and report re-measure a version on the validation split of these images: other images would be
+    another split, and figures vouching for it. The fix names what kind of --data was given."""
+    archive = make_tar(folder, tmp_path / "data.tar.gz")
+    recorded = tmp_path / "metadata.json"
+    for data, fix in ((archive, "pass that archive with --data."),
+                      (folder, "pass that folder with --data, as it was")):
+        dataset = load_trained_on(data, {"data": {"source": str(data)}}, recorded, None)  # none recorded: taken
+        metadata = {"data": {"source": str(data), "sha256": dataset.sha256}}
+        assert load_trained_on(data, metadata, recorded, None).sha256 == dataset.sha256
+        wrong = {"data": {"source": str(data), "sha256": "0" * 64}}
+        with pytest.raises(DatasetError) as raised:
+            load_trained_on(data, wrong, recorded, None)
+        assert str(raised.value).startswith(f"{data}: sha256 {dataset.sha256} is not the {'0' * 64} that {recorded} "
+                                            "records for the data the model was trained on; "), raised.value
+        assert fix in str(raised.value)
 
 
 def test_other_class_names_are_sorted(tmp_path: Path) -> None:

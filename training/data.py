@@ -107,10 +107,15 @@ def load_trained_on(data: Path | None, metadata: dict, metadata_path: Path, cach
                            "that dataset with --data.")
     else:
         dataset = load_image_folder(data, cache_dir)
-    if recorded.get("sha256") and dataset.sha256 != recorded["sha256"]:
-        raise DatasetError(f"{data or dataset.source}: sha256 {dataset.sha256} is not the {recorded['sha256']} that "
-                           f"{metadata_path} records for the data the model was trained on; pass that archive with "
-                           "--data.")
+    before, now = recorded.get("sha256"), dataset.sha256
+    if before and now and before != now:  # Keras' download may not be where it is looked for: now is None
+        fix = ("pass that archive with --data." if data is not None and data.is_file() else
+               "pass that folder with --data, as it was (its fingerprint is its files' names, sizes and times, so a "
+               "copy differs; an archive of it is another file)." if data is not None else
+               "Keras' download is not the one the model was trained on; delete it (~/.keras/datasets) so that it "
+               "is fetched again.")
+        raise DatasetError(f"{data or dataset.source}: sha256 {now} is not the {before} that {metadata_path} records "
+                           f"for the data the model was trained on; {fix}")
     return dataset
 
 
