@@ -438,5 +438,5 @@ def test_reexport_from_other_data_is_refused_and_writes_nothing(trained_model_di
     other = write_image_folder(tmp_path / "other", train_per_class=3, seed=1)
     assert main(["reexport", str(models / "1"), "--data", str(other), "--cache-dir", str(tmp_path / "cache")]) == 1
     [error] = capsys.readouterr().err.splitlines()
-    assert error.startswith(f"error: {other}: sha256 ") and "pass that archive with --data" in error
+    assert error.startswith(f"error: {other}: sha256 ") and "pass that folder with --data, as it was" in error
     assert [path.name for path in models.iterdir()] == ["1"]
