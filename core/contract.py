@@ -8,6 +8,7 @@ CIFAR-10 class order). Scaling, normalisation, test-time augmentation and temper
 live inside the graph, so a client only ever sends raw pixels.
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -130,6 +131,12 @@ def metadata_number(value: Any) -> float | None:
     """``value`` as a float where metadata.json holds a number there, else None (JSON's true and false load as
     bools, which Python counts as ints)."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 metadata.json records of a file: the data a model was trained on, each IR file of a level."""
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def missing_files(version_dir: Path) -> list[str]:

@@ -24,7 +24,6 @@ are as fast as 64; docs/runtime.md). The padding's rows are computed and dropped
 it alone.
 """
 
-import hashlib
 import logging
 import queue
 import re
@@ -51,6 +50,7 @@ from core.contract import (
     OUTPUT_NAME,
     SAVED_MODEL_FILE,
     SIGNATURE_NAME,
+    file_sha256,
     level_named,
 )
 from core.level_table import LevelTable
@@ -79,11 +79,6 @@ class RuntimeLoadError(RuntimeError):
 def ir_path(version_dir: Path, level: str, precision: str = FLOAT32) -> Path:
     """The level's IR: the float32 graph (computed in float32 or bfloat16), or its int8 quantized copy."""
     return version_dir / IR_DIR / (f"{level}.{INT8}.xml" if precision == INT8 else f"{level}.xml")
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def ir_digests(version_dir: Path) -> dict[str, str]:

@@ -26,6 +26,7 @@ from core.contract import (
     OUTPUT_NAME,
     SAVED_MODEL_FILE,
     SIGNATURE_NAME,
+    file_sha256,
     version_dirs,
 )
 from core.cpus import cpu_flags, has_bfloat16
@@ -39,7 +40,7 @@ from core.level_table import (
     UnknownLevelError,
     level_table,
 )
-from core.openvino_runtime import RuntimeLoadError, file_sha256, first_line, ir_path, load_openvino
+from core.openvino_runtime import RuntimeLoadError, first_line, ir_path, load_openvino
 from core.runtime import DEFAULT_OPTIONS, ModelRuntime, RuntimeLoader, RuntimeOptions
 from core.saved_model_proto import DT_FLOAT, DT_UINT8, parse_saved_model, signature_defs
 

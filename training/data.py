@@ -19,7 +19,7 @@ from typing import TextIO
 
 import numpy as np
 
-from core.contract import CLASS_NAMES
+from core.contract import CLASS_NAMES, file_sha256
 from core.preprocessing import ImageError, image_bytes_to_array
 from training.errors import TrainingError
 
@@ -109,22 +109,17 @@ def load_trained_on(data: Path | None, metadata: dict, metadata_path: Path, cach
         dataset = load_image_folder(data, cache_dir)
     before, now = recorded.get("sha256"), dataset.sha256
     if before and now and before != now:  # Keras' download may not be where it is looked for: now is None
-        fix = ("pass that archive with --data." if data is not None and data.is_file() else
-               "pass that folder with --data, as it was (its fingerprint is its files' names, sizes and times, so a "
-               "copy differs; an archive of it is another file)." if data is not None else
-               "Keras' download is not the one the model was trained on; delete it (~/.keras/datasets) so that it "
-               "is fetched again.")
+        if data is None:
+            fix = ("Keras' download is not the one the model was trained on; delete it (~/.keras/datasets) so that "
+                   "it is fetched again.")
+        elif data.is_file():
+            fix = "pass that archive with --data."
+        else:
+            fix = ("pass that folder with --data, as it was (its fingerprint is its files' names, sizes and times, "
+                   "so a copy differs; an archive of it is another file).")
         raise DatasetError(f"{data or dataset.source}: sha256 {now} is not the {before} that {metadata_path} records "
                            f"for the data the model was trained on; {fix}")
     return dataset
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def directory_fingerprint(root: Path) -> str:
